@@ -3,13 +3,20 @@
 Validation runs a compiled validator (fastjsonschema, generated Python code) on the
 fast path; only when an event is invalid is the full jsonschema walk run, to list
 *every* error with its JSON pointer. Semantic rules that JSON Schema cannot express
-(known currency, one currency per event, settlement arithmetic, a parseable UTC
-timestamp) are checked here too, so every consumer applies the same contract.
+(known currency, one currency per event, integer money that arrived as a float,
+settlement arithmetic, a parseable RFC 3339 timestamp with an offset) are checked here
+too, so every consumer applies the same contract.
+
+The semantic rules find their fields through the data schemas' shared definitions
+(`$defs` named Money, Currency, Timestamp; every "type": "integer"), so a new type
+gets them by reusing those definitions. See schemas/README.md.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,6 +46,11 @@ EMITTED_TYPES = (
     "loan.charged_off", "collection.instruction",
 )
 EVENT_TYPES = MARKETPLACE_TYPES + EMITTED_TYPES
+
+MAX_MESSAGE = 300
+MAX_POINTER = 1024
+
+Path = tuple[str, ...]  # keys into the data; "*" stands for every item of an array
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,96 +84,225 @@ def data_schema(event_type: str) -> dict[str, Any]:
     return schema
 
 
+def _schema_for(kind: str) -> dict[str, Any]:
+    return envelope_schema() if kind == "" else data_schema(kind)
+
+
 @cache
 def _fast(kind: str) -> Callable[[Any], Any]:
-    schema = envelope_schema() if kind == "" else data_schema(kind)
-    return fastjsonschema.compile(schema)  # type: ignore[no-any-return]
+    # Formats are documentation here: timestamps are parsed by the semantic rules, which
+    # give a precise message ("has no UTC offset") instead of "must be date-time".
+    # fastjsonschema rewrites the schema it compiles, so it gets its own copy.
+    return fastjsonschema.compile(copy.deepcopy(_schema_for(kind)), use_formats=False)  # type: ignore[no-any-return]
+
+
+_DOLLAR = re.compile(r"(?<!\\)\$")
+
+
+@cache
+def _anchored(pattern: str) -> re.Pattern[str]:
+    # Python's `$` also matches before a trailing newline; `\Z` does not. fastjsonschema
+    # makes the same substitution, so both validators agree on "id\n".
+    return re.compile(_DOLLAR.sub(r"\\Z", pattern))
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[jsonschema.ValidationError]:
+    if isinstance(instance, str) and not _anchored(pattern).search(instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
 @cache
 def _full(kind: str) -> jsonschema.protocols.Validator:
-    schema = envelope_schema() if kind == "" else data_schema(kind)
-    cls = jsonschema.validators.validator_for(schema)
+    schema = _schema_for(kind)
+    base = jsonschema.validators.validator_for(schema)
+    cls = jsonschema.validators.extend(base, {"pattern": _pattern})
     return cls(schema)  # type: ignore[no-any-return]
 
 
+def _escape(key: Any) -> str:
+    return str(key).replace("~", "~0").replace("/", "~1")
+
+
 def _pointer(path: Any) -> str:
-    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in path)
+    ptr = "".join("/" + _escape(p) for p in path)
+    return ptr if len(ptr) <= MAX_POINTER else ptr[: MAX_POINTER - 3] + "..."
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value) if not isinstance(value, dict | list) else json.dumps(value)[:limit + 1]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer",
+               float: "number", type(None): "null"}
+
+
+def _message(err: jsonschema.ValidationError) -> str:
+    """A short, specific message that never echoes a huge value back."""
+    kind, value, schema = err.validator, err.instance, err.schema
+    expected = schema.get("description") if isinstance(schema, dict) else None
+    if kind == "type":
+        msg = f"must be of type {err.validator_value}, got {_JSON_TYPES.get(type(value), type(value).__name__)}"
+    elif kind == "maxLength" and isinstance(value, str):
+        msg = f"string of {len(value)} characters is longer than the maximum {err.validator_value}"
+    elif kind == "maxItems" and isinstance(value, list):
+        msg = f"array of {len(value)} items is longer than the maximum {err.validator_value}"
+    elif kind == "pattern":
+        msg = f"{_short(value)} is not {expected}" if expected else f"{_short(value)} does not match {err.validator_value}"
+    elif kind == "enum" and schema is envelope_schema()["properties"]["type"]:
+        msg = f"unknown event type {_short(value)}; see schemas/README.md for the catalog"
+    elif kind == "anyOf" and all(set(sub) == {"required"} for sub in err.validator_value):
+        names = [name for sub in err.validator_value for name in sub["required"]]
+        msg = "needs at least one of: " + ", ".join(names)
+    elif kind == "enum":
+        msg = f"{_short(value)} is not one of {', '.join(map(str, err.validator_value))}"
+    elif kind == "additionalProperties" and isinstance(value, dict) and isinstance(schema, dict):
+        known = set(schema.get("properties", {}))
+        extra = sorted(str(k) for k in value if k not in known)
+        msg = "unexpected properties: " + ", ".join(_short(k, 40) for k in extra[:10])
+    else:
+        msg = err.message
+    return msg if len(msg) <= MAX_MESSAGE else msg[: MAX_MESSAGE - 3] + "..."
 
 
 def _schema_errors(kind: str, obj: Any, prefix: str) -> list[FieldError]:
     try:
         _fast(kind)(obj)
         return []
-    except fastjsonschema.JsonSchemaValueException:
-        pass
-    errors = []
-    for err in sorted(_full(kind).iter_errors(obj), key=lambda e: (list(map(str, e.absolute_path)), e.message)):
-        msg = err.message
-        if len(msg) > 300:
-            msg = msg[:297] + "..."
-        errors.append(FieldError(prefix + _pointer(err.absolute_path), msg))
+    except fastjsonschema.JsonSchemaValueException as fast_err:
+        first = fast_err
+    errors = [FieldError(prefix + _pointer(err.absolute_path), _message(err))
+              for err in _full(kind).iter_errors(obj)]
+    if not errors:  # the two validators disagree: trust the stricter one rather than pass bad input
+        errors = [FieldError(prefix + _pointer(first.path[1:]), first.message[:MAX_MESSAGE])]
+    errors.sort(key=lambda e: (e.pointer, e.message))
     return errors
 
 
-def _walk_money(obj: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield every Money object ({amount, currency}) inside `obj` with its pointer."""
-    if isinstance(obj, dict):
-        if set(obj) >= {"amount", "currency"} and isinstance(obj.get("currency"), str):
-            yield path, obj
-        for k, v in obj.items():
-            if isinstance(v, dict | list):
-                yield from _walk_money(v, f"{path}/{k}")
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            yield from _walk_money(v, f"{path}/{i}")
+# --- semantic rules -------------------------------------------------------------------------------
 
 
-def _semantic_errors(event: dict[str, Any]) -> list[FieldError]:
-    errors: list[FieldError] = []
+@dataclass(frozen=True, slots=True)
+class _Rules:
+    """Where a type's data holds money, currencies, timestamps and integers."""
+
+    money: tuple[Path, ...]
+    currencies: tuple[Path, ...]
+    timestamps: tuple[Path, ...]
+    integers: tuple[Path, ...]
+
+
+def _collect(schema: Any, defs: dict[str, Any], path: Path, found: dict[str, list[Path]], depth: int = 0) -> None:
+    if not isinstance(schema, dict) or depth > 20:
+        return
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        name = ref.rsplit("/", 1)[-1]
+        if name in found:
+            found[name].append(path)
+        _collect(defs.get(name), defs, path, found, depth + 1)
+    if schema.get("type") == "integer":
+        found["integer"].append(path)
+    for key, sub in schema.get("properties", {}).items():
+        _collect(sub, defs, (*path, key), found, depth + 1)
+    if "items" in schema:
+        _collect(schema["items"], defs, (*path, "*"), found, depth + 1)
+
+
+@cache
+def _rules(event_type: str) -> _Rules:
+    schema = data_schema(event_type)
+    found: dict[str, list[Path]] = {k: [] for k in ("Money", "Currency", "Timestamp", "integer")}
+    _collect(schema, schema.get("$defs", {}), (), found)
+    return _Rules(*(tuple(found[k]) for k in ("Money", "Currency", "Timestamp", "integer")))
+
+
+def _values(obj: Any, path: Path, ptr: str = "/data") -> list[tuple[str, Any]]:
+    """(pointer, value) for every value at `path` that exists; missing or mistyped parts are skipped."""
+    for i, key in enumerate(path):
+        if key == "*":
+            if not isinstance(obj, list):
+                return []
+            return [hit for n, item in enumerate(obj) for hit in _values(item, path[i + 1:], f"{ptr}/{n}")]
+        if not isinstance(obj, dict) or key not in obj:
+            return []
+        obj = obj[key]
+        ptr = f"{ptr}/{_escape(key)}"
+    return [(ptr, obj)]
+
+
+def _time_errors(ptr: str, value: Any) -> list[FieldError]:
+    if not isinstance(value, str):
+        return []
     try:
-        parse_rfc3339(event["time"])
+        parse_rfc3339(value)
     except TimeError as exc:
-        errors.append(FieldError("/time", str(exc)))
-    data = event.get("data")
-    currencies: dict[str, str] = {}
-    for ptr, money in _walk_money(data, "/data"):
-        cur = money["currency"]
-        if cur not in CURRENCY_EXPONENTS:
-            errors.append(FieldError(ptr + "/currency", f"unknown ISO 4217 currency {cur[:8]!r}"))
-        currencies.setdefault(cur, ptr)
-    if len(currencies) > 1:
-        errors.append(FieldError("/data", "mixed currencies in one event: " + ", ".join(sorted(currencies))))
-    if event.get("type") == "settlement.paid" and isinstance(data, dict) and not errors:
-        try:
-            gross, fees, withheld, net = (data[k]["amount"] for k in ("gross", "fees", "withheld", "net"))
-            if net != gross - fees - withheld:
-                errors.append(FieldError("/data/net", f"net {net} != gross {gross} - fees {fees} - withheld {withheld}"))
-        except (KeyError, TypeError):
-            pass
-    for key in ("due_at", "expires_at", "accepted_at", "repaid_at", "expected_delivery_at", "received_at"):
-        if isinstance(data, dict) and isinstance(data.get(key), str):
-            try:
-                parse_rfc3339(data[key])
-            except TimeError as exc:
-                errors.append(FieldError(f"/data/{key}", str(exc)))
+        return [FieldError(ptr, str(exc))]
+    return []
+
+
+def _amount(data: Any, key: str) -> int | None:
+    money = data.get(key) if isinstance(data, dict) else None
+    amount = money.get("amount") if isinstance(money, dict) else None
+    return amount if type(amount) is int else None
+
+
+def _semantic_errors(event: dict[str, Any], etype: str | None) -> list[FieldError]:
+    errors = _time_errors("/time", event.get("time"))
+    if etype is None:
+        return errors
+    data, rules = event.get("data"), _rules(etype)
+    for path in rules.integers:
+        for ptr, value in _values(data, path):
+            if isinstance(value, float):
+                errors.append(FieldError(ptr, f"must be an integer (minor units for money), got the number {value!r}"))
+    seen: dict[str, str] = {}
+    for path in rules.currencies:
+        for ptr, cur in _values(data, path):
+            if isinstance(cur, str) and cur not in CURRENCY_EXPONENTS:
+                errors.append(FieldError(ptr, f"unknown ISO 4217 currency {cur[:8]!r}"))
+            elif isinstance(cur, str):
+                seen.setdefault(cur, ptr)
+    if len(seen) > 1:
+        errors.append(FieldError("/data", "mixed currencies in one event: " + ", ".join(sorted(seen))))
+    for path in rules.timestamps:
+        for ptr, value in _values(data, path):
+            errors.extend(_time_errors(ptr, value))
+    if etype == "settlement.paid":
+        gross, fees, withheld, net = (_amount(data, k) for k in ("gross", "fees", "withheld", "net"))
+        if None not in (gross, fees, withheld, net) and net != gross - fees - withheld:  # type: ignore[operator]
+            errors.append(FieldError("/data/net", f"net {net} != gross {gross} - fees {fees} - withheld {withheld}"))
     return errors
+
+
+def _validate(event: dict[str, Any]) -> list[FieldError]:
+    errors = _schema_errors("", event, "")
+    etype = event.get("type")
+    known = etype if isinstance(etype, str) and etype in EVENT_TYPES else None
+    if known is not None:
+        errors.extend(_schema_errors(known, event.get("data"), "/data"))
+    # A semantic error adds nothing where the schema already flagged the same field.
+    flagged = {e.pointer for e in errors}
+    errors.extend(e for e in _semantic_errors(event, known) if e.pointer not in flagged)
+    return list(dict.fromkeys(errors))  # the envelope and the data schema may both say "data must be an object"
 
 
 def validate(event: Any) -> list[FieldError]:
-    """Every error of `event` against the envelope, its type's data schema and the semantic rules."""
+    """Every error of `event` against the envelope, its type's data schema and the semantic rules.
+
+    Never raises for any JSON value: problems come back as FieldError(pointer, message),
+    pointer being an RFC 6901 JSON pointer into the event ("" = the whole event).
+    """
     if not isinstance(event, dict):
-        return [FieldError("", f"event must be a JSON object, got {type(event).__name__}")]
-    errors = _schema_errors("", event, "")
-    etype = event.get("type")
-    if isinstance(etype, str) and etype in EVENT_TYPES:
-        errors.extend(_schema_errors(etype, event.get("data"), "/data"))
-    if not errors:
-        errors.extend(_semantic_errors(event))
-    return errors
+        return [FieldError("", f"event must be a JSON object, got {_JSON_TYPES.get(type(event), type(event).__name__)}")]
+    try:
+        return _validate(event)
+    except RecursionError:
+        return [FieldError("", "event is nested too deeply")]
 
 
 def check(event: Any) -> dict[str, Any]:
+    """`event` itself when valid, else EventInvalid carrying every error."""
     errors = validate(event)
     if errors:
         raise EventInvalid(errors)
@@ -170,15 +311,25 @@ def check(event: Any) -> dict[str, Any]:
 
 
 def encode(event: dict[str, Any]) -> bytes:
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Compact UTF-8 JSON. NaN/Infinity are not JSON and raise ValueError."""
+    try:
+        text = json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (from a "\\ud800" escape) cannot be UTF-8: keep it as an escape instead.
+        return json.dumps(event, separators=(",", ":"), allow_nan=False).encode("ascii")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def decode(raw: bytes | str) -> Any:
-    """Parse JSON; a malformed document raises EventInvalid with a pointer at the root."""
+    """Parse JSON; a malformed document (or NaN/Infinity) raises EventInvalid with a pointer at the root."""
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
-        raise EventInvalid([FieldError("", f"malformed JSON: {exc}"[:300])]) from None
+        raise EventInvalid([FieldError("", f"malformed JSON: {exc}"[:MAX_MESSAGE])]) from None
 
 
 def new_event(

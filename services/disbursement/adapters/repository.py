@@ -1,0 +1,165 @@
+"""SQL helpers shared by the use cases: idempotent inserts, the outbox, journal posting, loan reads."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from schemas.codec import encode, new_event
+from services.common.money import Money
+from services.disbursement.adapters.orm import (
+    control,
+    financed_orders,
+    journal_entries,
+    journal_lines,
+    loans,
+    merchants,
+    outbox,
+    webhook_deliveries,
+)
+from services.disbursement.domain.collections import OpenLoan
+from services.disbursement.domain.ledger import JournalEntry, validate_entry
+from services.disbursement.domain.loans import OPEN_STATES
+
+# Event types merchants can subscribe to as webhooks.
+WEBHOOK_TYPES = frozenset({
+    "loan_offer.created", "loan_offer.withdrawn", "loan_offer.expired", "credit_limit.updated",
+    "loan.disbursed", "loan.repayment_applied", "loan.repaid", "loan.delinquent", "loan.charged_off",
+})
+
+
+def insert_ignore(conn: sa.Connection, table: sa.Table, values: dict[str, Any]) -> bool:
+    """INSERT ... ON CONFLICT DO NOTHING; True when the row was new."""
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        stmt: Any = postgresql.insert(table).values(**values).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(table).values(**values).on_conflict_do_nothing()
+    else:  # pragma: no cover - only PostgreSQL and SQLite are supported
+        raise RuntimeError(f"unsupported database {dialect}")
+    return bool(conn.execute(stmt).rowcount)
+
+
+def get_control(conn: sa.Connection, key: str) -> str | None:
+    value = conn.execute(sa.select(control.c.value).where(control.c.key == key)).scalar()
+    return None if value is None else str(value)
+
+
+def set_control(conn: sa.Connection, key: str, value: str) -> None:
+    if not insert_ignore(conn, control, {"key": key, "value": value}):
+        conn.execute(sa.update(control).where(control.c.key == key).values(value=value))
+
+
+def money(amount: int, currency: str) -> dict[str, Any]:
+    return {"amount": int(amount), "currency": currency}
+
+
+class Outbox:
+    """Writes events in the caller's transaction: a Kafka row and, when subscribed, a webhook delivery."""
+
+    def __init__(self, source: str, topic_prefix: str, created_at: datetime):
+        self.source = source
+        self.topic_prefix = topic_prefix
+        self.created_at = created_at
+
+    def emit(self, conn: sa.Connection, *, topic: str | None, event: dict[str, Any]) -> None:
+        payload = encode(event).decode("utf-8")
+        if topic is not None:
+            insert_ignore(conn, outbox, {
+                "event_id": event["id"], "topic": self.topic_prefix + topic, "key": event["subject"],
+                "payload": payload, "created_at": self.created_at,
+            })
+        if event["type"] in WEBHOOK_TYPES:
+            self._webhook(conn, event, payload)
+
+    def new(self, conn: sa.Connection, *, topic: str | None, etype: str, merchant_id: str, data: dict[str, Any],
+            time: datetime, event_id: str) -> dict[str, Any]:
+        event = new_event(etype, merchant_id, data, time, self.source, id=event_id)
+        self.emit(conn, topic=topic, event=event)
+        return event
+
+    def _webhook(self, conn: sa.Connection, event: dict[str, Any], payload: str) -> None:
+        m = conn.execute(
+            sa.select(merchants.c.webhook_url, merchants.c.event_types).where(merchants.c.merchant_id == event["subject"])
+        ).first()
+        if m is None or not m.webhook_url:
+            return
+        types = m.event_types or []
+        if types and event["type"] not in types:
+            return
+        insert_ignore(conn, webhook_deliveries, {
+            "msg_id": event["id"], "merchant_id": event["subject"], "event_type": event["type"], "payload": payload,
+            "state": "pending", "attempts": 0, "next_attempt_at": self.created_at, "created_at": self.created_at,
+        })
+
+
+def post_entry(conn: sa.Connection, entry: JournalEntry, merchant_id: str | None, at: datetime) -> bool:
+    """Append a validated entry; an entry id already posted is skipped (replays are harmless)."""
+    validate_entry(entry)
+    if not insert_ignore(conn, journal_entries, {
+        "entry_id": entry.entry_id, "kind": entry.kind, "loan_id": entry.loan_id, "merchant_id": merchant_id,
+        "reverses": entry.reverses, "created_at": at,
+    }):
+        return False
+    conn.execute(sa.insert(journal_lines), [
+        {"entry_id": entry.entry_id, "account": ln.account.value, "side": ln.side.value,
+         "amount": ln.amount.amount, "currency": ln.amount.currency}
+        for ln in entry.lines
+    ])
+    return True
+
+
+def account_balances(conn: sa.Connection) -> dict[tuple[str, str], int]:
+    signed = sa.case((journal_lines.c.side == "D", journal_lines.c.amount), else_=-journal_lines.c.amount)
+    rows = conn.execute(
+        sa.select(journal_lines.c.account, journal_lines.c.currency, sa.func.sum(signed))
+        .group_by(journal_lines.c.account, journal_lines.c.currency)
+    )
+    return {(a, c): int(s) for a, c, s in rows}
+
+
+def open_loans(conn: sa.Connection, merchant_id: str, lock: bool = False) -> list[OpenLoan]:
+    expected = (
+        sa.select(sa.func.coalesce(sa.func.sum(financed_orders.c.expected), 0))
+        .where(financed_orders.c.loan_id == loans.c.loan_id, financed_orders.c.state == "open")
+        .scalar_subquery()
+    )
+    q = (
+        sa.select(loans.c.loan_id, loans.c.currency, loans.c.principal_due, loans.c.fee_due, loans.c.disbursed_at,
+                  expected.label("expected"))
+        .where(loans.c.merchant_id == merchant_id, loans.c.state.in_([s.value for s in OPEN_STATES]))
+        .order_by(loans.c.disbursed_at, loans.c.loan_id)
+    )
+    if lock and conn.dialect.name == "postgresql":
+        q = q.with_for_update(of=loans)
+    return [
+        OpenLoan(r.loan_id, r.disbursed_at, Money(r.principal_due, r.currency), Money(r.fee_due, r.currency),
+                 Money(int(r.expected), r.currency))
+        for r in conn.execute(q)
+    ]
+
+
+def loan_view(row: Any) -> dict[str, Any]:
+    """The public representation of a loan (HTTP answers and replays)."""
+    from services.common.timeutil import format_rfc3339
+
+    return {
+        "loan_id": row.loan_id, "offer_id": row.offer_id, "state": row.state,
+        "principal": money(row.principal, row.currency), "fee": money(row.fee, row.currency), "apr": row.apr,
+        "due_at": format_rfc3339(row.due_at), "order_ids": list(row.order_ids),
+        "remaining": money(row.principal_due + row.fee_due, row.currency),
+        "payout_id": row.payout_id, "days_past_due": row.dpd,
+    }
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def ids(values: Iterable[Any]) -> list[str]:
+    return [str(v) for v in values]

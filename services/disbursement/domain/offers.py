@@ -1,0 +1,65 @@
+"""The acceptance rules: why an offer can or cannot become a loan right now."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from services.common.money import Money
+
+
+class OfferState(StrEnum):
+    OPEN = "open"
+    ACCEPTED = "accepted"
+    WITHDRAWN = "withdrawn"
+    EXPIRED = "expired"
+    SUPERSEDED = "superseded"
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptanceFacts:
+    """Everything the decision needs, read in one transaction with the offer row locked."""
+
+    offer_state: OfferState
+    offer_amount: Money
+    expires_at: datetime
+    now: datetime
+    kill_switch: bool
+    merchant_status: str
+    merchant_delinquent: bool
+    available: Money | None  # latest available limit minus what was disbursed since; None = no limit yet
+
+
+def refusal(f: AcceptanceFacts) -> Refusal | None:
+    """The first reason to refuse, or None when the offer may be accepted."""
+    if f.kill_switch:
+        return Refusal("kill_switch", "new loans are paused; please try again later")
+    if f.offer_state is OfferState.ACCEPTED:
+        return Refusal("offer_already_accepted", "this offer has already been accepted")
+    if f.offer_state is OfferState.WITHDRAWN:
+        return Refusal("offer_withdrawn", "this offer was withdrawn")
+    if f.offer_state is OfferState.SUPERSEDED:
+        return Refusal("offer_superseded", "a newer offer replaced this one")
+    if f.offer_state is OfferState.EXPIRED or f.now >= f.expires_at:
+        return Refusal("offer_expired", "this offer has expired")
+    if f.merchant_status != "active":
+        return Refusal("merchant_inactive", f"merchant status is {f.merchant_status}")
+    if f.merchant_delinquent:
+        return Refusal("merchant_delinquent", "a loan is past due; new loans resume once it is repaid")
+    if f.available is None:
+        return Refusal("no_credit_limit", "no credit limit is available for this merchant")
+    if f.available.currency != f.offer_amount.currency:
+        return Refusal("currency_mismatch", f"offer in {f.offer_amount.currency}, limit in {f.available.currency}")
+    if f.offer_amount.amount > f.available.amount:
+        return Refusal(
+            "limit_exceeded",
+            f"offer amount {f.offer_amount} exceeds the available limit {f.available.clamp_floor_zero()}",
+        )
+    return None

@@ -1,0 +1,668 @@
+"""The disbursement application core: one method per use case, each one database transaction.
+
+Kafka consumers, the HTTP API and the embedded engine all call these methods; none of them
+touches the tables directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import logging
+import threading
+import time as _time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from schemas import topics
+from schemas.codec import deterministic_id
+from services.common.money import Money
+from services.common.timeutil import format_rfc3339, parse_rfc3339
+from services.disbursement.adapters import repository as repo
+from services.disbursement.adapters.metrics import DisbursementMetrics
+from services.disbursement.adapters.orm import (
+    credit_limits,
+    financed_orders,
+    idempotency_keys,
+    loans,
+    merchant_refunds,
+    merchants,
+    offers,
+    payouts,
+    processed_events,
+)
+from services.disbursement.domain import aging, ledger
+from services.disbursement.domain import collections as coll
+from services.disbursement.domain.loans import OPEN_STATES, AllocationOrder, LoanState, transition
+from services.disbursement.domain.offers import AcceptanceFacts, OfferState, Refusal, refusal
+from services.disbursement.domain.webhooks_signing import new_secret, secret_bytes
+from services.disbursement.ports import Clock, PayoutFailed, PayoutRail, PayoutRequest, Publisher, WebhookTransport
+from services.disbursement.settings import DisbursementSettings
+
+log = logging.getLogger(__name__)
+CLOCK_KEY = "event_clock"
+KILL_KEY = "kill_switch"
+
+
+class EventRejected(ValueError):
+    """An event this service cannot apply (missing or malformed field)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptOffer:
+    offer_id: str
+    merchant_id: str
+    idempotency_key: str
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptResult:
+    status_code: int  # 200 disbursed, 202 accepted (payout pending), 404, 409, 422
+    body: dict[str, Any]
+    replayed: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code in (200, 202)
+
+    @property
+    def code(self) -> str | None:
+        err = self.body.get("error")
+        return err.get("code") if isinstance(err, dict) else None
+
+
+def _error(status: int, code: str, message: str) -> AcceptResult:
+    return AcceptResult(status, {"error": {"code": code, "message": message}})
+
+
+def hash_api_key(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
+
+
+def loan_id_for(offer_id: str) -> str:
+    # Derived from the offer: whoever retries, the same offer can only ever name the same loan.
+    return "ln_" + uuid.uuid5(uuid.NAMESPACE_URL, "floatbridge:loan:" + offer_id).hex[:24]
+
+
+@dataclass
+class DisbursementService:
+    engine: sa.Engine
+    settings: DisbursementSettings
+    rail: PayoutRail
+    transport: WebhookTransport
+    clock: Clock
+    metrics: DisbursementMetrics
+    publisher: Publisher | None = None
+    auto_relay: bool = False
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+    _relaying: bool = False
+
+    # ----------------------------------------------------------------- plumbing
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sa.Connection]:
+        # SQLite (embedded mode) allows one writer: serialise in-process instead of failing with "locked".
+        lock = self._lock if self.engine.dialect.name == "sqlite" else contextlib.nullcontext()
+        with lock, self.engine.begin() as conn:
+            yield conn
+
+    @property
+    def _pg(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    def _outbox(self) -> repo.Outbox:
+        return repo.Outbox(self.settings.source, self.settings.topic_prefix, self.clock())
+
+    def _after_commit(self) -> None:
+        if self.auto_relay and self.publisher is not None:
+            self.relay_outbox()
+
+    # ----------------------------------------------------------------- merchants
+    def register_merchant(self, merchant_id: str, webhook_url: str | None = None, api_key: str | None = None,
+                          webhook_secret: str | None = None, currency: str | None = None,
+                          event_types: tuple[str, ...] = ()) -> str:
+        """Create or update a merchant; returns the active webhook secret (generated when not given)."""
+        if not merchant_id:
+            raise ValueError("merchant_id must not be empty")
+        bad = set(event_types) - repo.WEBHOOK_TYPES
+        if bad:
+            raise ValueError(f"unknown webhook event types: {', '.join(sorted(bad))}")
+        secret = webhook_secret or new_secret()
+        secret_bytes(secret)  # reject a malformed secret now, not at the first delivery
+        values: dict[str, Any] = {"webhook_url": webhook_url, "webhook_secrets": [secret],
+                                  "event_types": list(event_types), "webhook_enabled": True, "webhook_failures": 0}
+        if api_key is not None:
+            values["api_key_hash"] = hash_api_key(api_key)
+        if currency is not None:
+            values["currency"] = currency
+        with self._tx() as conn:
+            if not repo.insert_ignore(conn, merchants, {"merchant_id": merchant_id, "status": "active", **values}):
+                conn.execute(sa.update(merchants).where(merchants.c.merchant_id == merchant_id).values(**values))
+        return secret
+
+    def rotate_secret(self, merchant_id: str, new: str | None = None, drop_previous: bool = False) -> str:
+        """Add a new secret; the previous one stays valid (both sign) until the next rotation or drop."""
+        secret = new or new_secret()
+        secret_bytes(secret)
+        with self._tx() as conn:
+            current = self._merchant(conn, merchant_id).webhook_secrets or []
+            kept = [] if drop_previous else current[:1]
+            conn.execute(sa.update(merchants).where(merchants.c.merchant_id == merchant_id)
+                         .values(webhook_secrets=[secret, *kept]))
+        return secret
+
+    def set_api_key(self, merchant_id: str, api_key: str) -> None:
+        if len(api_key) < 16:
+            raise ValueError("an API key must be at least 16 characters")
+        with self._tx() as conn:
+            self._merchant(conn, merchant_id)
+            conn.execute(sa.update(merchants).where(merchants.c.merchant_id == merchant_id)
+                         .values(api_key_hash=hash_api_key(api_key)))
+
+    def list_merchants(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(merchants).order_by(merchants.c.merchant_id)).all()
+        return [{
+            "merchant_id": r.merchant_id, "currency": r.currency, "status": r.status, "webhook_url": r.webhook_url,
+            "active_secrets": len(r.webhook_secrets or []), "event_types": list(r.event_types or []),
+            "webhook_enabled": r.webhook_enabled, "has_api_key": bool(r.api_key_hash),
+        } for r in rows]
+
+    def authenticate(self, api_key: str) -> str | None:
+        """The merchant owning `api_key`, comparing hashes in constant time."""
+        digest = hash_api_key(api_key)
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(merchants.c.merchant_id, merchants.c.api_key_hash)
+                               .where(merchants.c.api_key_hash == digest)).first()
+        if row is None or not hmac.compare_digest(str(row.api_key_hash), digest):
+            return None
+        return str(row.merchant_id)
+
+    def set_kill_switch(self, on: bool) -> None:
+        with self._tx() as conn:
+            repo.set_control(conn, KILL_KEY, "1" if on else "0")
+
+    def kill_switch(self, conn: sa.Connection) -> bool:
+        return self.settings.kill_switch or repo.get_control(conn, KILL_KEY) == "1"
+
+    def _merchant(self, conn: sa.Connection, merchant_id: str) -> Any:
+        row = conn.execute(sa.select(merchants).where(merchants.c.merchant_id == merchant_id)).first()
+        if row is None:
+            raise KeyError(f"unknown merchant {merchant_id!r}")
+        return row
+
+    # ----------------------------------------------------------------- reads
+    def get_loan(self, merchant_id: str, loan_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(loans).where(loans.c.loan_id == loan_id,
+                                                      loans.c.merchant_id == merchant_id)).first()
+        return None if row is None else repo.loan_view(row)
+
+    def get_offer(self, merchant_id: str, offer_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(offers).where(offers.c.offer_id == offer_id,
+                                                       offers.c.merchant_id == merchant_id)).first()
+        if row is None:
+            return None
+        return {
+            "offer_id": row.offer_id, "state": row.state, "amount": repo.money(row.amount, row.currency),
+            "fee": repo.money(row.fee, row.currency), "apr": row.apr, "due_at": format_rfc3339(row.due_at),
+            "expires_at": format_rfc3339(row.expires_at), "order_ids": list(row.order_ids),
+            "reasons": row.data.get("reasons", []),
+        }
+
+    def balances(self) -> dict[tuple[str, str], int]:
+        """Ledger balances (debits minus credits) per (account, currency)."""
+        with self.engine.connect() as conn:
+            return repo.account_balances(conn)
+
+    def event_clock(self) -> datetime | None:
+        with self.engine.connect() as conn:
+            value = repo.get_control(conn, CLOCK_KEY)
+        return None if value is None else parse_rfc3339(value)
+
+    # ----------------------------------------------------------------- events in
+    def handle(self, event: dict[str, Any]) -> None:
+        """Apply one consumed event exactly once (dedupe by event id in the same transaction)."""
+        try:
+            etype, eid, subject = event["type"], event["id"], event["subject"]
+            at = parse_rfc3339(event["time"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EventRejected(f"event envelope incomplete: {exc}") from None
+        handler = self._handlers().get(etype)
+        with self._tx() as conn:
+            if not repo.insert_ignore(conn, processed_events,
+                                      {"event_id": eid, "event_type": etype, "processed_at": self.clock()}):
+                return
+            if etype in topics_marketplace_types():
+                self._advance_clock(conn, at)
+            if handler is not None:
+                try:
+                    handler(conn, event, subject, at)
+                except (KeyError, TypeError) as exc:
+                    raise EventRejected(f"{etype} {eid}: missing or malformed field {exc}") from None
+        self.metrics.events.labels(etype).inc()
+        self._after_commit()
+
+    def _handlers(self) -> dict[str, Any]:
+        return {
+            "credit_limit.updated": self._on_credit_limit,
+            "loan_offer.created": self._on_offer_created,
+            "loan_offer.withdrawn": self._on_offer_withdrawn,
+            "merchant.onboarded": self._on_merchant,
+            "merchant.updated": self._on_merchant,
+            "settlement.paid": self._on_settlement,
+            "order.refunded": self._on_order_shortfall,
+            "order.cancelled": self._on_order_shortfall,
+        }
+
+    def _advance_clock(self, conn: sa.Connection, at: datetime) -> None:
+        current = repo.get_control(conn, CLOCK_KEY)
+        if current is None or parse_rfc3339(current) < at:
+            repo.set_control(conn, CLOCK_KEY, format_rfc3339(at))
+
+    def _ensure_merchant(self, conn: sa.Connection, merchant_id: str, currency: str | None = None) -> None:
+        repo.insert_ignore(conn, merchants, {"merchant_id": merchant_id, "status": "active", "currency": currency,
+                                             "webhook_secrets": [], "event_types": []})
+
+    def _on_merchant(self, conn: sa.Connection, event: dict[str, Any], mid: str, at: datetime) -> None:
+        data = event["data"]
+        self._ensure_merchant(conn, mid, data.get("currency"))
+        values = {k: data[k] for k in ("currency", "status") if k in data}
+        if values:
+            conn.execute(sa.update(merchants).where(merchants.c.merchant_id == mid).values(**values))
+
+    def _on_credit_limit(self, conn: sa.Connection, event: dict[str, Any], mid: str, at: datetime) -> None:
+        data = event["data"]
+        limit, available = Money.from_json(data["limit"]), Money.from_json(data["available"])
+        self._ensure_merchant(conn, mid, limit.currency)
+        repo.insert_ignore(conn, credit_limits, {
+            "merchant_id": mid, "event_id": event["id"], "currency": limit.currency, "limit_amount": limit.amount,
+            "available_amount": available.amount, "trigger_event_id": data.get("trigger_event_id"), "event_time": at,
+        })
+        self._outbox().emit(conn, topic=None, event=event)
+
+    def _on_offer_created(self, conn: sa.Connection, event: dict[str, Any], mid: str, at: datetime) -> None:
+        data = event["data"]
+        amount, fee = Money.from_json(data["amount"]), Money.from_json(data["fee"])
+        self._ensure_merchant(conn, mid, amount.currency)
+        # One open offer per merchant: a fresh one replaces the stale one.
+        conn.execute(sa.update(offers).where(offers.c.merchant_id == mid, offers.c.state == OfferState.OPEN.value)
+                     .values(state=OfferState.SUPERSEDED.value))
+        repo.insert_ignore(conn, offers, {
+            "offer_id": data["offer_id"], "merchant_id": mid, "state": OfferState.OPEN.value,
+            "currency": amount.currency, "amount": amount.amount, "fee": fee.amount, "apr": str(data["apr"]),
+            "due_at": parse_rfc3339(data["due_at"]), "expires_at": parse_rfc3339(data["expires_at"]),
+            "created_at": at, "order_ids": list(data.get("order_ids", [])), "data": data,
+        })
+        self._outbox().emit(conn, topic=None, event=event)
+
+    def _on_offer_withdrawn(self, conn: sa.Connection, event: dict[str, Any], mid: str, at: datetime) -> None:
+        conn.execute(sa.update(offers).where(offers.c.offer_id == event["data"]["offer_id"],
+                                             offers.c.merchant_id == mid, offers.c.state == OfferState.OPEN.value)
+                     .values(state=OfferState.WITHDRAWN.value))
+        self._outbox().emit(conn, topic=None, event=event)
+
+    # ----------------------------------------------------------------- acceptance
+    def accept(self, cmd: AcceptOffer) -> AcceptResult:
+        """Accept an offer: checks, loan + ledger in one transaction, then the payout (idempotent per loan)."""
+        started = _time.perf_counter()
+        if not cmd.idempotency_key or len(cmd.idempotency_key) > 255:
+            result = _error(422, "idempotency_key_invalid", "Idempotency-Key must be 1 to 255 characters")
+        else:
+            result = self._accept(cmd)
+        outcome = "accepted" if result.ok else (result.code or "error")
+        self.metrics.accepts.labels(outcome).inc()
+        self.metrics.accept_latency.labels("accepted" if result.ok else "refused").observe(
+            _time.perf_counter() - started)
+        self._after_commit()
+        return result
+
+    def _accept(self, cmd: AcceptOffer) -> AcceptResult:
+        try:
+            first, loan_id = self._accept_tx(cmd)
+        except sa.exc.IntegrityError:
+            # A concurrent request with the same Idempotency-Key or for the same offer won the race.
+            first, loan_id = self._replay_or_conflict(cmd), None
+        if loan_id is None:
+            return first
+        if self._drive_payout(loan_id):
+            with self.engine.connect() as conn:
+                stored = conn.execute(sa.select(idempotency_keys.c.status_code, idempotency_keys.c.response).where(
+                    idempotency_keys.c.merchant_id == cmd.merchant_id,
+                    idempotency_keys.c.key == cmd.idempotency_key)).one()
+            return AcceptResult(stored.status_code, stored.response)
+        return first
+
+    def _replay_or_conflict(self, cmd: AcceptOffer) -> AcceptResult:
+        with self.engine.connect() as conn:
+            stored = self._stored_answer(conn, cmd)
+        if stored is not None:
+            return stored
+        return _error(409, "offer_already_accepted", "this offer has already been accepted")
+
+    def _stored_answer(self, conn: sa.Connection, cmd: AcceptOffer) -> AcceptResult | None:
+        row = conn.execute(sa.select(idempotency_keys).where(
+            idempotency_keys.c.merchant_id == cmd.merchant_id, idempotency_keys.c.key == cmd.idempotency_key)).first()
+        if row is None:
+            return None
+        if row.offer_id != cmd.offer_id:
+            return _error(422, "idempotency_key_reused", "this Idempotency-Key was already used for another offer")
+        return AcceptResult(row.status_code, row.response, replayed=True)
+
+    def _remember(self, conn: sa.Connection, cmd: AcceptOffer, result: AcceptResult) -> AcceptResult:
+        conn.execute(sa.insert(idempotency_keys).values(
+            merchant_id=cmd.merchant_id, key=cmd.idempotency_key, offer_id=cmd.offer_id,
+            status_code=result.status_code, response=result.body, created_at=self.clock()))
+        return result
+
+    def _accept_tx(self, cmd: AcceptOffer) -> tuple[AcceptResult, str | None]:
+        with self._tx() as conn:
+            stored = self._stored_answer(conn, cmd)
+            if stored is not None:
+                return stored, None
+            q = sa.select(offers).where(offers.c.offer_id == cmd.offer_id)
+            offer = conn.execute(q.with_for_update() if self._pg else q).first()
+            if offer is None or offer.merchant_id != cmd.merchant_id:
+                # Same answer whether the offer does not exist or belongs to someone else.
+                return self._remember(conn, cmd, _error(404, "offer_not_found", "no such offer")), None
+            why = refusal(self._facts(conn, offer, cmd.now))
+            if why is not None:
+                return self._remember(conn, cmd, _error(409, why.code, why.message)), None
+            loan = self._open_loan(conn, offer, cmd.now)
+            return self._remember(conn, cmd, AcceptResult(202, repo.loan_view(loan))), loan.loan_id
+
+    def _facts(self, conn: sa.Connection, offer: Any, now: datetime) -> AcceptanceFacts:
+        merchant = self._merchant(conn, offer.merchant_id)
+        delinquent = conn.execute(sa.select(sa.func.count()).select_from(loans).where(
+            loans.c.merchant_id == offer.merchant_id,
+            loans.c.state.in_([LoanState.DELINQUENT.value, LoanState.CHARGED_OFF.value]))).scalar_one()
+        taken = conn.execute(sa.select(sa.func.count()).select_from(loans).where(
+            loans.c.offer_id == offer.offer_id)).scalar_one()
+        state = OfferState.ACCEPTED if taken else OfferState(offer.state)
+        return AcceptanceFacts(
+            offer_state=state, offer_amount=Money(offer.amount, offer.currency), expires_at=offer.expires_at,
+            now=now, kill_switch=self.kill_switch(conn), merchant_status=merchant.status,
+            merchant_delinquent=bool(delinquent), available=self._available(conn, offer.merchant_id)[0],
+        )
+
+    def _available(self, conn: sa.Connection, merchant_id: str) -> tuple[Money | None, int | None]:
+        """Latest available limit minus principal accepted since that limit arrived."""
+        lim = conn.execute(sa.select(credit_limits).where(credit_limits.c.merchant_id == merchant_id)
+                           .order_by(credit_limits.c.event_time.desc(), credit_limits.c.id.desc()).limit(1)).first()
+        if lim is None:
+            return None, None
+        since = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(loans.c.principal), 0)).where(
+            loans.c.merchant_id == merchant_id, loans.c.limit_id == lim.id)).scalar_one()
+        return Money(lim.available_amount - int(since), lim.currency), int(lim.id)
+
+    def _open_loan(self, conn: sa.Connection, offer: Any, now: datetime) -> Any:
+        loan_id = loan_id_for(offer.offer_id)
+        principal, fee = Money(offer.amount, offer.currency), Money(offer.fee, offer.currency)
+        conn.execute(sa.insert(loans).values(
+            loan_id=loan_id, offer_id=offer.offer_id, merchant_id=offer.merchant_id, state=LoanState.ACCEPTED.value,
+            currency=offer.currency, principal=offer.amount, fee=offer.fee, principal_due=offer.amount,
+            fee_due=offer.fee, apr=offer.apr, due_at=offer.due_at, accepted_at=now,
+            limit_id=self._available(conn, offer.merchant_id)[1], dpd=0, order_ids=list(offer.order_ids)))
+        repo.post_entry(conn, ledger.disbursement(f"disbursement:{loan_id}", loan_id, principal, fee),
+                        offer.merchant_id, now)
+        self._finance_orders(conn, loan_id, offer, principal + fee)
+        conn.execute(sa.update(offers).where(offers.c.offer_id == offer.offer_id)
+                     .values(state=OfferState.ACCEPTED.value))
+        self._outbox().new(conn, topic=topics.LOANS, etype="loan_offer.accepted", merchant_id=offer.merchant_id,
+                           data={"offer_id": offer.offer_id, "loan_id": loan_id, "accepted_at": format_rfc3339(now)},
+                           time=now, event_id=deterministic_id("loan_offer.accepted", offer.offer_id))
+        return conn.execute(sa.select(loans).where(loans.c.loan_id == loan_id)).one()
+
+    def _finance_orders(self, conn: sa.Connection, loan_id: str, offer: Any, owed: Money) -> None:
+        """Record what each financed order is expected to bring back (given amounts, else an equal share)."""
+        given = {o["order_id"]: int(o["amount"]["amount"]) for o in offer.data.get("orders", []) if "order_id" in o}
+        order_ids = list(offer.order_ids)
+        if not order_ids:
+            return
+        share, rest = divmod(owed.amount, len(order_ids))
+        rows = [{"order_id": oid, "loan_id": loan_id, "merchant_id": offer.merchant_id, "state": "open",
+                 "expected": given.get(oid, share + (rest if i == 0 else 0))} for i, oid in enumerate(order_ids)]
+        conn.execute(sa.insert(financed_orders), rows)
+
+    # ----------------------------------------------------------------- payout
+    def _drive_payout(self, loan_id: str) -> bool:
+        """Pay a loan still in `accepted` (same idempotency key on every retry); True once disbursed."""
+        with self.engine.connect() as conn:
+            loan = conn.execute(sa.select(loans).where(loans.c.loan_id == loan_id)).one()
+        if loan.state != LoanState.ACCEPTED.value:
+            return True
+        try:
+            payout_id = self.rail.pay(PayoutRequest(loan_id, loan.merchant_id, loan.principal, loan.currency,
+                                                    f"loan {loan_id}"))
+        except PayoutFailed as exc:
+            log.warning("payout of %s failed, recovery will retry: %s", loan_id, exc)
+            return False
+        with self._tx() as conn:
+            q = sa.select(loans).where(loans.c.loan_id == loan_id)
+            loan = conn.execute(q.with_for_update() if self._pg else q).one()
+            if loan.state != LoanState.ACCEPTED.value:
+                return True
+            now = self.clock()
+            conn.execute(sa.insert(payouts).values(payout_id=payout_id, loan_id=loan_id, merchant_id=loan.merchant_id,
+                                                   amount=loan.principal, currency=loan.currency, created_at=now))
+            transition(LoanState(loan.state), LoanState.DISBURSED)
+            conn.execute(sa.update(loans).where(loans.c.loan_id == loan_id).values(
+                state=LoanState.DISBURSED.value, payout_id=payout_id, disbursed_at=now))
+            self._outbox().new(conn, topic=topics.LOANS, etype="loan.disbursed", merchant_id=loan.merchant_id, data={
+                "loan_id": loan_id, "offer_id": loan.offer_id, "principal": repo.money(loan.principal, loan.currency),
+                "fee": repo.money(loan.fee, loan.currency), "due_at": format_rfc3339(loan.due_at),
+                "payout_id": payout_id}, time=now, event_id=deterministic_id("loan.disbursed", loan_id))
+            view = repo.loan_view(conn.execute(sa.select(loans).where(loans.c.loan_id == loan_id)).one())
+            conn.execute(sa.update(idempotency_keys).where(idempotency_keys.c.offer_id == loan.offer_id,
+                                                           idempotency_keys.c.status_code == 202)
+                         .values(status_code=200, response=view))
+            self._refresh_instruction(conn, loan.merchant_id, now, f"disbursed:{loan_id}")
+        self.metrics.disbursed.labels(loan.currency).inc(loan.principal)
+        return True
+
+    def recover(self, now: datetime | None = None) -> int:
+        """Re-drive loans stuck in `accepted` and overpayment refunds not yet paid; returns how many were paid."""
+        now = now or self.clock()
+        cutoff = now - timedelta(seconds=self.settings.recovery_after_seconds)
+        with self.engine.connect() as conn:
+            stuck = conn.execute(sa.select(loans.c.loan_id).where(
+                loans.c.state == LoanState.ACCEPTED.value, loans.c.accepted_at <= cutoff)).scalars().all()
+            refunds = conn.execute(sa.select(merchant_refunds).where(merchant_refunds.c.state == "pending")).all()
+        done = sum(1 for loan_id in stuck if self._drive_payout(loan_id))
+        done += sum(1 for r in refunds if self._pay_refund(r))
+        self._after_commit()
+        return done
+
+    def _pay_refund(self, refund: Any) -> bool:
+        try:
+            payout_id = self.rail.pay(PayoutRequest(refund.refund_id, refund.merchant_id, refund.amount,
+                                                    refund.currency, f"overpayment {refund.refund_id}"))
+        except PayoutFailed as exc:
+            log.warning("refund %s failed, will retry: %s", refund.refund_id, exc)
+            return False
+        with self._tx() as conn:
+            changed = conn.execute(sa.update(merchant_refunds).where(
+                merchant_refunds.c.refund_id == refund.refund_id, merchant_refunds.c.state == "pending")
+                .values(state="paid", payout_id=payout_id)).rowcount
+            if changed:
+                repo.post_entry(conn, ledger.overpayment_returned(f"returned:{refund.refund_id}",
+                                Money(refund.amount, refund.currency)), refund.merchant_id, self.clock())
+        return True
+
+    # ----------------------------------------------------------------- collections
+    def _on_settlement(self, conn: sa.Connection, event: dict[str, Any], mid: str, at: datetime) -> None:
+        data = event["data"]
+        settlement_id, withheld = data["settlement_id"], Money.from_json(data["withheld"])
+        order_ids = [o["order_id"] for o in data.get("orders", [])]
+        priority: set[str] = set()
+        if order_ids:
+            rows = conn.execute(sa.select(financed_orders.c.loan_id, financed_orders.c.order_id).where(
+                financed_orders.c.merchant_id == mid, financed_orders.c.order_id.in_(order_ids),
+                financed_orders.c.state == "open")).all()
+            priority = {r.loan_id for r in rows}
+            if rows:
+                conn.execute(sa.update(financed_orders).where(
+                    financed_orders.c.merchant_id == mid, financed_orders.c.order_id.in_(order_ids),
+                    financed_orders.c.state == "open").values(state="settled"))
+        open_ = repo.open_loans(conn, mid, lock=True)
+        order = AllocationOrder(self.settings.allocation_order)
+        alloc = coll.allocate(withheld, [ln for ln in open_ if ln.remaining.currency == withheld.currency],
+                              frozenset(priority), order)
+        for loan_id, split in alloc.per_loan:
+            self._apply_repayment(conn, mid, loan_id, settlement_id, split.fee, split.principal, at)
+        if alloc.overpayment.amount > 0:
+            refund_id = f"refund:{mid}:{settlement_id}"
+            repo.post_entry(conn, ledger.overpayment(f"overpayment:{mid}:{settlement_id}", alloc.overpayment), mid, at)
+            repo.insert_ignore(conn, merchant_refunds, {
+                "refund_id": refund_id, "merchant_id": mid, "amount": alloc.overpayment.amount,
+                "currency": alloc.overpayment.currency, "state": "pending", "created_at": at})
+        self._refresh_instruction(conn, mid, at, f"settlement:{settlement_id}")
+
+    def _apply_repayment(self, conn: sa.Connection, mid: str, loan_id: str, settlement_id: str,
+                         fee: Money, principal: Money, at: datetime) -> None:
+        loan = conn.execute(sa.select(loans).where(loans.c.loan_id == loan_id)).one()
+        repo.post_entry(conn, ledger.repayment(f"repayment:{loan_id}:{settlement_id}", loan_id, fee, principal), mid, at)
+        p_due, f_due = loan.principal_due - principal.amount, loan.fee_due - fee.amount
+        target = LoanState.REPAID if p_due == 0 and f_due == 0 else (
+            LoanState.DELINQUENT if loan.state == LoanState.DELINQUENT.value else LoanState.REPAYING)
+        transition(LoanState(loan.state), target)
+        conn.execute(sa.update(loans).where(loans.c.loan_id == loan_id).values(
+            principal_due=p_due, fee_due=f_due, state=target.value,
+            closed_at=at if target is LoanState.REPAID else None))
+        ob = self._outbox()
+        ob.new(conn, topic=topics.LOANS, etype="loan.repayment_applied", merchant_id=mid, data={
+            "loan_id": loan_id, "settlement_id": settlement_id, "amount": (fee + principal).to_json(),
+            "remaining": repo.money(p_due + f_due, loan.currency)}, time=at,
+            event_id=deterministic_id("loan.repayment_applied", loan_id, settlement_id))
+        if target is LoanState.REPAID:
+            ob.new(conn, topic=topics.LOANS, etype="loan.repaid", merchant_id=mid,
+                   data={"loan_id": loan_id, "repaid_at": format_rfc3339(at)}, time=at,
+                   event_id=deterministic_id("loan.repaid", loan_id))
+
+    def _on_order_shortfall(self, conn: sa.Connection, event: dict[str, Any], mid: str, at: datetime) -> None:
+        """A refunded or cancelled financed order will not repay its loan: the withhold must cover it."""
+        data = event["data"]
+        rows = conn.execute(sa.select(financed_orders).where(
+            financed_orders.c.merchant_id == mid, financed_orders.c.order_id == data["order_id"],
+            financed_orders.c.state == "open")).all()
+        if not rows:
+            return
+        for row in rows:
+            if event["type"] == "order.cancelled":
+                left = 0
+            else:
+                left = max(0, row.expected - Money.from_json(data["amount"]).amount)
+            conn.execute(sa.update(financed_orders).where(
+                financed_orders.c.order_id == row.order_id, financed_orders.c.loan_id == row.loan_id).values(
+                expected=left, state="open" if left else ("cancelled" if event["type"] == "order.cancelled"
+                                                          else "refunded")))
+        self._refresh_instruction(conn, mid, at, f"{event['type']}:{event['id']}")
+
+    def _refresh_instruction(self, conn: sa.Connection, mid: str, at: datetime, cause: str) -> None:
+        """Publish collection.instruction when what the merchant owes (or the rate) changed."""
+        merchant = self._merchant(conn, mid)
+        open_ = repo.open_loans(conn, mid)
+        currency = open_[0].principal_due.currency if open_ else (
+            (merchant.last_instruction or {}).get("owed", {}).get("currency") or merchant.currency)
+        if currency is None:
+            return
+        ins = coll.instruction(open_, currency, self.settings.withhold_rate_bps,
+                               self.settings.shortfall_withhold_rate_bps)
+        data = {"owed": ins.owed.to_json(), "withhold_rate_bps": ins.withhold_rate_bps, "loan_ids": list(ins.loan_ids)}
+        if merchant.last_instruction == data or (merchant.last_instruction is None and ins.owed.is_zero()):
+            return
+        conn.execute(sa.update(merchants).where(merchants.c.merchant_id == mid).values(last_instruction=data))
+        self._outbox().new(conn, topic=topics.COLLECTIONS, etype="collection.instruction", merchant_id=mid,
+                           data=data, time=at, event_id=deterministic_id("collection.instruction", mid, cause))
+
+    # ----------------------------------------------------------------- aging
+    def age(self, now: datetime) -> None:
+        """Expire offers, move loans through the delinquency buckets and charge off at the threshold."""
+        touched: set[str] = set()
+        with self._tx() as conn:
+            self._expire_offers(conn, now)
+            q = sa.select(loans).where(loans.c.state.in_([s.value for s in OPEN_STATES]), loans.c.due_at < now)
+            for loan in conn.execute(q.with_for_update() if self._pg else q).all():
+                if self._age_loan(conn, loan, now):
+                    touched.add(loan.merchant_id)
+            for mid in sorted(touched):
+                self._refresh_instruction(conn, mid, now, f"aging:{format_rfc3339(now)}")
+        self._after_commit()
+
+    def _expire_offers(self, conn: sa.Connection, now: datetime) -> None:
+        q = sa.select(offers.c.offer_id, offers.c.merchant_id).where(
+            offers.c.state == OfferState.OPEN.value, offers.c.expires_at <= now)
+        for offer_id, mid in conn.execute(q).all():
+            conn.execute(sa.update(offers).where(offers.c.offer_id == offer_id).values(state=OfferState.EXPIRED.value))
+            self._outbox().new(conn, topic=None, etype="loan_offer.expired", merchant_id=mid,
+                               data={"offer_id": offer_id, "reasons": [{"code": "expired", "text": "offer expired"}]},
+                               time=now, event_id=deterministic_id("loan_offer.expired", offer_id))
+
+    def _age_loan(self, conn: sa.Connection, loan: Any, now: datetime) -> bool:
+        dpd = aging.days_past_due(loan.due_at, now)
+        remaining = repo.money(loan.principal_due + loan.fee_due, loan.currency)
+        ob = self._outbox()
+        if aging.should_charge_off(dpd, self.settings.charge_off_dpd):
+            transition(LoanState(loan.state), LoanState.DELINQUENT)  # charge-off only follows delinquency
+            repo.post_entry(conn, ledger.charge_off(f"charge_off:{loan.loan_id}", loan.loan_id,
+                                                    Money(loan.principal_due, loan.currency),
+                                                    Money(loan.fee_due, loan.currency)), loan.merchant_id, now)
+            conn.execute(sa.update(loans).where(loans.c.loan_id == loan.loan_id).values(
+                state=LoanState.CHARGED_OFF.value, dpd=dpd, principal_due=0, fee_due=0, closed_at=now))
+            ob.new(conn, topic=topics.LOANS, etype="loan.charged_off", merchant_id=loan.merchant_id,
+                   data={"loan_id": loan.loan_id, "amount": remaining}, time=now,
+                   event_id=deterministic_id("loan.charged_off", loan.loan_id))
+            self.metrics.charge_offs.labels(loan.currency).inc()
+            return True
+        name = aging.bucket(dpd)
+        if name is None or name == loan.bucket:
+            if dpd != loan.dpd:
+                conn.execute(sa.update(loans).where(loans.c.loan_id == loan.loan_id).values(dpd=dpd))
+            return False
+        transition(LoanState(loan.state), LoanState.DELINQUENT)
+        conn.execute(sa.update(loans).where(loans.c.loan_id == loan.loan_id).values(
+            state=LoanState.DELINQUENT.value, dpd=dpd, bucket=name))
+        ob.new(conn, topic=topics.LOANS, etype="loan.delinquent", merchant_id=loan.merchant_id, data={
+            "loan_id": loan.loan_id, "days_past_due": dpd, "bucket": name, "remaining": remaining}, time=now,
+            event_id=deterministic_id("loan.delinquent", loan.loan_id, name))
+        return True
+
+    # ----------------------------------------------------------------- outbox relay and webhooks
+    def relay_outbox(self, limit: int = 500) -> int:
+        """Publish unsent outbox rows in order; returns how many were published."""
+        from services.disbursement.adapters.dispatcher import relay_batch
+
+        if self.publisher is None or self._relaying:
+            return 0  # re-entrant call from an in-process bus: the outer loop picks the new rows up
+        self._relaying = True
+        try:
+            total = 0
+            while True:
+                n = relay_batch(self, limit)
+                total += n
+                if n < limit:
+                    return total
+        finally:
+            self._relaying = False
+
+    def dispatch_webhooks(self, now: datetime, limit: int = 100) -> int:
+        """Deliver due webhooks; returns the number of delivery attempts made."""
+        from services.disbursement.adapters.dispatcher import dispatch
+
+        return dispatch(self, now, limit)
+
+    def refused(self, why: Refusal) -> AcceptResult:
+        return _error(409, why.code, why.message)
+
+
+def topics_marketplace_types() -> frozenset[str]:
+    from schemas.codec import MARKETPLACE_TYPES
+
+    return frozenset(MARKETPLACE_TYPES)

@@ -1,0 +1,52 @@
+"""Disbursement settings, read from FLOATBRIDGE_DISBURSEMENT_* variables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PREFIX = "FLOATBRIDGE_DISBURSEMENT_"
+
+
+@dataclass(frozen=True)
+class DisbursementSettings:
+    database_url: str = field(default="sqlite:///floatbridge-disbursement.db", metadata={"doc": "SQLAlchemy URL"})
+    kafka_bootstrap: str = field(default="127.0.0.1:19092", metadata={"doc": "Kafka bootstrap servers"})
+    consumer_group: str = field(default="floatbridge-disbursement", metadata={"doc": "Kafka consumer group"})
+    topic_prefix: str = field(default="", metadata={"doc": "prefix added to every topic name (tests)"})
+    http_host: str = "0.0.0.0"
+    http_port: int = 8083
+    admin_api_key: str = field(default="", metadata={"doc": "bearer key for /admin; admin API disabled when empty"})
+    kill_switch: bool = field(default=False, metadata={"doc": "refuse every acceptance"})
+    payout_rail: str = field(default="sandbox", metadata={"doc": "sandbox | http"})
+    payout_api_url: str = field(default="", metadata={"doc": "marketplace payout API base URL (http rail)"})
+    payout_api_key: str = field(default="", metadata={"doc": "bearer key for the payout API (http rail)"})
+    allocation_order: str = field(default="fee_first", metadata={"doc": "fee_first | principal_first"})
+    withhold_rate_bps: int = field(default=2000, metadata={"doc": "withhold rate while a balance is owed"})
+    shortfall_withhold_rate_bps: int = field(default=5000, metadata={"doc": "rate when receivables no longer cover"})
+    charge_off_dpd: int = 60
+    webhook_max_attempts: int = 8
+    webhook_backoff_base_seconds: float = 5.0
+    webhook_backoff_cap_seconds: float = 3600.0
+    webhook_disable_after_failures: int = 20
+    webhook_timeout_seconds: float = 5.0
+    recovery_after_seconds: float = 30.0
+    source: str = "urn:floatbridge:disbursement"
+
+    def validate(self) -> None:
+        if self.payout_rail not in ("sandbox", "http"):
+            raise ValueError(f"PAYOUT_RAIL must be sandbox or http, got {self.payout_rail!r}")
+        if self.payout_rail == "http" and not self.payout_api_url:
+            raise ValueError("PAYOUT_API_URL is required when PAYOUT_RAIL=http")
+        if self.allocation_order not in ("fee_first", "principal_first"):
+            raise ValueError(f"ALLOCATION_ORDER must be fee_first or principal_first, got {self.allocation_order!r}")
+        for name in ("withhold_rate_bps", "shortfall_withhold_rate_bps"):
+            if not 0 <= getattr(self, name) <= 10_000:
+                raise ValueError(f"{name.upper()} must be between 0 and 10000")
+        if self.webhook_max_attempts < 1:
+            raise ValueError("WEBHOOK_MAX_ATTEMPTS must be at least 1")
+
+
+def load_settings(**overrides: object) -> DisbursementSettings:
+    from services.common.settings import load
+
+    return load(DisbursementSettings, PREFIX, **overrides)

@@ -1,0 +1,104 @@
+"""EventSink on kafka-python: idempotent producer, acks=all, returns only after every ack."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from services.ingest.domain.model import Outgoing
+from services.ingest.domain.ports import SinkUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def producer_config(bootstrap: str, timeout_s: float) -> dict[str, Any]:
+    timeout_ms = int(timeout_s * 1000)
+    return {
+        "bootstrap_servers": bootstrap.split(","),
+        "acks": "all",
+        "enable_idempotence": True,
+        "retries": 2**31 - 1,  # bounded by delivery_timeout_ms
+        "delivery_timeout_ms": max(timeout_ms, 2000),
+        "request_timeout_ms": max(timeout_ms - 500, 1500),
+        "max_block_ms": min(timeout_ms, 5000),
+        "linger_ms": 5,
+        "batch_size": 256 * 1024,
+        "max_in_flight_requests_per_connection": 5,
+        "bootstrap_timeout_ms": min(timeout_ms, 5000),
+        "client_id": "floatbridge-ingest",
+    }
+
+
+class KafkaSink:
+    def __init__(self, bootstrap: str, events_topic: str, rejected_topic: str, timeout_s: float = 10.0,
+                 observe_latency: Callable[[float], None] | None = None):
+        self.bootstrap = bootstrap
+        self.topics = {"event": events_topic, "rejected": rejected_topic}
+        self.timeout_s = timeout_s
+        self.observe_latency = observe_latency
+        self._producer: Any = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> Any:
+        with self._lock:
+            if self._producer is None:
+                from kafka import KafkaProducer
+                from kafka.errors import KafkaError
+
+                try:
+                    self._producer = KafkaProducer(**producer_config(self.bootstrap, self.timeout_s))
+                except KafkaError as exc:
+                    raise SinkUnavailable(f"cannot connect to Kafka at {self.bootstrap}: {exc}") from None
+            return self._producer
+
+    def publish(self, records: Sequence[Outgoing]) -> None:
+        from kafka.errors import KafkaError
+
+        start = time.perf_counter()
+        producer = self._get()
+        futures = []
+        try:
+            for rec in records:
+                futures.append((rec.event_id, producer.send(
+                    self.topics[rec.kind], value=rec.payload, key=rec.key.encode("utf-8"),
+                    headers=list(rec.headers))))
+        except KafkaError as exc:
+            self._wait(futures, start)  # whatever was sent may still be acknowledged
+            delivered = frozenset(eid for eid, f in futures if f.succeeded())
+            raise SinkUnavailable(f"Kafka send failed: {exc}", delivered) from None
+        failed = self._wait(futures, start)
+        if failed:
+            delivered = frozenset(eid for eid, f in futures if f.succeeded())
+            raise SinkUnavailable(f"Kafka did not acknowledge {len(failed)} records: {failed[0]}", delivered)
+        if self.observe_latency is not None:
+            self.observe_latency(time.perf_counter() - start)
+
+    def _wait(self, futures: list[tuple[str, Any]], start: float) -> list[str]:
+        from kafka.errors import KafkaError
+
+        deadline = start + self.timeout_s
+        failed = []
+        for _, fut in futures:
+            try:
+                fut.get(timeout=max(deadline - time.perf_counter(), 0.001))
+            except KafkaError as exc:
+                failed.append(f"{type(exc).__name__}: {exc}"[:200])
+        return failed
+
+    def ping(self) -> None:
+        from kafka.errors import KafkaError
+
+        producer = self._get()
+        try:
+            producer.partitions_for(self.topics["event"])
+        except KafkaError as exc:
+            raise SinkUnavailable(f"Kafka metadata unavailable: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._producer is not None:
+                self._producer.close(timeout=5)
+                self._producer = None

@@ -1,0 +1,136 @@
+"""`floatbridge ingest ...` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+OPENAPI_PATH = Path(__file__).with_name("openapi.json")
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("ingest", help="marketplace event intake (HTTP and Kafka)",
+                                   description="Validate, normalise and deduplicate marketplace events.")
+    sub = parser.add_subparsers(dest="ingest_command", metavar="SUBCOMMAND")
+    serve = sub.add_parser("serve", help="run the HTTP intake (POST /v1/events, /healthz, /readyz, /metrics)")
+    serve.add_argument("--host", help="bind address (default FLOATBRIDGE_INGEST_HOST)")
+    serve.add_argument("--port", type=int, help="port (default FLOATBRIDGE_INGEST_PORT)")
+    serve.set_defaults(func=_serve)
+    raw = sub.add_parser("consume-raw", help="validate events produced to marketplace.raw.v1 (commits after produce)")
+    raw.set_defaults(func=_consume_raw)
+    purge = sub.add_parser("purge", help="delete dedupe ids older than the window (FLOATBRIDGE_INGEST_DEDUPE_WINDOW_DAYS)")
+    purge.set_defaults(func=_purge)
+    spec = sub.add_parser("openapi", help="write the OpenAPI spec (default services/ingest/openapi.json)")
+    spec.add_argument("--out", default=str(OPENAPI_PATH), help="file to write, '-' for stdout")
+    spec.set_defaults(func=_openapi)
+    hk = sub.add_parser("hash-key", help="print the sha256 of an API key for FLOATBRIDGE_INGEST_API_KEY_HASHES")
+    hk.add_argument("key", help="the API key")
+    hk.set_defaults(func=_hash_key)
+    parser.set_defaults(func=lambda _a: (parser.print_help(), 2)[1])
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def purge_loop(rt: Any, stop: threading.Event) -> None:
+    """Delete ids older than the window every purge interval (whichever replica runs it first wins)."""
+    log = logging.getLogger("floatbridge.ingest.purge")
+    while not stop.wait(rt.settings.purge_interval_seconds):
+        try:
+            n = rt.dedupe.purge(rt.clock() - timedelta(days=rt.settings.dedupe_window_days))
+            rt.metrics.purged.inc(n)
+        except Exception as exc:  # keep serving; the next round retries
+            log.warning("dedupe purge failed: %s", exc)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from services.ingest.adapters.http import create_app
+    from services.ingest.bootstrap import bootstrap
+    from services.ingest.settings import load_settings
+
+    _logging()
+    settings = load_settings()
+    if not settings.key_hashes():
+        print("floatbridge ingest: no API keys configured (FLOATBRIDGE_INGEST_API_KEY_HASHES); "
+              "every request would be refused", file=sys.stderr)
+        return 2
+    rt = bootstrap(settings)
+    stop = threading.Event()
+    threading.Thread(target=purge_loop, args=(rt, stop), daemon=True, name="dedupe-purge").start()
+    try:
+        uvicorn.run(create_app(rt), host=args.host or settings.host, port=args.port or settings.port,
+                    log_level="warning", access_log=False)
+    finally:
+        stop.set()
+        rt.close()
+    return 0
+
+
+def _consume_raw(args: argparse.Namespace) -> int:
+    import signal
+
+    from services.ingest.adapters.raw_consumer import run
+    from services.ingest.bootstrap import bootstrap
+
+    _logging()
+    rt = bootstrap()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        run(rt, stop)
+    finally:
+        rt.close()
+    return 0
+
+
+def _purge(args: argparse.Namespace) -> int:
+    from services.ingest.bootstrap import bootstrap
+    from services.ingest.settings import load_settings
+
+    settings = load_settings()
+    rt = bootstrap(settings, sink=_NoSink())
+    n = rt.dedupe.purge(rt.clock() - timedelta(days=settings.dedupe_window_days))
+    print(f"purged {n} dedupe ids older than {settings.dedupe_window_days} days")
+    rt.close()
+    return 0
+
+
+def openapi_spec() -> dict[str, Any]:
+    from services.ingest.adapters.http import create_app
+    from services.ingest.adapters.memory import InMemoryDedupeStore, InMemorySink
+    from services.ingest.bootstrap import bootstrap
+    from services.ingest.settings import IngestSettings
+
+    rt = bootstrap(IngestSettings(buyer_hash_key="spec"), sink=InMemorySink(), dedupe=InMemoryDedupeStore())
+    spec: dict[str, Any] = create_app(rt).openapi()
+    return spec
+
+
+def _openapi(args: argparse.Namespace) -> int:
+    text = json.dumps(openapi_spec(), indent=2, sort_keys=True) + "\n"
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.out).write_text(text, encoding="utf-8")
+    return 0
+
+
+def _hash_key(args: argparse.Namespace) -> int:
+    from services.ingest.settings import hash_key
+
+    print(hash_key(args.key))
+    return 0
+
+
+class _NoSink:
+    def publish(self, records: Any) -> None:
+        raise RuntimeError("purge does not produce")

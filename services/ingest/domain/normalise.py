@@ -1,0 +1,210 @@
+"""Turn one raw marketplace event into a canonical event, or a rejection listing every problem.
+
+Money becomes integer minor units, timestamps become UTC, buyer ids become a keyed hash;
+then the canonical event is checked by the injected schema validator. Pure: the caller
+passes the receipt time, the validator and the encoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import Any
+
+from services.common.money import CURRENCY_EXPONENTS, MAX_AMOUNT, Money, MoneyError
+from services.common.timeutil import TimeError, format_rfc3339, parse_rfc3339
+from services.ingest.domain.model import Issue, Malformed, NormalisedEvent, Reason, Rejection
+
+Validator = Callable[[dict[str, Any]], Sequence[tuple[str, str]]]
+Encoder = Callable[[Any], bytes]
+
+BUYER_PREFIX = "bh_"
+_DECIMAL = re.compile(r"^-?[0-9]{1,20}(\.[0-9]{1,20})?$")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+# Lines that were not JSON may still hold a buyer id; blank its value before keeping the text.
+_RAW_BUYER = re.compile(r'("buyer_id"\s*:\s*)("(?:[^"\\]|\\.)*"|[^,}\]\s]+)')
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Stdlib encoder with sorted keys (adapters pass a faster equivalent)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _no_validation(event: dict[str, Any]) -> Sequence[tuple[str, str]]:
+    return ()
+
+
+@dataclass(frozen=True, slots=True)
+class NormaliseContext:
+    buyer_hash_key: bytes
+    naive_zone: tzinfo | None = None
+    max_future_skew: timedelta | None = timedelta(seconds=300)  # None: no future check (replays)
+    min_time: datetime = datetime(2000, 1, 1, tzinfo=UTC)
+    max_event_bytes: int = 256 * 1024
+    validator: Validator = field(default=_no_validation)
+    encode: Encoder = field(default=canonical_json)
+
+    def hash_buyer(self, buyer_id: str) -> str:
+        return BUYER_PREFIX + hmac.new(self.buyer_hash_key, buyer_id.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def valid_id(value: Any) -> str | None:
+    return value if isinstance(value, str) and _ID.match(value) else None
+
+
+class _Walker:
+    """Collects issues by category while building the canonical copy of `data`."""
+
+    def __init__(self, ctx: NormaliseContext):
+        self.ctx = ctx
+        self.issues: dict[Reason, list[Issue]] = {Reason.MONEY: [], Reason.TIME: [], Reason.SCHEMA: []}
+
+    def add(self, reason: Reason, pointer: str, message: str) -> None:
+        self.issues[reason].append(Issue(pointer, message))
+
+    def value(self, obj: Any, ptr: str) -> Any:
+        if isinstance(obj, dict):
+            if "currency" in obj and ("amount" in obj or "value" in obj):
+                return self.money(obj, ptr)
+            return {k: self.member(k, v, f"{ptr}/{_escape(k)}") for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [self.value(v, f"{ptr}/{i}") for i, v in enumerate(obj)]
+        return obj
+
+    def member(self, key: str, val: Any, ptr: str) -> Any:
+        if key == "buyer_id":
+            if isinstance(val, str):
+                return self.ctx.hash_buyer(val)
+            self.add(Reason.SCHEMA, ptr, f"buyer_id must be a string, got {_json_type(val)}")
+            return self.ctx.hash_buyer(repr(val))  # never keep the raw value, even in errors
+        if key.endswith("_at") and isinstance(val, str):
+            return self.timestamp(val, ptr, bounded=False)
+        return self.value(val, ptr)
+
+    def timestamp(self, val: str, ptr: str, bounded: bool, now: datetime | None = None) -> str:
+        try:
+            dt = parse_rfc3339(val, self.ctx.naive_zone)
+        except TimeError as exc:
+            hint = " (naive timestamps need FLOATBRIDGE_INGEST_NAIVE_TIMEZONE)" if "no UTC offset" in str(exc) else ""
+            self.add(Reason.TIME, ptr, f"{exc}{hint}")
+            return val
+        if bounded and now is not None:
+            skew = self.ctx.max_future_skew
+            if skew is not None and dt > now + skew:
+                self.add(Reason.TIME, ptr, f"time is {int((dt - now).total_seconds())} s in the future "
+                         f"(more than the allowed {int(skew.total_seconds())} s)")
+            if dt < self.ctx.min_time:
+                self.add(Reason.TIME, ptr, f"time is before {format_rfc3339(self.ctx.min_time)}")
+        return format_rfc3339(dt)
+
+    def money(self, obj: dict[str, Any], ptr: str) -> dict[str, Any]:
+        out = {k: v for k, v in obj.items() if k != "value"}
+        cur = obj["currency"]
+        if not isinstance(cur, str) or cur not in CURRENCY_EXPONENTS:
+            self.add(Reason.MONEY, ptr + "/currency", f"unknown ISO 4217 currency {str(cur)[:8]!r}")
+            cur = None
+        if "amount" in obj and "value" in obj:
+            self.add(Reason.MONEY, ptr, "give either amount (integer minor units) or value (decimal string), not both")
+            return out
+        if "amount" in obj:
+            self.amount(obj["amount"], ptr + "/amount")
+            return out
+        amount = self.major(obj["value"], cur, ptr + "/value")
+        if amount is not None:
+            out["amount"] = amount
+        return out
+
+    def amount(self, amount: Any, ptr: str) -> None:
+        if type(amount) is int:
+            if amount < 0:
+                self.add(Reason.MONEY, ptr, f"amount must not be negative, got {amount}")
+            elif amount > MAX_AMOUNT:
+                self.add(Reason.MONEY, ptr, f"amount {amount} exceeds the maximum {MAX_AMOUNT} minor units")
+        elif type(amount) is float:
+            if amount != amount or abs(amount) > MAX_AMOUNT:  # NaN, or an integer too big for 64 bits
+                self.add(Reason.MONEY, ptr, f"amount exceeds the maximum {MAX_AMOUNT} minor units")
+            else:
+                self.add(Reason.MONEY, ptr, f"amount must be an integer number of minor units, not a number "
+                         f"with a fraction or exponent ({amount!r}); send value as a decimal string instead")
+        else:
+            self.add(Reason.MONEY, ptr, f"amount must be an integer number of minor units, got {_json_type(amount)}")
+
+    def major(self, value: Any, cur: str | None, ptr: str) -> int | None:
+        if not isinstance(value, str) or not _DECIMAL.match(value):
+            self.add(Reason.MONEY, ptr, 'value must be a decimal string of major units such as "12.34"')
+            return None
+        if value.startswith("-"):
+            self.add(Reason.MONEY, ptr, f"amount must not be negative, got {value}")
+            return None
+        if cur is None:
+            return None
+        try:
+            return Money.from_major(value, cur).amount
+        except MoneyError as exc:
+            self.add(Reason.MONEY, ptr, str(exc))
+            return None
+
+
+def _escape(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def _json_type(val: Any) -> str:
+    return {bool: "a boolean", str: "a string", dict: "an object", list: "an array", type(None): "null",
+            int: "an integer", float: "a number"}.get(type(val), type(val).__name__)
+
+
+def _covered(pointer: str, known: set[str]) -> bool:
+    return any(pointer == p or pointer.startswith(p + "/") for p in known)
+
+
+def normalise(raw: Any, ctx: NormaliseContext, now: datetime) -> NormalisedEvent | Rejection:
+    """Normalise one raw event received at `now` (the only use of receipt time: the future-skew check)."""
+    if isinstance(raw, Malformed):
+        return Rejection(Reason.MALFORMED, (Issue("", f"malformed JSON: {raw.error}"),))
+    if not isinstance(raw, dict):
+        return Rejection(Reason.SCHEMA, (Issue("", f"event must be a JSON object, got {_json_type(raw)}"),))
+    ident = (valid_id(raw.get("id")), raw.get("type") if isinstance(raw.get("type"), str) else None,
+             valid_id(raw.get("subject")))
+    size = len(ctx.encode(raw))
+    if size > ctx.max_event_bytes:
+        issue = Issue("", f"event is {size} bytes, more than the limit of {ctx.max_event_bytes} bytes")
+        return Rejection(Reason.SIZE, (issue,), *ident)
+    walker = _Walker(ctx)
+    event = dict(raw)
+    if isinstance(raw.get("time"), str):
+        event["time"] = walker.timestamp(raw["time"], "/time", bounded=True, now=now)
+    if isinstance(raw.get("data"), dict):
+        event["data"] = walker.value(raw["data"], "/data")
+    own = [i for reason in (Reason.MONEY, Reason.TIME, Reason.SCHEMA) for i in walker.issues[reason]]
+    known = {i.pointer for i in own}
+    schema = [Issue(p, m) for p, m in ctx.validator(event) if not _covered(p, known)]
+    issues = tuple(own + schema)
+    if issues:
+        reason = next((r for r in (Reason.MONEY, Reason.TIME) if walker.issues[r]), Reason.SCHEMA)
+        return Rejection(reason, issues, *ident)
+    payload = ctx.encode(event)
+    return NormalisedEvent(event["id"], event["type"], event["subject"], event, payload,
+                           hashlib.sha256(payload).hexdigest())
+
+
+def redact_raw(raw: Any, ctx: NormaliseContext) -> Any:
+    """A copy of a raw event with every buyer_id replaced by its keyed hash (for the dead letter)."""
+    if isinstance(raw, dict):
+        return {k: (_redact_buyer(v, ctx) if k == "buyer_id" else redact_raw(v, ctx)) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [redact_raw(v, ctx) for v in raw]
+    return raw
+
+
+def _redact_buyer(val: Any, ctx: NormaliseContext) -> str:
+    return ctx.hash_buyer(val) if isinstance(val, str) else "[redacted]"
+
+
+def redact_text(text: str) -> str:
+    return _RAW_BUYER.sub(lambda m: m.group(1) + '"[redacted]"', text)

@@ -1,0 +1,88 @@
+"""LightGBM scorer: calibrated PD and reason codes from pred_contrib, behind the Scorer port."""
+
+from __future__ import annotations
+
+import bisect
+import math
+from pathlib import Path
+from typing import Any
+
+from services.underwriter.adapters.registry import ModelEntry, RegistryError, load_champion, load_version
+from services.underwriter.domain.features import FEATURE_NAMES
+from services.underwriter.domain.reasons import feature_reason
+from services.underwriter.domain.scoring import Score
+
+TOP_REASONS = 3
+
+
+class Calibration:
+    """Maps a raw model probability to a calibrated PD: isotonic (x/y thresholds) or Platt (a, b)."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.kind = spec.get("method", "none")
+        if self.kind == "isotonic":
+            self.x = [float(v) for v in spec["x"]]
+            self.y = [float(v) for v in spec["y"]]
+            if len(self.x) != len(self.y) or len(self.x) < 2 or self.x != sorted(self.x):
+                raise RegistryError("isotonic calibration needs increasing x and y of the same length (>= 2)")
+        elif self.kind == "platt":
+            self.a, self.b = float(spec["a"]), float(spec["b"])
+        elif self.kind != "none":
+            raise RegistryError(f"unknown calibration method {self.kind!r}")
+
+    def __call__(self, p: float) -> float:
+        if self.kind == "isotonic":
+            x, y = self.x, self.y
+            if p <= x[0]:
+                return y[0]
+            if p >= x[-1]:
+                return y[-1]
+            i = bisect.bisect_right(x, p)
+            x0, x1, y0, y1 = x[i - 1], x[i], y[i - 1], y[i]
+            return y0 + (y1 - y0) * (p - x0) / (x1 - x0) if x1 > x0 else y1
+        if self.kind == "platt":
+            logit = math.log(max(p, 1e-9) / max(1 - p, 1e-9))
+            return 1.0 / (1.0 + math.exp(-(self.a * logit + self.b)))
+        return p
+
+
+class LightGBMScorer:
+    def __init__(self, entry: ModelEntry) -> None:
+        import lightgbm as lgb
+        import numpy as np
+
+        self._np = np
+        features = list(entry.metadata["features"])
+        if features != list(FEATURE_NAMES):
+            extra = [f for f in features if f not in FEATURE_NAMES]
+            missing = [f for f in FEATURE_NAMES if f not in features]
+            detail = f"missing {missing}, unexpected {extra}" if extra or missing else "same names in a different order"
+            raise RegistryError(f"model {entry.version} was trained on different features than this code computes: {detail}")
+        self.booster = lgb.Booster(model_file=str(entry.model_file))
+        if self.booster.feature_name() != list(FEATURE_NAMES):
+            raise RegistryError(f"model {entry.version}: model.txt feature names differ from metadata/FEATURE_NAMES")
+        self.calibration = Calibration(entry.metadata.get("calibration", {"method": "none"}))
+        self._version = entry.version
+
+    @classmethod
+    def champion(cls, root: str | Path) -> LightGBMScorer:
+        return cls(load_champion(root))
+
+    @classmethod
+    def version_of(cls, root: str | Path, version: str) -> LightGBMScorer:
+        return cls(load_version(root, version))
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    def score(self, features: list[float]) -> Score:
+        if len(features) != len(FEATURE_NAMES):
+            raise ValueError(f"expected {len(FEATURE_NAMES)} features, got {len(features)}")
+        row = self._np.asarray([features], dtype=self._np.float64)
+        contrib = self.booster.predict(row, pred_contrib=True)[0]
+        raw = 1.0 / (1.0 + math.exp(-float(contrib.sum())))
+        pd = min(1.0, max(0.0, self.calibration(raw)))
+        top = sorted(((float(c), i) for i, c in enumerate(contrib[:-1]) if c > 0), reverse=True)[:TOP_REASONS]
+        reasons = [feature_reason(FEATURE_NAMES[i], features[i]) for _, i in top]
+        return Score(pd, reasons, self._version)

@@ -1,0 +1,67 @@
+"""Prometheus metrics of the underwriter (no merchant labels: bounded cardinality)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0)
+LAG_BUCKETS = (0.1, 0.5, 1, 5, 15, 30, 60, 300, 900, 3600, 21600, 86400)
+LIMIT_BUCKETS = (0, 10_000, 50_000, 100_000, 500_000, 1_000_000, 5_000_000, 10_000_000)
+PD_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+class UnderwriterMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events = Counter("floatbridge_underwriter_events_total", "Events consumed, by type and outcome",
+                              ["type", "outcome"], registry=r)
+        self.decisions = Counter("floatbridge_underwriter_decisions_total", "Decisions emitted, by kind", ["kind"], registry=r)
+        self.scores = Counter("floatbridge_underwriter_scores_total", "Merchants scored, by trigger", ["trigger"], registry=r)
+        self.processing = Histogram("floatbridge_underwriter_processing_seconds",
+                                    "Wall-clock delay from consuming an event to emitting its decisions",
+                                    buckets=LATENCY_BUCKETS, registry=r)
+        self.event_lag = Histogram("floatbridge_underwriter_event_time_lag_seconds",
+                                   "Wall clock minus event time of consumed events", buckets=LAG_BUCKETS, registry=r)
+        self.limits = Histogram("floatbridge_underwriter_limit_minor_units", "Credit limits decided (minor units)",
+                                buckets=LIMIT_BUCKETS, registry=r)
+        self.pd = Histogram("floatbridge_underwriter_pd", "Calibrated probability of default of scored merchants",
+                            buckets=PD_BUCKETS, registry=r)
+        self.model = Info("floatbridge_underwriter_model", "Champion and challenger model versions", registry=r)
+        self.table_size = Gauge("floatbridge_underwriter_table_merchants", "Merchants held in the state table", registry=r)
+        self.pending = Gauge("floatbridge_underwriter_pending_merchants", "Merchants waiting for a debounced rescore", registry=r)
+        self.challenger = Counter("floatbridge_underwriter_challenger_scores_total",
+                                  "Challenger scores beside the champion, by agreement on the PD tier",
+                                  ["agreement"], registry=r)
+        self.challenger_pd_diff = Histogram("floatbridge_underwriter_challenger_pd_abs_diff",
+                                            "Absolute PD difference challenger vs champion",
+                                            buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5), registry=r)
+
+    # The service calls these; kept tiny so a fake is trivial.
+    def event(self, etype: str, outcome: str) -> None:
+        self.events.labels(etype, outcome).inc()
+
+    def lag(self, seconds: float) -> None:
+        self.event_lag.observe(max(0.0, seconds))
+
+    def processed(self, seconds: float) -> None:
+        self.processing.observe(seconds)
+
+    def scored(self, trigger: str, pd: float, limit: int) -> None:
+        self.scores.labels(trigger).inc()
+        self.pd.observe(pd)
+        self.limits.observe(limit)
+
+    def decision(self, kind: str) -> None:
+        self.decisions.labels(kind).inc()
+
+    def model_info(self, champion: str, challenger: str) -> None:
+        self.model.info({"champion": champion, "challenger": challenger or "none"})
+
+    def shadow(self, agree: bool, diff: float) -> None:
+        self.challenger.labels("agree" if agree else "disagree").inc()
+        self.challenger_pd_diff.observe(diff)
+
+    def sizes(self, merchants: int, pending: int) -> None:
+        self.table_size.set(merchants)
+        self.pending.set(pending)

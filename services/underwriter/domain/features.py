@@ -1,0 +1,146 @@
+"""The one place features are computed, for serving and training alike (stdlib only).
+
+`compute_features(state, as_of)` never looks ahead: daily buckets after as_of's day, orders placed after
+as_of, loans disbursed after as_of and repayments recorded after as_of are ignored. (Buckets are daily, so
+events later on as_of's own day count; receivables closed after as_of stay open in the view for the state's
+closed-receivable retention, two days of event time.)
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from datetime import datetime
+
+from services.underwriter.domain.state import (
+    CANCEL_N,
+    CHARGEBACK_N,
+    DAY,
+    F_PAID,
+    F_SHIPPED,
+    LAG_HOURS,
+    LAG_N,
+    PLACED_GMV,
+    PLACED_N,
+    R_AMOUNT,
+    R_CLOSED,
+    R_FLAGS,
+    R_PLACED,
+    R_REFUNDED,
+    REFUND_N,
+    SETTLED_GMV,
+    SETTLED_N,
+    MerchantState,
+)
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "tenure_days",
+    "placed_gmv_7d", "placed_gmv_30d", "placed_gmv_90d",
+    "placed_orders_7d", "placed_orders_30d", "placed_orders_90d",
+    "settled_gmv_7d", "settled_gmv_30d", "settled_gmv_90d",
+    "settled_orders_7d", "settled_orders_30d", "settled_orders_90d",
+    "gmv_growth_7d_30d", "gmv_growth_30d_90d", "gmv_volatility_30d",
+    "avg_ticket_30d",
+    "refund_rate_7d", "refund_rate_30d", "cancel_rate_7d", "cancel_rate_30d", "chargeback_rate_90d",
+    "settlement_lag_days_90d",
+    "distinct_buyers_30d", "repeat_buyer_share_30d", "top_buyer_share_30d",
+    "open_receivables_gmv", "open_receivables_count",
+    "outstanding", "utilisation",
+    "loans_repaid", "on_time_rate", "worst_dpd", "loans_charged_off",
+)
+INDEX: dict[str, int] = {name: i for i, name in enumerate(FEATURE_NAMES)}
+
+
+def _ts(as_of: datetime) -> int:
+    if as_of.tzinfo is None:
+        raise ValueError("as_of must be timezone-aware (UTC event time)")
+    return int(as_of.timestamp())
+
+
+def _sums(state: MerchantState, today: int, days: int) -> list[int]:
+    out = [0] * 11
+    first = today - days
+    for day, b in state.buckets.items():
+        if first < day <= today:
+            for i, v in enumerate(b):
+                out[i] += v
+    return out
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den else 0.0
+
+
+def _buyer_features(state: MerchantState, today: int, placed_30: int) -> tuple[float, float, float]:
+    sample = [h for day, h in state.buyers if today - 30 < day <= today]
+    if not sample:
+        return 0.0, 0.0, 0.0
+    counts = Counter(sample)
+    n = len(sample)
+    distinct_share = len(counts) / n
+    repeat = sum(c for c in counts.values() if c > 1) / n
+    top = max(counts.values()) / n
+    # The sample holds the latest orders; scale its distinct share to the window's order count.
+    return float(round(distinct_share * max(placed_30, n))), repeat, top
+
+
+def _volatility(state: MerchantState, today: int) -> float:
+    daily = [state.buckets[d][PLACED_GMV] if d in state.buckets else 0 for d in range(today - 29, today + 1)]
+    mean = sum(daily) / 30
+    if not mean:
+        return 0.0
+    var = sum((x - mean) ** 2 for x in daily) / 30
+    return math.sqrt(var) / mean
+
+
+def _receivables(state: MerchantState, as_of: int) -> tuple[int, int]:
+    total = count = 0
+    for rec in state.receivables.values():
+        placed = rec[R_PLACED]
+        if not placed or placed > as_of or (rec[R_CLOSED] and rec[R_CLOSED] <= as_of):
+            continue
+        if rec[R_FLAGS] & F_PAID and rec[R_FLAGS] & F_SHIPPED:
+            total += max(0, rec[R_AMOUNT] - rec[R_REFUNDED])
+            count += 1
+    return total, count
+
+
+def compute_features(state: MerchantState, as_of: datetime) -> list[float]:
+    """Features of `state` as of event time `as_of`, in FEATURE_NAMES order."""
+    now = _ts(as_of)
+    today = now // DAY
+    w7, w30, w90 = _sums(state, today, 7), _sums(state, today, 30), _sums(state, today, 90)
+    tenure = max(0.0, (now - state.since) / DAY) if state.since and state.since <= now else 0.0
+    prior_60 = w90[PLACED_GMV] - w30[PLACED_GMV]
+    growth_7_30 = _ratio(w7[PLACED_GMV] / 7, w30[PLACED_GMV] / 30)
+    growth_30_90 = _ratio(w30[PLACED_GMV] / 30, prior_60 / 60) if prior_60 else (1.0 if w30[PLACED_GMV] else 0.0)
+    distinct, repeat, top = _buyer_features(state, today, w30[PLACED_N])
+    open_gmv, open_n = _receivables(state, now)
+    outstanding = state.outstanding(now)
+    history = [row for row in state.loan_history if row[0] <= now]
+    repaid = [row for row in history if row[2] == 1]
+    worst = state.worst_dpd if state.worst_dpd_ts and state.worst_dpd_ts <= now else 0
+    return [
+        round(tenure, 3),
+        float(w7[PLACED_GMV]), float(w30[PLACED_GMV]), float(w90[PLACED_GMV]),
+        float(w7[PLACED_N]), float(w30[PLACED_N]), float(w90[PLACED_N]),
+        float(w7[SETTLED_GMV]), float(w30[SETTLED_GMV]), float(w90[SETTLED_GMV]),
+        float(w7[SETTLED_N]), float(w30[SETTLED_N]), float(w90[SETTLED_N]),
+        growth_7_30, growth_30_90, _volatility(state, today),
+        _ratio(w30[PLACED_GMV], w30[PLACED_N]),
+        _ratio(w7[REFUND_N], w7[PLACED_N]), _ratio(w30[REFUND_N], w30[PLACED_N]),
+        _ratio(w7[CANCEL_N], w7[PLACED_N]), _ratio(w30[CANCEL_N], w30[PLACED_N]),
+        _ratio(w90[CHARGEBACK_N], w90[PLACED_N]),
+        _ratio(w90[LAG_HOURS], w90[LAG_N]) / 24,
+        distinct, repeat, top,
+        float(open_gmv), float(open_n),
+        float(outstanding), _ratio(outstanding, w30[SETTLED_GMV]),
+        float(len(repaid)), _ratio(sum(r[1] for r in repaid), len(repaid)) if repaid else 1.0,
+        float(worst), float(len(history) - len(repaid)),
+    ]
+
+
+def as_dict(features: list[float]) -> dict[str, float]:
+    if len(features) != len(FEATURE_NAMES):
+        raise ValueError(f"expected {len(FEATURE_NAMES)} features, got {len(features)}")
+    return dict(zip(FEATURE_NAMES, features, strict=True))

@@ -1,0 +1,216 @@
+"""Credit policy: from features, PD and receivables to a limit, an advance rate and named reasons (stdlib only).
+
+Every number is a field of the frozen `PolicySettings`, loaded from FLOATBRIDGE_UNDERWRITER_* variables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.underwriter.domain.features import INDEX
+from services.underwriter.domain.reasons import Reason
+from services.underwriter.domain.state import (
+    DAY,
+    F_PAID,
+    F_SHIPPED,
+    R_AMOUNT,
+    R_CLOSED,
+    R_DELIVERY,
+    R_FLAGS,
+    R_PLACED,
+    R_REFUNDED,
+    R_SHIPPED,
+    MerchantState,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySettings:
+    pd_tiers: tuple[float, ...] = field(default=(0.02, 0.05, 0.10), metadata={"doc": "PD upper bounds of the advance-rate tiers"})
+    advance_rates_bps: tuple[int, ...] = field(default=(8000, 6000, 4000), metadata={"doc": "advance rate per PD tier; PD above the last tier gets 0"})
+    receivable_max_age_days: int = field(default=60, metadata={"doc": "receivables older than this are not eligible"})
+    settled_sales_multiple_bps: int = field(default=5000, metadata={"doc": "limit <= this x trailing 30-day settled sales"})
+    merchant_cap_minor: int = field(default=5_000_000, metadata={"doc": "per-merchant limit cap, minor units"})
+    daily_budget_minor: int = field(default=1_000_000_000, metadata={"doc": "portfolio origination budget per day and currency"})
+    category_cap_minor: int = field(default=5_000_000_000, metadata={"doc": "portfolio exposure cap per category and currency"})
+    min_tenure_days: int = field(default=14, metadata={"doc": "no limit before this tenure"})
+    min_settled_orders: int = field(default=5, metadata={"doc": "no limit before this many settled orders (90 days)"})
+    spike_ratio: float = field(default=2.0, metadata={"doc": "7-day daily sales above this x the merchant's earlier average is a spike"})
+    spike_keep_bps: int = field(default=5000, metadata={"doc": "share of the advance rate kept on a sales spike"})
+    concentration_share: float = field(default=0.25, metadata={"doc": "top buyer share of orders above this cuts the rate"})
+    concentration_keep_bps: int = field(default=5000, metadata={"doc": "share kept on buyer concentration"})
+    self_dealing_repeat_share: float = field(default=0.5, metadata={"doc": "repeat-buyer share above this, with few buyers, is self-dealing"})
+    self_dealing_distinct_share: float = field(default=0.3, metadata={"doc": "distinct buyers per order below this, with repeats, is self-dealing"})
+    self_dealing_keep_bps: int = field(default=2500, metadata={"doc": "share kept on a self-dealing pattern"})
+    refund_surge_rate: float = field(default=0.10, metadata={"doc": "refund rate (7 or 30 days) at or above this cuts the rate"})
+    refund_keep_bps: int = field(default=5000, metadata={"doc": "share kept on a refund surge"})
+    cancel_surge_rate: float = field(default=0.15, metadata={"doc": "cancellation rate (7 or 30 days) at or above this cuts the rate"})
+    cancel_keep_bps: int = field(default=5000, metadata={"doc": "share kept on a cancellation surge"})
+    chargeback_rate: float = field(default=0.01, metadata={"doc": "chargeback rate (90 days) at or above this cuts the rate"})
+    chargeback_keep_bps: int = field(default=5000, metadata={"doc": "share kept on chargebacks"})
+    guard_min_orders: int = field(default=10, metadata={"doc": "buyer guards need at least this many orders in 30 days"})
+    kill_switch: bool = field(default=False, metadata={"doc": "pause all new offers (open ones are withdrawn)"})
+    min_offer_minor: int = field(default=10_000, metadata={"doc": "smallest offer, minor units"})
+    fee_min_ppm_per_day: int = field(default=300, metadata={"doc": "daily fee at PD 0, parts per million (0.03%)"})
+    fee_max_ppm_per_day: int = field(default=800, metadata={"doc": "daily fee at the PD ceiling, parts per million (0.08%)"})
+    fee_pd_ceiling: float = field(default=0.10, metadata={"doc": "PD at which the maximum daily fee applies"})
+    grace_days: int = field(default=3, metadata={"doc": "due date = expected settlement + this"})
+    max_term_days: int = field(default=60, metadata={"doc": "no offer is due later than this"})
+    offer_ttl_hours: int = field(default=24, metadata={"doc": "offers expire after this"})
+    offer_stale_hours: int = field(default=12, metadata={"doc": "an open offer older than this is replaced by a fresh one"})
+    default_delivery_days: int = field(default=5, metadata={"doc": "assumed shipping-to-delivery time"})
+    payout_delay_days: int = field(default=2, metadata={"doc": "assumed delivery-to-settlement time"})
+    change_threshold_bps: int = field(default=100, metadata={"doc": "emit credit_limit.updated when limit/available move this much"})
+    change_threshold_minor: int = field(default=100, metadata={"doc": "... or by at least this many minor units"})
+
+    def validate(self) -> None:
+        if len(self.pd_tiers) != len(self.advance_rates_bps):
+            raise ValueError("pd_tiers and advance_rates_bps must have the same length")
+        if list(self.pd_tiers) != sorted(self.pd_tiers):
+            raise ValueError("pd_tiers must be increasing")
+        if any(not 0 <= r <= 10_000 for r in self.advance_rates_bps):
+            raise ValueError("advance_rates_bps must be within 0..10000")
+        if not 0 < self.max_term_days <= 60:
+            raise ValueError("max_term_days must be within 1..60")
+        if self.fee_min_ppm_per_day > self.fee_max_ppm_per_day:
+            raise ValueError("fee_min_ppm_per_day must not exceed fee_max_ppm_per_day")
+
+
+@dataclass(frozen=True, slots=True)
+class Receivable:
+    order_id: str
+    amount: int  # net of partial refunds
+    expected_settlement: int  # epoch seconds
+
+
+@dataclass(frozen=True, slots=True)
+class LimitDecision:
+    limit: int
+    available: int
+    outstanding: int
+    eligible: int
+    advance_rate_bps: int
+    reasons: tuple[Reason, ...]
+    frozen: bool  # delinquent: limit kept, nothing new
+    blocked: bool  # suspended, closed, charged off or too new: no offers
+    receivables: tuple[Receivable, ...]  # eligible, soonest to settle first
+
+    @property
+    def codes(self) -> str:
+        return ",".join(r.code for r in self.reasons)
+
+
+def eligible_receivables(state: MerchantState, as_of: int, p: PolicySettings) -> list[Receivable]:
+    oldest = as_of - p.receivable_max_age_days * DAY
+    out = []
+    for oid, rec in state.receivables.items():
+        flags = rec[R_FLAGS]
+        if not (flags & F_PAID and flags & F_SHIPPED) or rec[R_CLOSED] and rec[R_CLOSED] <= as_of:
+            continue
+        if not rec[R_PLACED] or not oldest < rec[R_PLACED] <= as_of or rec[R_SHIPPED] > as_of:
+            continue
+        amount = rec[R_AMOUNT] - rec[R_REFUNDED]
+        if amount <= 0:
+            continue
+        delivery = rec[R_DELIVERY] or rec[R_SHIPPED] + p.default_delivery_days * DAY
+        expected = max(delivery + p.payout_delay_days * DAY, as_of + DAY)
+        out.append(Receivable(oid, amount, expected))
+    out.sort(key=lambda r: (r.expected_settlement, r.order_id))
+    return out
+
+
+def base_rate_bps(pd: float, p: PolicySettings) -> int:
+    for bound, rate in zip(p.pd_tiers, p.advance_rates_bps, strict=True):
+        if pd < bound:
+            return rate
+    return 0
+
+
+def guards(f: list[float], p: PolicySettings) -> list[tuple[int, Reason]]:
+    """Manipulation and risk guards: (share of the advance rate kept, reason) for each one that fires."""
+    out: list[tuple[int, Reason]] = []
+    tenure = f[INDEX["tenure_days"]]
+    g7, g90 = f[INDEX["placed_gmv_7d"]], f[INDEX["placed_gmv_90d"]]
+    prior_days = min(83.0, tenure - 7)
+    if prior_days >= 7 and g90 > g7:
+        ratio = (g7 / 7) / ((g90 - g7) / prior_days)
+        if ratio >= p.spike_ratio:
+            out.append((p.spike_keep_bps, Reason("GMV_SPIKE", f"sales in the last 7 days jumped to {ratio:.1f}x the merchant's usual daily level")))
+    orders30 = f[INDEX["placed_orders_30d"]]
+    top, repeat = f[INDEX["top_buyer_share_30d"]], f[INDEX["repeat_buyer_share_30d"]]
+    distinct = f[INDEX["distinct_buyers_30d"]]
+    if orders30 >= p.guard_min_orders:
+        if top > p.concentration_share:
+            out.append((p.concentration_keep_bps, Reason("BUYER_CONCENTRATION", f"one buyer placed {top:.0%} of orders in 30 days")))
+        if repeat > p.self_dealing_repeat_share and distinct / orders30 < p.self_dealing_distinct_share:
+            out.append((p.self_dealing_keep_bps, Reason(
+                "SELF_DEALING_PATTERN",
+                f"{repeat:.0%} of orders came from about {distinct:.0f} buyers buying again and again in 30 days")))
+    r7, r30 = f[INDEX["refund_rate_7d"]], f[INDEX["refund_rate_30d"]]
+    if max(r7, r30) >= p.refund_surge_rate:
+        days, rate = (7, r7) if r7 >= r30 else (30, r30)
+        out.append((p.refund_keep_bps, Reason("REFUND_SURGE", f"refund rate rose to {rate:.0%} in {days} days")))
+    c7, c30 = f[INDEX["cancel_rate_7d"]], f[INDEX["cancel_rate_30d"]]
+    if max(c7, c30) >= p.cancel_surge_rate:
+        days, rate = (7, c7) if c7 >= c30 else (30, c30)
+        out.append((p.cancel_keep_bps, Reason("CANCEL_SURGE", f"cancellation rate rose to {rate:.0%} in {days} days")))
+    cb = f[INDEX["chargeback_rate_90d"]]
+    if cb >= p.chargeback_rate:
+        out.append((p.chargeback_keep_bps, Reason("CHARGEBACKS", f"chargebacks on {cb:.1%} of orders in 90 days")))
+    return out
+
+
+def decide_limit(
+    state: MerchantState, features: list[float], pd: float, model_reasons: list[Reason], as_of: int, p: PolicySettings
+) -> LimitDecision:
+    outstanding = state.outstanding(as_of)
+    receivables = eligible_receivables(state, as_of, p)
+    eligible = sum(r.amount for r in receivables)
+    reasons: list[Reason] = []
+    rate = base_rate_bps(pd, p)
+    if rate == 0:
+        reasons.append(Reason("HIGH_RISK", f"estimated default risk of {pd:.1%} is above the lending threshold"))
+    for keep, reason in guards(features, p):
+        rate = rate * keep // 10_000
+        reasons.append(reason)
+    blocked_reason = _blocked(state, features, p)
+    blocked = blocked_reason is not None
+    if blocked_reason:
+        reasons.insert(0, blocked_reason)
+    frozen = state.delinquent()
+    if frozen:
+        worst = max(loan[4] for loan in state.loans.values())
+        reasons.insert(0, Reason("DELINQUENT", f"an advance is {worst} days past due: limit frozen"))
+        limit = int(state.last[0]) if state.last else 0
+        return LimitDecision(limit, 0, outstanding, eligible, 0, _merge(reasons, model_reasons), True, True, tuple(receivables))
+    limit = 0 if blocked else eligible * rate // 10_000
+    settled30 = int(features[INDEX["settled_gmv_30d"]])
+    sales_cap = settled30 * p.settled_sales_multiple_bps // 10_000
+    if limit > sales_cap:
+        limit = sales_cap
+        reasons.append(Reason("SETTLED_SALES_CAP", f"limit capped at {p.settled_sales_multiple_bps / 100:.0f}% of 30-day settled sales"))
+    if limit > p.merchant_cap_minor:
+        limit = p.merchant_cap_minor
+        reasons.append(Reason("MERCHANT_CAP", "limit capped at the per-merchant maximum"))
+    if p.kill_switch:
+        reasons.insert(0, Reason("KILL_SWITCH", "new advances are paused for all merchants"))
+    available = max(0, limit - outstanding)
+    return LimitDecision(limit, available, outstanding, eligible, rate, _merge(reasons, model_reasons), False, blocked,
+                         tuple(receivables))
+
+
+def _blocked(state: MerchantState, f: list[float], p: PolicySettings) -> Reason | None:
+    if state.status != "active":
+        return Reason("MERCHANT_" + state.status.upper(), f"merchant account is {state.status}")
+    if state.charged_off():
+        return Reason("CHARGED_OFF", "an earlier advance was charged off")
+    tenure, settled = f[INDEX["tenure_days"]], f[INDEX["settled_orders_90d"]]
+    if tenure < p.min_tenure_days or settled < p.min_settled_orders:
+        return Reason("INSUFFICIENT_HISTORY", f"{tenure:.0f} days on the marketplace and {settled:.0f} settled orders; "
+                      f"advances need {p.min_tenure_days} days and {p.min_settled_orders} settled orders")
+    return None
+
+
+def _merge(policy: list[Reason], model: list[Reason]) -> tuple[Reason, ...]:
+    codes = {r.code for r in policy}
+    return tuple(policy + [r for r in model if r.code not in codes])[:20]

@@ -1,0 +1,390 @@
+"""Per-merchant underwriting state, updated from marketplace and loans.v1 events (stdlib only).
+
+Everything is kept in event time (epoch seconds) so late and out-of-order events land where they belong
+and a replay rebuilds the same state. Every collection is bounded so one merchant's state stays small:
+it is serialised compactly by `to_dict`/`to_bytes` for the Faust table and its changelog.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.common.timeutil import parse_rfc3339
+
+DAY = 86_400
+WINDOW_DAYS = 90
+
+# Daily bucket layout: one list of ints per epoch day.
+PLACED_GMV, PLACED_N, SETTLED_GMV, SETTLED_N, REFUND_N, REFUND_GMV, CANCEL_N, CHARGEBACK_N, CHARGEBACK_GMV, \
+    LAG_HOURS, LAG_N = range(11)
+BUCKET_FIELDS = 11
+
+# Receivable layout: [amount, flags, placed_ts, shipped_ts, delivery_ts, refunded, closed_ts]
+R_AMOUNT, R_FLAGS, R_PLACED, R_SHIPPED, R_DELIVERY, R_REFUNDED, R_CLOSED = range(7)
+F_PLACED, F_PAID, F_SHIPPED, F_DELIVERED, F_SETTLED, F_CANCELLED, F_REFUNDED = 1, 2, 4, 8, 16, 32, 64
+F_TERMINAL = F_SETTLED | F_CANCELLED | F_REFUNDED
+
+# Loan layout: [disbursed_ts, owed, remaining, due_ts, days_past_due]
+L_TS, L_OWED, L_REMAINING, L_DUE, L_DPD = range(5)
+# Loan history layout: [ts, on_time (1/0), kind]; kind 1 = repaid, 2 = charged off
+KIND_REPAID, KIND_CHARGED_OFF = 1, 2
+
+MAX_RECEIVABLES = 200
+MAX_BUYER_SAMPLE = 64
+MAX_CLOSED_IDS = 64
+MAX_SEEN = 48
+MAX_LOANS = 16
+MAX_LOAN_HISTORY = 24
+CLOSED_RETENTION = 2 * DAY  # closed receivables stay visible this long, so features as of t are stable
+
+MARKETPLACE = frozenset({
+    "merchant.onboarded", "merchant.updated", "order.placed", "order.paid", "order.shipped",
+    "order.delivered", "order.cancelled", "order.refunded", "order.chargeback", "settlement.paid",
+})
+LOAN_EVENTS = frozenset({
+    "loan_offer.accepted", "loan.disbursed", "loan.repayment_applied", "loan.repaid",
+    "loan.delinquent", "loan.charged_off",
+})
+HANDLED = MARKETPLACE | LOAN_EVENTS
+
+
+class StateError(ValueError):
+    """An event that cannot be applied (missing subject, wrong merchant, malformed data)."""
+
+
+def short_hash(value: str, size: int = 6) -> int:
+    """A small stable integer for ids we only need to compare (buyers, event ids, closed orders)."""
+    return int.from_bytes(hashlib.blake2b(value.encode("utf-8"), digest_size=size).digest(), "big")
+
+
+@dataclass(slots=True)
+class MerchantState:
+    merchant_id: str
+    currency: str = ""
+    category: str = ""
+    status: str = "active"
+    since: int = 0  # first event time (onboarding when seen), epoch seconds
+    latest: int = 0  # latest event time applied
+    buckets: dict[int, list[int]] = field(default_factory=dict)
+    # Sorted sample of the latest placed orders' [day, buyer hash] (bounded): buyer diversity by event time.
+    buyers: list[list[int]] = field(default_factory=list)
+    receivables: dict[str, list[int]] = field(default_factory=dict)
+    closed: list[int] = field(default_factory=list)  # hashes of orders closed long ago: never resurrected
+    loans: dict[str, list[int]] = field(default_factory=dict)
+    loan_history: list[list[int]] = field(default_factory=list)
+    worst_dpd: int = 0
+    worst_dpd_ts: int = 0
+    # Open offer: [offer_id, amount, created_ts, expires_ts] or empty.
+    offer: list[Any] = field(default_factory=list)
+    # Last emitted decision: [limit, available, reason codes joined by ","].
+    last: list[Any] = field(default_factory=list)
+    last_scored: int = 0
+    seen: list[int] = field(default_factory=list)
+
+    # ----- serialisation ---------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "m": self.merchant_id, "c": self.currency, "k": self.category, "s": self.status,
+            "t0": self.since, "t1": self.latest,
+            "b": [[d, *_trim(v)] for d, v in sorted(self.buckets.items())],
+            "u": self.buyers, "r": {k: _trim(v) for k, v in self.receivables.items()}, "x": self.closed,
+            "l": self.loans, "h": self.loan_history, "w": [self.worst_dpd, self.worst_dpd_ts],
+            "o": self.offer, "d": self.last, "q": self.last_scored, "e": self.seen,
+        }
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> MerchantState:
+        try:
+            return cls(
+                merchant_id=obj["m"], currency=obj["c"], category=obj["k"], status=obj["s"],
+                since=obj["t0"], latest=obj["t1"],
+                buckets={b[0]: _pad(b[1:], BUCKET_FIELDS) for b in obj["b"]},
+                buyers=obj["u"], receivables={k: _pad(v, 7) for k, v in obj["r"].items()}, closed=obj["x"],
+                loans=obj["l"], loan_history=obj["h"], worst_dpd=obj["w"][0], worst_dpd_ts=obj["w"][1],
+                offer=obj["o"], last=obj["d"], last_scored=obj["q"], seen=obj["e"],
+            )
+        except (KeyError, IndexError, TypeError) as exc:
+            raise StateError(f"malformed merchant state: {exc!r}") from None
+
+    def to_bytes(self) -> bytes:
+        # zlib level 1: halves the size of the JSON for little CPU; the table and its changelog hold this.
+        return zlib.compress(json.dumps(self.to_dict(), separators=(",", ":")).encode("utf-8"), 1)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> MerchantState:
+        return cls.from_dict(json.loads(zlib.decompress(raw)))
+
+    # ----- dedupe ----------------------------------------------------------------------------------------
+
+    def mark_seen(self, event_id: str) -> bool:
+        """Record an event id; False when it was already seen (the event must be ignored)."""
+        h = short_hash(event_id)
+        if h in self.seen:
+            return False
+        self.seen.append(h)
+        if len(self.seen) > MAX_SEEN:
+            del self.seen[0]
+        return True
+
+    # ----- apply -----------------------------------------------------------------------------------------
+
+    def apply(self, event: dict[str, Any]) -> bool:
+        """Apply one CloudEvent; returns False for duplicates and types the underwriter ignores."""
+        etype = event.get("type")
+        if etype not in HANDLED:
+            return False
+        if event.get("subject") != self.merchant_id:
+            raise StateError(f"event {event.get('id')!r} is for {event.get('subject')!r}, not {self.merchant_id!r}")
+        if not self.mark_seen(str(event.get("id"))):
+            return False
+        ts = int(parse_rfc3339(event["time"]).timestamp())
+        data = event.get("data") or {}
+        try:
+            _HANDLERS[etype](self, data, ts)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StateError(f"cannot apply {etype} {event.get('id')!r}: {exc!r}") from None
+        if not self.since or ts < self.since:
+            self.since = ts
+        if ts > self.latest:
+            if ts // DAY != self.latest // DAY:
+                self._prune(ts)
+            self.latest = ts
+        return True
+
+    def _prune(self, now: int) -> None:
+        first_day = now // DAY - WINDOW_DAYS
+        for day in [d for d in self.buckets if d <= first_day]:
+            del self.buckets[day]
+        self.buyers = [b for b in self.buyers if b[0] > first_day]
+        for oid, rec in list(self.receivables.items()):
+            old_open = rec[R_PLACED] and rec[R_PLACED] < now - 60 * DAY
+            if (rec[R_CLOSED] and rec[R_CLOSED] < now - CLOSED_RETENTION) or old_open:
+                self._forget(oid)
+
+    def _forget(self, order_id: str) -> None:
+        self.receivables.pop(order_id, None)
+        h = short_hash(order_id)
+        if h not in self.closed:
+            self.closed.append(h)
+            if len(self.closed) > MAX_CLOSED_IDS:
+                del self.closed[0]
+
+    def bucket(self, ts: int) -> list[int]:
+        day = ts // DAY
+        b = self.buckets.get(day)
+        if b is None:
+            b = self.buckets[day] = [0] * BUCKET_FIELDS
+        return b
+
+    def _money(self, obj: dict[str, Any]) -> int:
+        amount, currency = obj["amount"], obj["currency"]
+        if type(amount) is not int or amount < 0:
+            raise ValueError(f"bad amount {amount!r}")
+        if not self.currency:
+            self.currency = currency
+        return int(amount)
+
+    def _receivable(self, order_id: str) -> list[int] | None:
+        """The order's receivable, created on first sight; None when the order was closed long ago."""
+        rec = self.receivables.get(order_id)
+        if rec is None:
+            if short_hash(order_id) in self.closed:
+                return None
+            rec = self.receivables[order_id] = [0, 0, 0, 0, 0, 0, 0]
+            if len(self.receivables) > MAX_RECEIVABLES:
+                oldest = min(self.receivables, key=lambda k: self.receivables[k][R_PLACED] or 2**62)
+                self._forget(oldest)
+        return rec
+
+    def _close(self, rec: list[int], flag: int, ts: int) -> None:
+        rec[R_FLAGS] |= flag
+        if not rec[R_CLOSED] or ts < rec[R_CLOSED]:
+            rec[R_CLOSED] = ts
+
+    # --- marketplace handlers ---
+
+    def _onboarded(self, data: dict[str, Any], ts: int) -> None:
+        self.currency = data["currency"]
+        self.category = data["category"]
+        self.since = ts if not self.since else min(self.since, ts)
+
+    def _updated(self, data: dict[str, Any], ts: int) -> None:
+        if "category" in data:
+            self.category = data["category"]
+        if "status" in data:
+            self.status = data["status"]
+
+    def _placed(self, data: dict[str, Any], ts: int) -> None:
+        amount = self._money(data["amount"])
+        b = self.bucket(ts)
+        b[PLACED_GMV] += amount
+        b[PLACED_N] += 1
+        bisect.insort(self.buyers, [ts // DAY, short_hash(str(data["buyer_id"]), 3)])
+        if len(self.buyers) > MAX_BUYER_SAMPLE:
+            del self.buyers[0]
+        rec = self._receivable(data["order_id"])
+        if rec is not None:
+            rec[R_AMOUNT] = amount
+            rec[R_FLAGS] |= F_PLACED
+            rec[R_PLACED] = ts
+
+    def _paid(self, data: dict[str, Any], ts: int) -> None:
+        amount = self._money(data["amount"])
+        rec = self._receivable(data["order_id"])
+        if rec is not None:
+            rec[R_FLAGS] |= F_PAID
+            if not rec[R_AMOUNT]:
+                rec[R_AMOUNT] = amount
+            if not rec[R_PLACED]:
+                rec[R_PLACED] = ts
+
+    def _shipped(self, data: dict[str, Any], ts: int) -> None:
+        rec = self._receivable(data["order_id"])
+        if rec is not None:
+            rec[R_FLAGS] |= F_SHIPPED
+            rec[R_SHIPPED] = ts
+            expected = data.get("expected_delivery_at")
+            if expected and not rec[R_FLAGS] & F_DELIVERED:
+                rec[R_DELIVERY] = int(parse_rfc3339(expected).timestamp())
+
+    def _delivered(self, data: dict[str, Any], ts: int) -> None:
+        rec = self._receivable(data["order_id"])
+        if rec is not None:
+            rec[R_FLAGS] |= F_DELIVERED
+            rec[R_DELIVERY] = ts
+
+    def _cancelled(self, data: dict[str, Any], ts: int) -> None:
+        self.bucket(ts)[CANCEL_N] += 1
+        rec = self._receivable(data["order_id"])
+        if rec is not None:
+            self._close(rec, F_CANCELLED, ts)
+
+    def _refunded(self, data: dict[str, Any], ts: int) -> None:
+        amount = self._money(data["amount"])
+        b = self.bucket(ts)
+        b[REFUND_N] += 1
+        b[REFUND_GMV] += amount
+        rec = self._receivable(data["order_id"])
+        if rec is not None:
+            rec[R_REFUNDED] += amount
+            if rec[R_AMOUNT] and rec[R_REFUNDED] >= rec[R_AMOUNT]:
+                self._close(rec, F_REFUNDED, ts)
+
+    def _chargeback(self, data: dict[str, Any], ts: int) -> None:
+        amount = self._money(data["amount"])
+        b = self.bucket(ts)
+        b[CHARGEBACK_N] += 1
+        b[CHARGEBACK_GMV] += amount
+        rec = self.receivables.get(data["order_id"])
+        if rec is not None:
+            rec[R_REFUNDED] += amount
+            if rec[R_AMOUNT] and rec[R_REFUNDED] >= rec[R_AMOUNT]:
+                self._close(rec, F_REFUNDED, ts)
+
+    def _settled(self, data: dict[str, Any], ts: int) -> None:
+        self._money(data["gross"])
+        b = self.bucket(ts)
+        for item in data["orders"]:
+            amount = self._money(item["amount"])
+            b[SETTLED_GMV] += amount
+            b[SETTLED_N] += 1
+            rec = self._receivable(item["order_id"])
+            if rec is None:
+                continue
+            if rec[R_PLACED] and rec[R_PLACED] <= ts:
+                b[LAG_HOURS] += (ts - rec[R_PLACED]) // 3600
+                b[LAG_N] += 1
+            self._close(rec, F_SETTLED, ts)
+
+    # --- loans.v1 handlers ---
+
+    def _offer_accepted(self, data: dict[str, Any], ts: int) -> None:
+        if self.offer and self.offer[0] == data["offer_id"]:
+            self.offer = []
+
+    def _disbursed(self, data: dict[str, Any], ts: int) -> None:
+        owed = self._money(data["principal"]) + self._money(data["fee"])
+        due = int(parse_rfc3339(data["due_at"]).timestamp())
+        self.loans[data["loan_id"]] = [ts, owed, owed, due, 0]
+        if self.offer and self.offer[0] == data.get("offer_id"):
+            self.offer = []
+        if len(self.loans) > MAX_LOANS:
+            oldest = min(self.loans, key=lambda k: self.loans[k][L_TS])
+            del self.loans[oldest]
+
+    def _repayment(self, data: dict[str, Any], ts: int) -> None:
+        loan = self.loans.get(data["loan_id"])
+        if loan is not None:
+            loan[L_REMAINING] = min(loan[L_REMAINING], self._money(data["remaining"]))
+
+    def _repaid(self, data: dict[str, Any], ts: int) -> None:
+        loan = self.loans.pop(data["loan_id"], None)
+        repaid_at = int(parse_rfc3339(data["repaid_at"]).timestamp()) if data.get("repaid_at") else ts
+        on_time = 1 if loan is None or repaid_at <= loan[L_DUE] else 0
+        self._history([ts, on_time, KIND_REPAID])
+
+    def _delinquent(self, data: dict[str, Any], ts: int) -> None:
+        dpd = int(data["days_past_due"])
+        loan = self.loans.get(data["loan_id"])
+        if loan is not None:
+            loan[L_DPD] = max(loan[L_DPD], dpd)
+            loan[L_REMAINING] = min(loan[L_REMAINING], self._money(data["remaining"]))
+        if dpd > self.worst_dpd:
+            self.worst_dpd, self.worst_dpd_ts = dpd, ts
+
+    def _charged_off(self, data: dict[str, Any], ts: int) -> None:
+        self.loans.pop(data["loan_id"], None)
+        self._history([ts, 0, KIND_CHARGED_OFF])
+
+    def _history(self, row: list[int]) -> None:
+        bisect.insort(self.loan_history, row)
+        if len(self.loan_history) > MAX_LOAN_HISTORY:
+            del self.loan_history[0]
+
+    # ----- views used by features and policy --------------------------------------------------------------
+
+    def outstanding(self, as_of: int) -> int:
+        return sum(loan[L_REMAINING] for loan in self.loans.values() if loan[L_TS] <= as_of)
+
+    def delinquent(self) -> bool:
+        return any(loan[L_DPD] > 0 for loan in self.loans.values())
+
+    def charged_off(self) -> bool:
+        return any(row[2] == KIND_CHARGED_OFF for row in self.loan_history)
+
+
+def _trim(values: list[int]) -> list[int]:
+    n = len(values)
+    while n and not values[n - 1]:
+        n -= 1
+    return values[:n]
+
+
+def _pad(values: list[int], size: int) -> list[int]:
+    return list(values) + [0] * (size - len(values))
+
+
+_HANDLERS: dict[str, Any] = {
+    "merchant.onboarded": MerchantState._onboarded,
+    "merchant.updated": MerchantState._updated,
+    "order.placed": MerchantState._placed,
+    "order.paid": MerchantState._paid,
+    "order.shipped": MerchantState._shipped,
+    "order.delivered": MerchantState._delivered,
+    "order.cancelled": MerchantState._cancelled,
+    "order.refunded": MerchantState._refunded,
+    "order.chargeback": MerchantState._chargeback,
+    "settlement.paid": MerchantState._settled,
+    "loan_offer.accepted": MerchantState._offer_accepted,
+    "loan.disbursed": MerchantState._disbursed,
+    "loan.repayment_applied": MerchantState._repayment,
+    "loan.repaid": MerchantState._repaid,
+    "loan.delinquent": MerchantState._delinquent,
+    "loan.charged_off": MerchantState._charged_off,
+}

@@ -1,0 +1,216 @@
+"""Application core: apply an event to the merchant's state, rescore (debounced), decide, emit CloudEvents.
+
+The same core runs in the Faust worker, the embedded engine and the benchmark. Merchant state lives in a
+`MutableMapping[str, bytes]` (a dict, or the Faust table adapter), serialised by MerchantState.to_bytes.
+
+Debounce (event time): a merchant is rescored on a *material* event (settlement, refund, chargeback,
+cancellation, merchant or loan event) at once; other events (orders placed, paid, shipped, delivered) rescore
+at most every `debounce_seconds` of event time. The rest wait in `pending` until `flush(now)` scores every
+merchant whose first pending event is `debounce_seconds` old, so the limit reflects the latest event within
+`debounce_seconds` of event time (the worker's timer calls flush every `flush_interval_seconds`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import MutableMapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from schemas.codec import deterministic_id, new_event
+from services.common.timeutil import parse_rfc3339
+from services.underwriter.domain.decisions import Action, Portfolio, decide_actions
+from services.underwriter.domain.features import compute_features
+from services.underwriter.domain.policy import PolicySettings, base_rate_bps, decide_limit
+from services.underwriter.domain.scoring import Score, Scorer
+from services.underwriter.domain.state import HANDLED, LOAN_EVENTS, MerchantState
+from services.underwriter.settings import UnderwriterSettings
+
+MATERIAL = frozenset({
+    "settlement.paid", "order.refunded", "order.chargeback", "order.cancelled",
+    "merchant.onboarded", "merchant.updated",
+}) | LOAN_EVENTS
+
+
+class Metrics(Protocol):
+    def event(self, etype: str, outcome: str) -> None: ...
+    def lag(self, seconds: float) -> None: ...
+    def processed(self, seconds: float) -> None: ...
+    def scored(self, trigger: str, pd: float, limit: int) -> None: ...
+    def decision(self, kind: str) -> None: ...
+    def shadow(self, agree: bool, diff: float) -> None: ...
+    def sizes(self, merchants: int, pending: int) -> None: ...
+
+
+class MemoryPortfolio:
+    """Portfolio counters over a mapping: a dict when embedded, a global Faust table in the worker.
+
+    Keys: "day:<epoch day>:<currency>" (originations reserved that day), "cat:<category>:<currency>" (exposure).
+    """
+
+    def __init__(self, counters: MutableMapping[str, int] | None = None) -> None:
+        self.counters: MutableMapping[str, int] = {} if counters is None else counters
+
+    def remaining(self, day: int, category: str, currency: str, p: PolicySettings) -> int:
+        used_day = int(self.counters.get(f"day:{day}:{currency}", 0))
+        used_cat = int(self.counters.get(f"cat:{category}:{currency}", 0))
+        return max(0, min(p.daily_budget_minor - used_day, p.category_cap_minor - used_cat))
+
+    def reserve(self, day: int, category: str, currency: str, amount: int) -> None:
+        for key in (f"day:{day}:{currency}", f"cat:{category}:{currency}"):
+            self.counters[key] = int(self.counters.get(key, 0)) + amount
+
+    def release(self, category: str, currency: str, amount: int) -> None:
+        key = f"cat:{category}:{currency}"
+        self.counters[key] = max(0, int(self.counters.get(key, 0)) - amount)
+
+
+class Underwriter:
+    def __init__(
+        self,
+        settings: UnderwriterSettings,
+        policy: PolicySettings,
+        scorer: Scorer,
+        store: MutableMapping[str, bytes],
+        portfolio: Portfolio,
+        metrics: Metrics,
+        challenger: Scorer | None = None,
+    ) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.scorer = scorer
+        self.challenger = challenger
+        self.store = store
+        self.portfolio = portfolio
+        self.metrics = metrics
+        # merchant id -> [first pending event time, latest pending event time, latest pending event id]
+        self.pending: dict[str, list[Any]] = {}
+
+    # ----- public API -----------------------------------------------------------------------------------
+
+    def state(self, merchant_id: str) -> MerchantState | None:
+        raw = self.store.get(merchant_id)
+        return MerchantState.from_bytes(raw) if raw is not None else None
+
+    def handle(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        """Apply one marketplace or loans.v1 event; returns the CloudEvents to emit (maybe none)."""
+        started = time.perf_counter()
+        etype = str(event.get("type"))
+        merchant_id = event.get("subject")
+        if etype not in HANDLED or not isinstance(merchant_id, str) or not merchant_id:
+            self.metrics.event(etype if etype in HANDLED else "other", "ignored")
+            return []
+        raw = self.store.get(merchant_id)
+        state = MerchantState.from_bytes(raw) if raw is not None else MerchantState(merchant_id)
+        if not state.apply(event):
+            self.metrics.event(etype, "duplicate")
+            return []
+        self.metrics.event(etype, "applied")
+        ts = int(parse_rfc3339(event["time"]).timestamp())
+        self.metrics.lag(time.time() - ts)
+        self._portfolio_effects(state, event)
+        out: list[dict[str, Any]] = []
+        due = etype in MATERIAL or ts - state.last_scored >= self.settings.debounce_seconds
+        if due:
+            # Decide as of the merchant's latest event time: a late event must not rewind the view.
+            self.pending.pop(merchant_id, None)
+            out = self._decide(state, state.latest, str(event["id"]), "material" if etype in MATERIAL else "event")
+        else:
+            entry = self.pending.get(merchant_id)
+            if entry is None:
+                self.pending[merchant_id] = [ts, ts, event["id"]]
+            elif ts >= entry[1]:
+                entry[1], entry[2] = ts, event["id"]
+        self.store[merchant_id] = state.to_bytes()
+        if out:
+            self.metrics.processed(time.perf_counter() - started)
+        return out
+
+    def flush(self, now: datetime) -> list[dict[str, Any]]:
+        """Score every pending merchant whose first pending event is at least debounce_seconds older than now."""
+        if now.tzinfo is None:
+            raise ValueError("flush(now) needs a timezone-aware event time")
+        cutoff = now.timestamp() - self.settings.debounce_seconds
+        out: list[dict[str, Any]] = []
+        for merchant_id in [m for m, p in self.pending.items() if p[0] <= cutoff]:
+            out.extend(self.flush_merchant(merchant_id))
+        self.metrics.sizes(len(self.store), len(self.pending))
+        return out
+
+    def flush_merchant(self, merchant_id: str) -> list[dict[str, Any]]:
+        entry = self.pending.pop(merchant_id, None)
+        raw = self.store.get(merchant_id)
+        if entry is None or raw is None:
+            return []
+        state = MerchantState.from_bytes(raw)
+        out = self._decide(state, state.latest, str(entry[2]), "debounced")
+        self.store[merchant_id] = state.to_bytes()
+        return out
+
+    # ----- internals ------------------------------------------------------------------------------------
+
+    def _portfolio_effects(self, state: MerchantState, event: dict[str, Any]) -> None:
+        """Repayments and charge-offs reduce the category exposure the portfolio cap counts."""
+        etype, data = event["type"], event.get("data") or {}
+        if etype == "loan.repayment_applied":
+            self.portfolio.release(state.category, state.currency, int(data["amount"]["amount"]))
+        elif etype == "loan.charged_off":
+            self.portfolio.release(state.category, state.currency, int(data["amount"]["amount"]))
+
+    def _score(self, features: list[float]) -> Score:
+        score = self.scorer.score(features)
+        if self.challenger is not None:
+            shadow = self.challenger.score(features)
+            agree = base_rate_bps(score.pd, self.policy) == base_rate_bps(shadow.pd, self.policy)
+            self.metrics.shadow(agree, abs(score.pd - shadow.pd))
+        return score
+
+    def _decide(self, state: MerchantState, as_of: int, trigger_id: str, trigger: str) -> list[dict[str, Any]]:
+        state.last_scored = as_of
+        if not state.currency:
+            return []  # nothing priced yet: no decision can be expressed in money
+        when = datetime.fromtimestamp(as_of, UTC)
+        features = compute_features(state, when)
+        score = self._score(features)
+        d = decide_limit(state, features, score.pd, score.reasons, as_of, self.policy)
+        self.metrics.scored(trigger, score.pd, d.limit)
+        actions = decide_actions(state, d, score.pd, as_of, self.policy, self.portfolio,
+                                 lambda kind: deterministic_id(trigger_id, kind))
+        return [self._event(state, a, d, score, when, trigger_id) for a in actions]
+
+    def _event(self, state: MerchantState, a: Action, d: Any, score: Score, when: datetime,
+               trigger_id: str) -> dict[str, Any]:
+        cur = state.currency
+
+        def money(amount: int) -> dict[str, Any]:
+            return {"amount": int(amount), "currency": cur}
+
+        reasons = [r.to_json() for r in d.reasons]
+        pd = round(float(score.pd), 6)
+        if a.kind == "credit_limit.updated":
+            data: dict[str, Any] = {
+                "limit": money(d.limit), "available": money(d.available), "outstanding": money(d.outstanding),
+                "eligible_receivables": money(d.eligible), "pd": pd, "model_version": score.model_version,
+                "reasons": reasons, "trigger_event_id": trigger_id, "advance_rate_bps": d.advance_rate_bps,
+            }
+        elif a.kind == "loan_offer.created":
+            o = a.data["offer"]
+            data = {
+                "offer_id": o.offer_id, "amount": money(o.amount), "fee": money(o.fee), "apr": o.apr,
+                "due_at": _rfc(o.due_at), "expires_at": _rfc(o.expires_at), "order_ids": list(o.order_ids),
+                "pd": pd, "model_version": score.model_version, "reasons": reasons, "limit": money(d.limit),
+                "trigger_event_id": trigger_id,
+            }
+        else:
+            data = {
+                "offer_id": a.data["offer_id"], "reasons": [r.to_json() for r in a.data["reasons"]],
+                "pd": pd, "model_version": score.model_version, "limit": money(d.limit),
+                "trigger_event_id": trigger_id,
+            }
+        self.metrics.decision(a.kind)
+        return new_event(a.kind, state.merchant_id, data, when, self.settings.source,
+                         id=deterministic_id(trigger_id, a.kind))
+
+
+def _rfc(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

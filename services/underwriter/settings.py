@@ -1,0 +1,50 @@
+"""Underwriter settings (FLOATBRIDGE_UNDERWRITER_*). Policy numbers live in domain.policy.PolicySettings,
+loaded from the same prefix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from schemas import topics
+from services.common import settings as common
+from services.underwriter.domain.policy import PolicySettings
+
+PREFIX = "FLOATBRIDGE_UNDERWRITER_"
+DEFAULT_REGISTRY = str(Path(__file__).resolve().parents[2] / "models" / "registry")
+
+
+@dataclass(frozen=True, slots=True)
+class UnderwriterSettings:
+    kafka_bootstrap: str = field(default="127.0.0.1:19092", metadata={"doc": "Kafka bootstrap servers"})
+    app_id: str = field(default="floatbridge-underwriter", metadata={"doc": "Faust app id (consumer group, changelog topic prefix)"})
+    store: str = field(default="rocksdb://", metadata={"doc": "Faust table store: rocksdb:// in production, memory:// in tests"})
+    data_dir: str = field(default="/tmp/floatbridge-underwriter", metadata={"doc": "Faust data directory (RocksDB files)"})
+    partitions: int = field(default=12, metadata={"doc": "partitions of the input topics and the state table"})
+    marketplace_topic: str = field(default=topics.MARKETPLACE_EVENTS, metadata={"doc": "input: marketplace events"})
+    loans_topic: str = field(default=topics.LOANS, metadata={"doc": "input: loan lifecycle events"})
+    limits_topic: str = field(default=topics.CREDIT_LIMITS, metadata={"doc": "output: credit_limit.updated"})
+    offers_topic: str = field(default=topics.LOAN_OFFERS, metadata={"doc": "output: loan_offer.created/withdrawn"})
+    model_registry: str = field(default=DEFAULT_REGISTRY, metadata={"doc": "model registry folder (CHAMPION file + versions)"})
+    challenger: str = field(default="", metadata={"doc": "registry version to shadow-score beside the champion (empty: none)"})
+    debounce_seconds: int = field(default=30, metadata={"doc": "rescore a merchant at most this often (event time) unless the event is material"})
+    flush_interval_seconds: float = field(default=1.0, metadata={"doc": "worker timer that scores debounced merchants"})
+    metrics_port: int = field(default=9102, metadata={"doc": "port of the /metrics endpoint (0: none)"})
+    web_port: int = field(default=6066, metadata={"doc": "Faust web port"})
+    source: str = field(default="floatbridge/underwriter", metadata={"doc": "CloudEvents source of emitted events"})
+
+    def validate(self) -> None:
+        if self.debounce_seconds < 0:
+            raise ValueError("debounce_seconds must be >= 0")
+        if not self.store.startswith(("rocksdb://", "memory://")):
+            raise ValueError(f"store must be rocksdb:// or memory://, got {self.store!r}")
+        if self.partitions < 1:
+            raise ValueError("partitions must be >= 1")
+
+
+def load(**overrides: object) -> UnderwriterSettings:
+    return common.load(UnderwriterSettings, PREFIX, **overrides)
+
+
+def load_policy(**overrides: object) -> PolicySettings:
+    return common.load(PolicySettings, PREFIX, **overrides)

@@ -1,0 +1,221 @@
+"""Disbursement use cases through bootstrap on SQLite (the embedded mode), with fake bus/transport."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.disbursement.adapters.payout_rails import SandboxRail
+from services.disbursement.bootstrap import bootstrap
+from services.disbursement.service import AcceptOffer, DisbursementService
+from services.disbursement.settings import DisbursementSettings
+from tests.unit.disbursement_helpers import (
+    T0,
+    Bus,
+    Clock,
+    Transport,
+    limit,
+    offer,
+    onboarded,
+    settlement,
+)
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture()
+def env(tmp_path: Any) -> dict[str, Any]:
+    bus, transport, clock = Bus(), Transport(), Clock()
+    svc = bootstrap(DisbursementSettings(), db_url=f"sqlite:///{tmp_path}/d.db", bus=bus, transport=transport,
+                    clock=clock, registry=CollectorRegistry())
+    svc.register_merchant("m1", "https://m1.example/hooks", "key-m1-0123456789abcdef")
+    svc.handle(onboarded("m1"))
+    return {"svc": svc, "bus": bus, "transport": transport, "clock": clock}
+
+
+def disburse(svc: DisbursementService, offer_id: str, amount: int, fee: int, at=T0, **kw: Any) -> dict[str, Any]:
+    svc.handle(limit("m1", 1_000_000, at=at))
+    svc.handle(offer("m1", offer_id, amount, fee, at=at, **kw))
+    result = svc.accept(AcceptOffer(offer_id, "m1", "idem-" + offer_id, at + timedelta(minutes=1)))
+    assert result.status_code == 200, result.body
+    return result.body
+
+
+def last_instruction(bus: Bus) -> dict[str, Any]:
+    return bus.of_type("collection.instruction")[-1]["data"]
+
+
+def test_accept_disburses_once_and_publishes_loan_disbursed(env: dict[str, Any]) -> None:
+    svc, bus = env["svc"], env["bus"]
+    body = disburse(svc, "of1", 50_000, 1_500)
+    assert body["state"] == "disbursed" and body["principal"] == {"amount": 50_000, "currency": "BRL"}
+    assert body["payout_id"]
+    again = svc.accept(AcceptOffer("of1", "m1", "idem-of1", T0))
+    assert again.replayed and again.body == body
+    assert [e["data"]["loan_id"] for e in bus.of_type("loan.disbursed")] == [body["loan_id"]]
+    assert isinstance(svc.rail, SandboxRail) and svc.rail.count() == 1
+    assert last_instruction(bus)["owed"] == {"amount": 51_500, "currency": "BRL"}
+
+
+def test_same_idempotency_key_for_another_offer_is_422(env: dict[str, Any]) -> None:
+    svc = env["svc"]
+    disburse(svc, "of1", 10_000, 100)
+    svc.handle(offer("m1", "of2", 10_000, 100))
+    assert svc.accept(AcceptOffer("of2", "m1", "idem-of1", T0)).status_code == 422
+
+
+def test_expired_offer_refused(env: dict[str, Any]) -> None:
+    svc = env["svc"]
+    svc.handle(limit("m1", 100_000))
+    svc.handle(offer("m1", "of1", 10_000, expires_hours=24))
+    result = svc.accept(AcceptOffer("of1", "m1", "k1", T0 + timedelta(hours=25)))
+    assert (result.status_code, result.code) == (409, "offer_expired")
+
+
+def test_amount_above_available_limit_refused(env: dict[str, Any]) -> None:
+    svc = env["svc"]
+    svc.handle(limit("m1", 30_000))
+    svc.handle(offer("m1", "of1", 20_000))
+    assert svc.accept(AcceptOffer("of1", "m1", "k1", T0)).status_code == 200
+    # The second offer is within the published limit but not within what is left of it.
+    svc.handle(offer("m1", "of2", 20_000, at=T0 + timedelta(minutes=5)))
+    result = svc.accept(AcceptOffer("of2", "m1", "k2", T0 + timedelta(minutes=6)))
+    assert (result.status_code, result.code) == (409, "limit_exceeded")
+
+
+def test_kill_switch_refuses(env: dict[str, Any]) -> None:
+    svc = env["svc"]
+    svc.handle(limit("m1", 100_000))
+    svc.handle(offer("m1", "of1", 10_000))
+    svc.set_kill_switch(True)
+    result = svc.accept(AcceptOffer("of1", "m1", "k1", T0))
+    assert (result.status_code, result.code) == (409, "kill_switch")
+
+
+def test_superseded_and_withdrawn_offers_refused(env: dict[str, Any]) -> None:
+    svc = env["svc"]
+    svc.handle(limit("m1", 100_000))
+    svc.handle(offer("m1", "of1", 10_000))
+    svc.handle(offer("m1", "of2", 12_000))
+    assert svc.accept(AcceptOffer("of1", "m1", "k1", T0)).code == "offer_superseded"
+
+
+def test_other_merchants_offer_is_not_found(env: dict[str, Any]) -> None:
+    svc = env["svc"]
+    svc.register_merchant("m2", None, "key-m2-0123456789abcdef")
+    svc.handle(limit("m1", 100_000))
+    svc.handle(offer("m1", "of1", 10_000))
+    result = svc.accept(AcceptOffer("of1", "m2", "k1", T0))
+    assert (result.status_code, result.code) == (404, "offer_not_found")
+    assert svc.get_offer("m2", "of1") is None and svc.get_offer("m1", "of1") is not None
+
+
+def test_refund_of_financed_order_moves_shortfall_to_withhold(env: dict[str, Any]) -> None:
+    svc, bus = env["svc"], env["bus"]
+    disburse(svc, "of1", 40_000, 1_000, order_ids=("o1", "o2"),
+             orders=[{"order_id": "o1", "amount": {"amount": 30_000, "currency": "BRL"}},
+                     {"order_id": "o2", "amount": {"amount": 30_000, "currency": "BRL"}}])
+    before = last_instruction(bus)
+    assert before["withhold_rate_bps"] == 2000
+    svc.handle(__import__("tests.unit.disbursement_helpers", fromlist=["ev"]).ev(
+        "order.refunded", "m1", {"order_id": "o2", "refund_id": "r1", "amount": {"amount": 30_000, "currency": "BRL"}},
+        T0 + timedelta(days=1)))
+    after = last_instruction(bus)
+    assert after["owed"] == before["owed"] == {"amount": 41_000, "currency": "BRL"}
+    assert after["withhold_rate_bps"] == 5000
+
+
+def test_settlement_repays_oldest_first_fee_then_principal(env: dict[str, Any]) -> None:
+    svc, bus = env["svc"], env["bus"]
+    env["clock"].now = T0
+    a = disburse(svc, "ofA", 10_000, 500, order_ids=("oa",))
+    env["clock"].now = T0 + timedelta(hours=1)
+    b = disburse(svc, "ofB", 10_000, 500, at=T0 + timedelta(hours=1), order_ids=("ob",))
+    svc.handle(settlement("m1", "s1", 12_000, T0 + timedelta(days=2)))
+    applied = {e["data"]["loan_id"]: e["data"] for e in bus.of_type("loan.repayment_applied")}
+    assert applied[a["loan_id"]]["amount"]["amount"] == 10_500
+    assert applied[b["loan_id"]]["amount"]["amount"] == 1_500
+    assert svc.get_loan("m1", a["loan_id"])["state"] == "repaid"
+    loan_b = svc.get_loan("m1", b["loan_id"])
+    assert loan_b["state"] == "repaying" and loan_b["remaining"]["amount"] == 9_000
+    # Fee first: the 1 500 paid B's 500 fee and 1 000 of principal.
+    bal = svc.balances()
+    assert bal[("fee_receivable", "BRL")] == 0
+    assert bal[("loan_principal_receivable", "BRL")] == 9_000
+    assert [e["data"]["loan_id"] for e in bus.of_type("loan.repaid")] == [a["loan_id"]]
+
+
+def test_settlement_with_financed_order_repays_that_loan_first(env: dict[str, Any]) -> None:
+    svc, bus = env["svc"], env["bus"]
+    disburse(svc, "ofA", 10_000, 0, order_ids=("oa",))
+    env["clock"].now = T0 + timedelta(hours=1)
+    b = disburse(svc, "ofB", 10_000, 0, at=T0 + timedelta(hours=1), order_ids=("ob",))
+    svc.handle(settlement("m1", "s1", 4_000, T0 + timedelta(days=2), orders=(("ob", 10_000),)))
+    applied = bus.of_type("loan.repayment_applied")
+    assert [(e["data"]["loan_id"], e["data"]["amount"]["amount"]) for e in applied] == [(b["loan_id"], 4_000)]
+
+
+def test_overpayment_booked_to_merchant_payable_and_returned(env: dict[str, Any]) -> None:
+    svc = env["svc"]
+    loan = disburse(svc, "of1", 10_000, 500)
+    svc.handle(settlement("m1", "s1", 12_000, T0 + timedelta(days=2)))
+    assert svc.get_loan("m1", loan["loan_id"])["state"] == "repaid"
+    assert svc.balances()[("merchant_payable", "BRL")] == -1_500
+    assert svc.recover(T0 + timedelta(days=2)) == 1
+    assert svc.balances()[("merchant_payable", "BRL")] == 0
+    assert svc.rail.count() == 2  # the loan payout and the refund of the overpayment
+
+
+def test_duplicate_event_is_applied_once(env: dict[str, Any]) -> None:
+    svc, bus = env["svc"], env["bus"]
+    disburse(svc, "of1", 10_000, 0)
+    s = settlement("m1", "s1", 3_000, T0 + timedelta(days=1))
+    svc.handle(s)
+    svc.handle(s)
+    assert len(bus.of_type("loan.repayment_applied")) == 1
+
+
+def test_aging_buckets_and_charge_off_at_60_dpd(env: dict[str, Any]) -> None:
+    svc, bus = env["svc"], env["bus"]
+    loan = disburse(svc, "of1", 10_000, 400, due_days=10)
+    due = T0 + timedelta(days=10)
+    svc.age(due)
+    assert bus.of_type("loan.delinquent") == []
+    for dpd in (1, 3, 8, 31):
+        svc.age(due + timedelta(days=dpd))
+    buckets = [(e["data"]["bucket"], e["data"]["days_past_due"]) for e in bus.of_type("loan.delinquent")]
+    assert buckets == [("1-7", 1), ("8-30", 8), ("31-60", 31)]
+    svc.age(due + timedelta(days=59))
+    assert svc.get_loan("m1", loan["loan_id"])["state"] == "delinquent"
+    svc.age(due + timedelta(days=60))
+    assert svc.get_loan("m1", loan["loan_id"])["state"] == "charged_off"
+    assert [e["data"]["amount"]["amount"] for e in bus.of_type("loan.charged_off")] == [10_400]
+    bal = svc.balances()
+    assert bal[("charge_off_loss", "BRL")] == 10_400
+    assert bal[("loan_principal_receivable", "BRL")] == 0 and bal[("fee_receivable", "BRL")] == 0
+
+
+def test_delinquent_merchant_refused(env: dict[str, Any]) -> None:
+    svc = env["svc"]
+    disburse(svc, "of1", 10_000, 0, due_days=5)
+    late = T0 + timedelta(days=7)
+    svc.age(late)
+    svc.handle(limit("m1", 500_000, at=late))
+    svc.handle(offer("m1", "of2", 10_000, at=late))
+    result = svc.accept(AcceptOffer("of2", "m1", "k2", late))
+    assert (result.status_code, result.code) == (409, "merchant_delinquent")
+
+
+def test_expired_offer_emits_webhook_and_webhooks_are_signed(env: dict[str, Any]) -> None:
+    svc, transport = env["svc"], env["transport"]
+    svc.handle(limit("m1", 100_000))
+    svc.handle(offer("m1", "of1", 10_000))
+    svc.age(T0 + timedelta(days=2))
+    assert svc.dispatch_webhooks(T0 + timedelta(days=2)) == 3
+    types = [__import__("json").loads(body)["type"] for _, _, body in transport.calls]
+    assert types == ["credit_limit.updated", "loan_offer.created", "loan_offer.expired"]
+    assert all(h["webhook-signature"].startswith("v1,") for _, h, _ in transport.calls)
+    assert svc.dispatch_webhooks(T0 + timedelta(days=2)) == 0
