@@ -85,6 +85,10 @@ class Underwriter:
         self.metrics = metrics
         # merchant id -> [first pending event time, latest pending event time, latest pending event id]
         self.pending: dict[str, list[Any]] = {}
+        # Decoded states by merchant, reused while the store still holds the very bytes we wrote (saves a
+        # decode per event; a restored or rebalanced table holds other bytes objects, so it is never stale).
+        self._hot: dict[str, tuple[bytes, MerchantState]] = {}
+        self.hot_size = 10_000
 
     # ----- public API -----------------------------------------------------------------------------------
 
@@ -100,9 +104,14 @@ class Underwriter:
         if etype not in HANDLED or not isinstance(merchant_id, str) or not merchant_id:
             self.metrics.event(etype if etype in HANDLED else "other", "ignored")
             return []
-        raw = self.store.get(merchant_id)
-        state = MerchantState.from_bytes(raw) if raw is not None else MerchantState(merchant_id)
-        if not state.apply(event):
+        state = self._load(merchant_id)
+        try:
+            applied = state.apply(event)
+        except Exception:
+            self._hot.pop(merchant_id, None)  # the cached object may be half-updated: reload next time
+            self.metrics.event(etype, "error")
+            raise
+        if not applied:
             self.metrics.event(etype, "duplicate")
             return []
         self.metrics.event(etype, "applied")
@@ -121,7 +130,7 @@ class Underwriter:
                 self.pending[merchant_id] = [ts, ts, event["id"]]
             elif ts >= entry[1]:
                 entry[1], entry[2] = ts, event["id"]
-        self.store[merchant_id] = state.to_bytes()
+        self._save(state)
         if out:
             self.metrics.processed(time.perf_counter() - started)
         return out
@@ -139,15 +148,31 @@ class Underwriter:
 
     def flush_merchant(self, merchant_id: str) -> list[dict[str, Any]]:
         entry = self.pending.pop(merchant_id, None)
-        raw = self.store.get(merchant_id)
-        if entry is None or raw is None:
+        if entry is None or merchant_id not in self.store:
             return []
-        state = MerchantState.from_bytes(raw)
+        state = self._load(merchant_id)
         out = self._decide(state, state.latest, str(entry[2]), "debounced")
-        self.store[merchant_id] = state.to_bytes()
+        self._save(state)
         return out
 
     # ----- internals ------------------------------------------------------------------------------------
+
+    def _load(self, merchant_id: str) -> MerchantState:
+        raw = self.store.get(merchant_id)
+        if raw is None:
+            self._hot.pop(merchant_id, None)
+            return MerchantState(merchant_id)
+        hot = self._hot.get(merchant_id)
+        if hot is not None and hot[0] is raw:
+            return hot[1]
+        return MerchantState.from_bytes(raw)
+
+    def _save(self, state: MerchantState) -> None:
+        raw = state.to_bytes()
+        self.store[state.merchant_id] = raw
+        if len(self._hot) >= self.hot_size and state.merchant_id not in self._hot:
+            self._hot.pop(next(iter(self._hot)))
+        self._hot[state.merchant_id] = (raw, state)
 
     def _portfolio_effects(self, state: MerchantState, event: dict[str, Any]) -> None:
         """Repayments and charge-offs reduce the category exposure the portfolio cap counts."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -17,6 +18,7 @@ from tests.unit.disbursement_helpers import (
     Bus,
     Clock,
     Transport,
+    ev,
     limit,
     offer,
     onboarded,
@@ -120,7 +122,7 @@ def test_refund_of_financed_order_moves_shortfall_to_withhold(env: dict[str, Any
                      {"order_id": "o2", "amount": {"amount": 30_000, "currency": "BRL"}}])
     before = last_instruction(bus)
     assert before["withhold_rate_bps"] == 2000
-    svc.handle(__import__("tests.unit.disbursement_helpers", fromlist=["ev"]).ev(
+    svc.handle(ev(
         "order.refunded", "m1", {"order_id": "o2", "refund_id": "r1", "amount": {"amount": 30_000, "currency": "BRL"}},
         T0 + timedelta(days=1)))
     after = last_instruction(bus)
@@ -215,7 +217,7 @@ def test_expired_offer_emits_webhook_and_webhooks_are_signed(env: dict[str, Any]
     svc.handle(offer("m1", "of1", 10_000))
     svc.age(T0 + timedelta(days=2))
     assert svc.dispatch_webhooks(T0 + timedelta(days=2)) == 3
-    types = [__import__("json").loads(body)["type"] for _, _, body in transport.calls]
+    types = [json.loads(body)["type"] for _, _, body in transport.calls]
     assert types == ["credit_limit.updated", "loan_offer.created", "loan_offer.expired"]
     assert all(h["webhook-signature"].startswith("v1,") for _, h, _ in transport.calls)
     assert svc.dispatch_webhooks(T0 + timedelta(days=2)) == 0

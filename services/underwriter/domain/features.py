@@ -57,14 +57,19 @@ def _ts(as_of: datetime) -> int:
     return int(as_of.timestamp())
 
 
-def _sums(state: MerchantState, today: int, days: int) -> list[int]:
-    out = [0] * 11
-    first = today - days
+def _windows(state: MerchantState, today: int) -> tuple[list[int], list[int], list[int]]:
+    """Sums of every bucket field over the last 7, 30 and 90 days (one pass)."""
+    w7, w30, w90 = [0] * 11, [0] * 11, [0] * 11
     for day, b in state.buckets.items():
-        if first < day <= today:
-            for i, v in enumerate(b):
-                out[i] += v
-    return out
+        age = today - day
+        if age < 0 or age >= 90:
+            continue
+        w90 = [x + y for x, y in zip(w90, b, strict=True)]
+        if age < 30:
+            w30 = [x + y for x, y in zip(w30, b, strict=True)]
+            if age < 7:
+                w7 = [x + y for x, y in zip(w7, b, strict=True)]
+    return w7, w30, w90
 
 
 def _ratio(num: float, den: float) -> float:
@@ -72,7 +77,7 @@ def _ratio(num: float, den: float) -> float:
 
 
 def _buyer_features(state: MerchantState, today: int, placed_30: int) -> tuple[float, float, float]:
-    sample = [h for day, h in state.buyers if today - 30 < day <= today]
+    sample = [h for day, _, h in state.buyers if today - 30 < day <= today]
     if not sample:
         return 0.0, 0.0, 0.0
     counts = Counter(sample)
@@ -109,7 +114,7 @@ def compute_features(state: MerchantState, as_of: datetime) -> list[float]:
     """Features of `state` as of event time `as_of`, in FEATURE_NAMES order."""
     now = _ts(as_of)
     today = now // DAY
-    w7, w30, w90 = _sums(state, today, 7), _sums(state, today, 30), _sums(state, today, 90)
+    w7, w30, w90 = _windows(state, today)
     tenure = max(0.0, (now - state.since) / DAY) if state.since and state.since <= now else 0.0
     prior_60 = w90[PLACED_GMV] - w30[PLACED_GMV]
     growth_7_30 = _ratio(w7[PLACED_GMV] / 7, w30[PLACED_GMV] / 30)

@@ -35,7 +35,9 @@ L_TS, L_OWED, L_REMAINING, L_DUE, L_DPD = range(5)
 KIND_REPAID, KIND_CHARGED_OFF = 1, 2
 
 MAX_RECEIVABLES = 200
-MAX_BUYER_SAMPLE = 64
+MAX_BUYER_SAMPLE = 66
+BUYERS_PER_DAY = 2
+BUYER_WINDOW_DAYS = 30
 MAX_CLOSED_IDS = 64
 MAX_SEEN = 48
 MAX_LOANS = 16
@@ -71,7 +73,7 @@ class MerchantState:
     since: int = 0  # first event time (onboarding when seen), epoch seconds
     latest: int = 0  # latest event time applied
     buckets: dict[int, list[int]] = field(default_factory=dict)
-    # Sorted sample of the latest placed orders' [day, buyer hash] (bounded): buyer diversity by event time.
+    # Sorted [day, order hash, buyer hash] of up to two orders a day over 30 days: buyer diversity by event time.
     buyers: list[list[int]] = field(default_factory=list)
     receivables: dict[str, list[int]] = field(default_factory=dict)
     closed: list[int] = field(default_factory=list)  # hashes of orders closed long ago: never resurrected
@@ -92,8 +94,8 @@ class MerchantState:
         return {
             "m": self.merchant_id, "c": self.currency, "k": self.category, "s": self.status,
             "t0": self.since, "t1": self.latest,
-            "b": [[d, *_trim(v)] for d, v in sorted(self.buckets.items())],
-            "u": self.buyers, "r": {k: _trim(v) for k, v in self.receivables.items()}, "x": self.closed,
+            "b": [[d, *v] for d, v in sorted(self.buckets.items())],
+            "u": self.buyers, "r": self.receivables, "x": self.closed,
             "l": self.loans, "h": self.loan_history, "w": [self.worst_dpd, self.worst_dpd_ts],
             "o": self.offer, "d": self.last, "q": self.last_scored, "e": self.seen,
         }
@@ -104,8 +106,8 @@ class MerchantState:
             return cls(
                 merchant_id=obj["m"], currency=obj["c"], category=obj["k"], status=obj["s"],
                 since=obj["t0"], latest=obj["t1"],
-                buckets={b[0]: _pad(b[1:], BUCKET_FIELDS) for b in obj["b"]},
-                buyers=obj["u"], receivables={k: _pad(v, 7) for k, v in obj["r"].items()}, closed=obj["x"],
+                buckets={b[0]: b[1:] for b in obj["b"]},
+                buyers=obj["u"], receivables=obj["r"], closed=obj["x"],
                 loans=obj["l"], loan_history=obj["h"], worst_dpd=obj["w"][0], worst_dpd_ts=obj["w"][1],
                 offer=obj["o"], last=obj["d"], last_scored=obj["q"], seen=obj["e"],
             )
@@ -161,7 +163,8 @@ class MerchantState:
         first_day = now // DAY - WINDOW_DAYS
         for day in [d for d in self.buckets if d <= first_day]:
             del self.buckets[day]
-        self.buyers = [b for b in self.buyers if b[0] > first_day]
+        # Two spare days keep features as of a recent past time stable (same retention as closed receivables).
+        self.buyers = [b for b in self.buyers if b[0] > now // DAY - BUYER_WINDOW_DAYS - 2]
         for oid, rec in list(self.receivables.items()):
             old_open = rec[R_PLACED] and rec[R_PLACED] < now - 60 * DAY
             if (rec[R_CLOSED] and rec[R_CLOSED] < now - CLOSED_RETENTION) or old_open:
@@ -225,14 +228,27 @@ class MerchantState:
         b = self.bucket(ts)
         b[PLACED_GMV] += amount
         b[PLACED_N] += 1
-        bisect.insort(self.buyers, [ts // DAY, short_hash(str(data["buyer_id"]), 3)])
-        if len(self.buyers) > MAX_BUYER_SAMPLE:
-            del self.buyers[0]
+        self._sample_buyer(ts // DAY, data["order_id"], str(data["buyer_id"]))
         rec = self._receivable(data["order_id"])
         if rec is not None:
             rec[R_AMOUNT] = amount
-            rec[R_FLAGS] |= F_PLACED
             rec[R_PLACED] = ts
+            if rec[R_FLAGS] & F_SETTLED and not rec[R_FLAGS] & F_PLACED and rec[R_CLOSED] >= ts:
+                # its settlement arrived first: count the settlement lag now
+                settled = self.bucket(rec[R_CLOSED])
+                settled[LAG_HOURS] += (rec[R_CLOSED] - ts) // 3600
+                settled[LAG_N] += 1
+            rec[R_FLAGS] |= F_PLACED
+
+    def _sample_buyer(self, day: int, order_id: str, buyer_id: str) -> None:
+        """Keep the BUYERS_PER_DAY orders of each day with the smallest order-id hash: a sample that does
+        not depend on arrival order, and that later days never change."""
+        bisect.insort(self.buyers, [day, short_hash(order_id, 3), short_hash(buyer_id, 3)])
+        same_day = [i for i in range(len(self.buyers)) if self.buyers[i][0] == day]
+        if len(same_day) > BUYERS_PER_DAY:
+            del self.buyers[same_day[-1]]
+        if len(self.buyers) > MAX_BUYER_SAMPLE:
+            del self.buyers[0]
 
     def _paid(self, data: dict[str, Any], ts: int) -> None:
         amount = self._money(data["amount"])
@@ -297,7 +313,7 @@ class MerchantState:
             rec = self._receivable(item["order_id"])
             if rec is None:
                 continue
-            if rec[R_PLACED] and rec[R_PLACED] <= ts:
+            if rec[R_FLAGS] & F_PLACED and rec[R_PLACED] <= ts:
                 b[LAG_HOURS] += (ts - rec[R_PLACED]) // 3600
                 b[LAG_N] += 1
             self._close(rec, F_SETTLED, ts)
@@ -357,17 +373,6 @@ class MerchantState:
 
     def charged_off(self) -> bool:
         return any(row[2] == KIND_CHARGED_OFF for row in self.loan_history)
-
-
-def _trim(values: list[int]) -> list[int]:
-    n = len(values)
-    while n and not values[n - 1]:
-        n -= 1
-    return values[:n]
-
-
-def _pad(values: list[int], size: int) -> list[int]:
-    return list(values) + [0] * (size - len(values))
 
 
 _HANDLERS: dict[str, Any] = {

@@ -1,0 +1,436 @@
+"""The embedded engine: every service's real core in one process, wired by an in-process bus.
+
+Marketplace events go through the ingest core (validation, normalisation, buyer-id hashing,
+dedupe), the underwriter core (state, features, champion LightGBM, policy), and the
+disbursement core on SQLite (offers, signed webhooks, acceptance, loans, ledger, collections,
+aging) exactly as in the Kafka deployment; only the transports differ. Simulated merchants
+receive the signed webhooks, verify them with the shipped verifier and accept offers through
+the disbursement HTTP API (its FastAPI app, called in-process). The simulated marketplace
+withholds from payouts what `collections.v1` instructs.
+
+Time is event time: the engine's clock is the latest event time seen, so a replay of the same
+file gives the same decisions.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Any
+
+from schemas import topics
+from services.common.timeutil import parse_rfc3339
+
+EMITTED_TOPICS = (topics.CREDIT_LIMITS, topics.LOAN_OFFERS, topics.LOANS, topics.COLLECTIONS)
+Handler = Callable[[dict[str, Any]], None]
+
+
+class InProcessBus:
+    """Topics as FIFO queues drained synchronously: deterministic, no threads."""
+
+    def __init__(self, record: IO[str] | None = None) -> None:
+        self._queue: deque[tuple[str, str, dict[str, Any]]] = deque()
+        self._subs: dict[str, list[Handler]] = defaultdict(list)
+        self._watchers: list[Callable[[str, dict[str, Any]], None]] = []
+        self.record = record
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def subscribe(self, topic: str, handler: Handler) -> None:
+        self._subs[topic].append(handler)
+
+    def watch(self, watcher: Callable[[str, dict[str, Any]], None]) -> None:
+        self._watchers.append(watcher)
+
+    def publish(self, topic: str, key: str, event: dict[str, Any]) -> None:
+        self._queue.append((topic, key, event))
+
+    def drain(self) -> None:
+        while self._queue:
+            topic, _key, event = self._queue.popleft()
+            self.counts[topic] += 1
+            if self.record is not None and topic in EMITTED_TOPICS:
+                self.record.write(json.dumps({"topic": topic, **event}, separators=(",", ":")) + "\n")
+            for watcher in self._watchers:
+                watcher(topic, event)
+            for handler in self._subs.get(topic, ()):
+                handler(event)
+
+
+class BusSink:
+    """Ingest's EventSink over the bus: the 'broker' acknowledges by enqueueing."""
+
+    def __init__(self, bus: InProcessBus) -> None:
+        self.bus = bus
+
+    def publish(self, records: Iterable[Any]) -> None:
+        for rec in records:
+            topic = topics.MARKETPLACE_EVENTS if rec.kind == "event" else topics.INGEST_REJECTED
+            self.bus.publish(topic, rec.key, json.loads(rec.payload))
+
+
+@dataclass
+class SimulatedMerchant:
+    merchant_id: str
+    api_key: str
+    secret: str = ""
+    accepts: bool = True
+    seen_ids: set[str] = field(default_factory=set)
+
+
+class MerchantFleet:
+    """The merchants' side: verify each webhook, queue offers to accept."""
+
+    def __init__(self, accept: str = "all") -> None:
+        from services.disbursement.verifier.verify import WebhookVerificationError, verify
+
+        self._verify = verify
+        self._error = WebhookVerificationError
+        self.accept = accept
+        self.merchants: dict[str, SimulatedMerchant] = {}
+        self.to_accept: deque[tuple[str, str]] = deque()
+        self.verified = 0
+        self.refused = 0
+        self.now: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    def url(self, merchant_id: str) -> str:
+        return f"http://merchant.invalid/{merchant_id}/webhooks"
+
+    def deliver(self, url: str, headers: Mapping[str, str], body: bytes) -> int:
+        merchant_id = url.rsplit("/", 2)[-2]
+        merchant = self.merchants.get(merchant_id)
+        if merchant is None:
+            return 404
+        try:
+            event = self._verify(merchant.secret, headers, body, now=self.now().timestamp(),
+                                 seen_ids=merchant.seen_ids)
+        except self._error:
+            self.refused += 1
+            return 400
+        self.verified += 1
+        if event.get("type") == "loan_offer.created" and merchant.accepts and self.accept == "all":
+            self.to_accept.append((merchant_id, event["data"]["offer_id"]))
+        return 204
+
+
+@dataclass
+class Tally:
+    """What the summary and the report need, read off the emitted events."""
+
+    merchants: set[str] = field(default_factory=set)
+    limits: dict[str, int] = field(default_factory=dict)
+    offers: int = 0
+    offered_merchants: set[str] = field(default_factory=set)
+    accepted: int = 0
+    refused_accepts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    disbursed: int = 0
+    fees: int = 0
+    loans: dict[str, dict[str, Any]] = field(default_factory=dict)
+    repaid: int = 0
+    repaid_amount: int = 0
+    delinquent: set[str] = field(default_factory=set)
+    charged_off: int = 0
+    charged_off_principal: int = 0
+    rejected: int = 0
+    reasons_by_merchant: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    borrowers: set[str] = field(default_factory=set)
+    daily: list[dict[str, Any]] = field(default_factory=list)
+    timelines: dict[str, list[tuple[str, str, int, str]]] = field(default_factory=lambda: defaultdict(list))
+    currency: str = ""
+
+    def watch(self, topic: str, event: dict[str, Any]) -> None:
+        etype, data, mid = event["type"], event.get("data") or {}, event.get("subject", "")
+        if topic == topics.MARKETPLACE_EVENTS:
+            self.merchants.add(mid)
+        elif topic == topics.INGEST_REJECTED:
+            self.rejected += 1
+        elif etype == "credit_limit.updated":
+            self.limits[mid] = data["limit"]["amount"]
+            self.currency = data["limit"]["currency"]
+            codes = [r["code"] for r in data.get("reasons", [])]
+            self.reasons_by_merchant[mid].update(codes)
+            if len(self.timelines[mid]) < 400:
+                self.timelines[mid].append((event["time"], etype, data["limit"]["amount"], ", ".join(codes[:3])))
+        elif etype == "loan_offer.created":
+            self.offers += 1
+            self.offered_merchants.add(mid)
+        elif etype == "loan.disbursed":
+            self.accepted += 1
+            self.borrowers.add(mid)
+            principal, fee = data["principal"]["amount"], data["fee"]["amount"]
+            self.disbursed += principal
+            self.fees += fee
+            self.loans[data["loan_id"]] = {"merchant": mid, "principal": principal, "fee": fee,
+                                           "remaining": principal + fee, "state": "disbursed"}
+            self.timelines[mid].append((event["time"], etype, principal, data["loan_id"]))
+        elif etype == "loan.repayment_applied":
+            loan = self.loans.get(data["loan_id"])
+            if loan is not None:
+                loan["remaining"] = data["remaining"]["amount"]
+            self.repaid_amount += data["amount"]["amount"]
+        elif etype == "loan.repaid":
+            self.repaid += 1
+            loan = self.loans.get(data["loan_id"])
+            if loan is not None:
+                loan["state"], loan["remaining"] = "repaid", 0
+        elif etype == "loan.delinquent":
+            loan = self.loans.get(data["loan_id"])
+            if loan is not None and loan["state"] != "charged_off":
+                loan["state"] = "delinquent"
+            self.delinquent.add(data["loan_id"])
+        elif etype == "loan.charged_off":
+            self.charged_off += 1
+            loan = self.loans.get(data["loan_id"])
+            if loan is not None:
+                loan["state"] = "charged_off"
+                # Principal share of what was written off; the fee part was never lent.
+                self.charged_off_principal += min(loan["principal"], data["amount"]["amount"])
+                self.timelines[loan["merchant"]].append((event["time"], etype, data["amount"]["amount"], ""))
+
+    def outstanding(self) -> int:
+        return sum(v["remaining"] for v in self.loans.values() if v["state"] in ("disbursed", "delinquent"))
+
+    def snapshot(self, day: str) -> None:
+        self.daily.append({
+            "day": day, "limits": sum(self.limits.values()), "offers": self.offers, "accepted": self.accepted,
+            "disbursed": self.disbursed, "outstanding": self.outstanding(),
+            "delinquent": sum(1 for v in self.loans.values() if v["state"] == "delinquent"),
+            "charged_off": self.charged_off,
+        })
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    db_path: Path
+    accept: str = "all"  # "all" | "none"
+    webhook_every: timedelta = timedelta(hours=1)
+    emitted: IO[str] | None = None
+    metrics_registry: Any = None
+    registry_path: Path | None = None
+
+
+class EmbeddedEngine:
+    def __init__(self, options: EngineOptions) -> None:
+        from prometheus_client import CollectorRegistry
+
+        from services.disbursement.bootstrap import bootstrap as disbursement_bootstrap
+        from services.ingest.adapters.memory import InMemoryDedupeStore
+        from services.ingest.bootstrap import bootstrap as ingest_bootstrap
+        from services.ingest.settings import load_settings as ingest_settings
+        from services.underwriter.bootstrap import bootstrap as underwriter_bootstrap
+
+        self.options = options
+        self.now = datetime(1970, 1, 1, tzinfo=UTC)
+        reg = options.metrics_registry or CollectorRegistry()
+        self.bus = InProcessBus(options.emitted)
+        self.tally = Tally()
+        self.fleet = MerchantFleet(options.accept)
+        self.fleet.now = lambda: self.now
+        # Replays are history: the future-skew check compares with the replay clock, not the wall clock.
+        isettings = ingest_settings(buyer_hash_key=secrets.token_hex(32)) if _accepts_overrides(ingest_settings) \
+            else ingest_settings()
+        self.ingest = ingest_bootstrap(isettings, sink=BusSink(self.bus), dedupe=InMemoryDedupeStore(),
+                                       clock=lambda: self.now, registry=reg)
+        self.underwriter = underwriter_bootstrap(registry=options.registry_path, metrics_registry=reg)
+        options.db_path.parent.mkdir(parents=True, exist_ok=True)
+        if options.db_path.exists():
+            options.db_path.unlink()
+        self.disbursement = disbursement_bootstrap(
+            db_url=f"sqlite:///{options.db_path}", bus=self.bus, transport=self.fleet.deliver,
+            clock=lambda: self.now, registry=reg)
+        self.api = _acceptance_client(self.disbursement)
+        self.owed: dict[str, tuple[int, int]] = {}  # merchant -> (owed, withhold bps)
+        self.line_errors: list[tuple[int, str, list[dict[str, str]]]] = []
+        self.events_in = 0
+        self._next_tick: datetime | None = None
+        self._day: str | None = None
+        self._wire()
+
+    # ----------------------------------------------------------------- wiring
+    def _wire(self) -> None:
+        from services.disbursement.service import topics_marketplace_types
+
+        wanted = topics_marketplace_types()
+        bus = self.bus
+
+        def to_underwriter(event: dict[str, Any]) -> None:
+            for out in self.underwriter.handle(event):
+                bus.publish(_topic_of(out["type"]), out["subject"], out)
+
+        def to_disbursement(event: dict[str, Any]) -> None:
+            self.disbursement.handle(event)
+
+        def marketplace_to_disbursement(event: dict[str, Any]) -> None:
+            if event["type"] == "merchant.onboarded":
+                self._register(event)
+            if event["type"] in wanted:
+                self.disbursement.handle(event)
+
+        def collections(event: dict[str, Any]) -> None:
+            data = event["data"]
+            self.owed[event["subject"]] = (data["owed"]["amount"], data["withhold_rate_bps"])
+
+        bus.subscribe(topics.MARKETPLACE_EVENTS, marketplace_to_disbursement)
+        bus.subscribe(topics.MARKETPLACE_EVENTS, to_underwriter)
+        bus.subscribe(topics.LOANS, to_underwriter)
+        bus.subscribe(topics.CREDIT_LIMITS, to_disbursement)
+        bus.subscribe(topics.LOAN_OFFERS, to_disbursement)
+        bus.subscribe(topics.COLLECTIONS, collections)
+        bus.watch(self.tally.watch)
+
+    def _register(self, event: dict[str, Any]) -> None:
+        mid = event["subject"]
+        if mid in self.fleet.merchants:
+            return
+        merchant = SimulatedMerchant(mid, api_key="mk_" + secrets.token_urlsafe(18))
+        merchant.secret = self.disbursement.register_merchant(
+            mid, webhook_url=self.fleet.url(mid), api_key=merchant.api_key,
+            currency=event["data"].get("currency"))
+        self.fleet.merchants[mid] = merchant
+
+    # ----------------------------------------------------------------- marketplace side
+    def withhold(self, merchant_id: str, gross: int, fees: int, _time: str) -> int:
+        """The simulated settlement system: withhold per the latest collection instruction."""
+        owed, bps = self.owed.get(merchant_id, (0, 0))
+        if owed <= 0:
+            return 0
+        return max(0, min(owed, (gross - fees) * max(bps, 0) // 10_000 if bps < 10_000 else gross - fees))
+
+    def _fill_withheld(self, event: dict[str, Any]) -> dict[str, Any]:
+        """For replayed files: the marketplace withholds what collections.v1 asked for."""
+        data = event.get("data")
+        if event.get("type") != "settlement.paid" or not isinstance(data, dict):
+            return event
+        try:
+            gross, fees = int(data["gross"]["amount"]), int(data["fees"]["amount"])
+            already = int(data["withheld"]["amount"])
+        except (KeyError, TypeError, ValueError):
+            return event
+        if already:
+            return event
+        take = self.withhold(str(event.get("subject")), gross, fees, str(event.get("time")))
+        if take <= 0:
+            return event
+        data = dict(data)
+        data["withheld"] = {**data["withheld"], "amount": take}
+        data["net"] = {**data["net"], "amount": gross - fees - take}
+        return {**event, "data": data}
+
+    # ----------------------------------------------------------------- running
+    def feed(self, batch: list[tuple[int, Any]]) -> None:
+        """Submit (line number, raw event) pairs through ingest, then let everything downstream run."""
+        if not batch:
+            return
+        raws = [self._fill_withheld(raw) if isinstance(raw, dict) else raw for _, raw in batch]
+        for raw in raws:
+            t = raw.get("time") if isinstance(raw, dict) else None
+            if isinstance(t, str):
+                try:
+                    at = parse_rfc3339(t)
+                except ValueError:
+                    continue
+                if at > self.now:
+                    self._advance(at)
+        results = self.ingest.submit(raws, intake="replay", received_at=self.now)
+        for (line, _raw), res in zip(batch, results, strict=True):
+            if res.status.value == "rejected":
+                self.line_errors.append((line, res.event_id or "", [e.to_json() for e in res.errors]))
+        self.events_in += len(batch)
+        self.bus.drain()
+
+    def _advance(self, at: datetime) -> None:
+        if self._next_tick is None:
+            self._next_tick = at.replace(minute=0, second=0, microsecond=0) + self.options.webhook_every
+        while at >= self._next_tick:
+            self.now = self._next_tick
+            self.tick()
+            self._next_tick += self.options.webhook_every
+        self.now = at
+
+    def tick(self) -> None:
+        """Hourly by event time: flush debounced decisions, age loans, deliver webhooks, take acceptances."""
+        day = self.now.strftime("%Y-%m-%d")
+        if day != self._day:
+            if self._day is not None:
+                self.tally.snapshot(self._day)
+            self._day = day
+            self.disbursement.age(self.now)
+        for out in self.underwriter.flush(self.now):
+            self.bus.publish(_topic_of(out["type"]), out["subject"], out)
+        self.bus.drain()
+        self.disbursement.dispatch_webhooks(self.now, limit=10_000)
+        self.bus.drain()
+        self._accept_queued()
+        self.disbursement.dispatch_webhooks(self.now, limit=10_000)
+        self.bus.drain()
+
+    def _accept_queued(self) -> None:
+        while self.fleet.to_accept:
+            mid, offer_id = self.fleet.to_accept.popleft()
+            merchant = self.fleet.merchants[mid]
+            resp = self.api.post(
+                f"/v1/offers/{offer_id}/accept",
+                headers={"Authorization": f"Bearer {merchant.api_key}", "Idempotency-Key": f"accept-{offer_id}"},
+            )
+            if resp.status_code not in (200, 201, 202):
+                code = (resp.json().get("error") or {}).get("code", str(resp.status_code))
+                self.tally.refused_accepts[code] += 1
+            self.bus.drain()
+
+    def finish(self) -> None:
+        self.now += timedelta(seconds=1)
+        self.tick()
+        if self._day is not None:
+            self.tally.snapshot(self._day)
+
+    def ledger_balanced(self) -> bool:
+        from services.disbursement.service import DisbursementService
+
+        check = getattr(DisbursementService, "ledger_check", None)
+        if check is None:
+            return sum(self.disbursement.balances().values()) == 0
+        return bool(check(self.disbursement))
+
+
+def _accepts_overrides(fn: Callable[..., Any]) -> bool:
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _acceptance_client(service: Any) -> Any:
+    """The disbursement service's own HTTP app, called in-process (no sockets)."""
+    from fastapi.testclient import TestClient
+
+    from services.disbursement.adapters.http_api import create_app
+
+    return TestClient(create_app(service), base_url="http://disbursement.local")
+
+
+def _topic_of(event_type: str) -> str:
+    if event_type == "credit_limit.updated":
+        return topics.CREDIT_LIMITS
+    if event_type.startswith("loan_offer."):
+        return topics.LOAN_OFFERS
+    if event_type == "collection.instruction":
+        return topics.COLLECTIONS
+    return topics.LOANS
+
+
+def numbered(lines: Iterable[str]) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON or the raw text when it is not JSON) for an NDJSON stream."""
+    for n, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text:
+            continue
+        try:
+            yield n, json.loads(text)
+        except ValueError as exc:
+            from services.ingest.domain.model import Malformed
+
+            yield n, Malformed(text[:65536], f"line {n} is not JSON: {exc}")

@@ -1,0 +1,176 @@
+"""Drive the embedded engine: demo (simulator), replay (any NDJSON file), Olist replay; summary + report."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from floatbridge.embedded.engine import EmbeddedEngine, EngineOptions, numbered
+
+MANIPULATION_CODES = frozenset({"GMV_SPIKE", "BUYER_CONCENTRATION", "REFUND_SURGE", "CANCEL_SURGE", "CHARGEBACKS"})
+BATCH = 500
+
+
+@dataclass
+class RunResult:
+    engine: EmbeddedEngine
+    seconds: float
+    events: int
+    truth: dict[str, Any] | None = None
+    title: str = "Floatbridge"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+def _progress(total: int | None, desc: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="ev", unit_scale=True, disable=not enabled, file=sys.stderr,
+                mininterval=0.5)
+
+
+def run_events(engine: EmbeddedEngine, items: Iterable[tuple[int, Any]], total: int | None = None,
+               desc: str = "events", progress: bool = True) -> float:
+    started = time.perf_counter()
+    bar = _progress(total, desc, progress)
+    batch: list[tuple[int, Any]] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= BATCH:
+            engine.feed(batch)
+            bar.update(len(batch))
+            batch = []
+    engine.feed(batch)
+    bar.update(len(batch))
+    engine.finish()
+    bar.close()
+    return time.perf_counter() - started
+
+
+def open_events(path: Path) -> Iterator[str]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as fh:  # type: ignore[operator]
+        yield from fh
+
+
+def demo(merchants: int, days: int, seed: int, out: Path, progress: bool = True,
+         metrics_registry: Any = None) -> RunResult:
+    from floatbridge.simulator.config import SimConfig
+    from floatbridge.simulator.engine import Simulation
+
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "emitted.ndjson", "w", encoding="utf-8") as emitted:
+        engine = EmbeddedEngine(EngineOptions(db_path=out / "disbursement.sqlite", emitted=emitted,
+                                              metrics_registry=metrics_registry))
+        sim = Simulation(SimConfig(merchants=merchants, days=days, seed=seed), withhold=engine.withhold)
+        items = ((n, ev) for n, ev in enumerate(sim.events(), 1))
+        seconds = run_events(engine, items, desc="demo", progress=progress)
+    return RunResult(engine, seconds, engine.events_in, truth=sim.truth(),
+                     title=f"Floatbridge demo: {merchants} merchants x {days} days, seed {seed}")
+
+
+def replay_file(path: Path, out: Path, accept: str = "all", progress: bool = True) -> RunResult:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "emitted.ndjson", "w", encoding="utf-8") as emitted:
+        engine = EmbeddedEngine(EngineOptions(db_path=out / "disbursement.sqlite", accept=accept, emitted=emitted))
+        seconds = run_events(engine, numbered(open_events(path)), desc=path.name, progress=progress)
+    return RunResult(engine, seconds, engine.events_in, title=f"Floatbridge replay of {path.name}")
+
+
+def replay_olist(data: Path, out: Path, accept: str = "all", limit_orders: int | None = None,
+                 progress: bool = True) -> RunResult:
+    from floatbridge.embedded.olist import CREDIT, OlistOptions, olist_events
+
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    events = olist_events(data, OlistOptions(limit_orders=limit_orders))
+    convert = time.perf_counter() - t0
+    with open(out / "emitted.ndjson", "w", encoding="utf-8") as emitted:
+        engine = EmbeddedEngine(EngineOptions(db_path=out / "disbursement.sqlite", accept=accept, emitted=emitted))
+        seconds = run_events(engine, enumerate(events, 1), total=len(events), desc="olist", progress=progress)
+    result = RunResult(engine, seconds + convert, engine.events_in, title="Floatbridge replay of real Olist data")
+    result.notes.append(f"Data: {CREDIT}. Conversion to events took {convert:.1f} s.")
+    return result
+
+
+def _money(minor: int, currency: str) -> str:
+    return f"{minor / 100:,.2f} {currency}" if currency not in ("JPY", "KRW", "CLP") else f"{minor:,} {currency}"
+
+
+def summary(result: RunResult) -> list[tuple[str, str]]:
+    e, t = result.engine, result.engine.tally
+    cur = t.currency or "BRL"
+    loss = t.charged_off_principal / t.disbursed if t.disbursed else 0.0
+    rows = [
+        ("events in", f"{result.events:,}"),
+        ("events rejected by ingest", f"{t.rejected:,}"),
+        ("throughput", f"{result.events_per_second:,.0f} events/s over {result.seconds:.1f} s"),
+        ("merchants", f"{len(t.merchants):,}"),
+        ("merchants with a limit > 0", f"{sum(1 for v in t.limits.values() if v > 0):,}"),
+        ("offers", f"{t.offers:,} to {len(t.offered_merchants):,} merchants"),
+        ("acceptances (loans disbursed)", f"{t.accepted:,}"),
+        ("acceptances refused", ", ".join(f"{k}: {v}" for k, v in sorted(t.refused_accepts.items())) or "0"),
+        ("disbursed principal", _money(t.disbursed, cur)),
+        ("fees charged", _money(t.fees, cur)),
+        ("repaid loans", f"{t.repaid:,}"),
+        ("repayments collected", _money(t.repaid_amount, cur)),
+        ("outstanding", _money(t.outstanding(), cur)),
+        ("loans ever delinquent", f"{len(t.delinquent):,}"),
+        ("charged off", f"{t.charged_off:,} loans, {_money(t.charged_off_principal, cur)} principal"),
+        ("loss rate (charged-off principal / disbursed)", f"{loss:.2%}"),
+        ("fee yield (fees / disbursed)", f"{t.fees / t.disbursed:.2%}" if t.disbursed else "n/a"),
+        ("webhooks verified by merchants", f"{e.fleet.verified:,} (refused {e.fleet.refused})"),
+        ("ledger balanced", "yes" if e.ledger_balanced() else "NO"),
+    ]
+    if result.truth:
+        for arche in ("brushing", "bust_out"):
+            ids = [m for m, v in _truth_merchants(result.truth).items() if v.get("archetype") == arche]
+            if not ids:
+                continue
+            flagged = sum(1 for m in ids if t.reasons_by_merchant.get(m, set()) & MANIPULATION_CODES)
+            lost = {t.loans[k]["merchant"] for k in t.loans if t.loans[k]["state"] == "charged_off"}
+            no_loss = sum(1 for m in ids if m not in lost)
+            rows.append((f"{arche} merchants caught", f"{flagged}/{len(ids)} flagged by a guard; "
+                         f"{no_loss}/{len(ids)} cost nothing"))
+    return rows
+
+
+def _truth_merchants(truth: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    merchants = truth.get("merchants", truth)
+    if isinstance(merchants, list):
+        return {m["merchant_id"]: m for m in merchants}
+    return dict(merchants)
+
+
+def print_summary(result: RunResult) -> None:
+    rows = summary(result)
+    width = max(len(k) for k, _ in rows)
+    print(f"\n{result.title}\n" + "-" * (width + 40))
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    for note in result.notes:
+        print(note)
+
+
+def write_outputs(result: RunResult, out: Path) -> Path:
+    from floatbridge.embedded.report import render
+
+    rows = summary(result)
+    (out / "summary.json").write_text(json.dumps(dict(rows), indent=2), encoding="utf-8")
+    errors = result.engine.line_errors
+    if errors:
+        with open(out / "rejected_lines.ndjson", "w", encoding="utf-8") as fh:
+            for line, eid, errs in errors:
+                fh.write(json.dumps({"line": line, "id": eid, "errors": errs}) + "\n")
+    path = out / "report.html"
+    path.write_text(render(result, rows), encoding="utf-8")
+    return path

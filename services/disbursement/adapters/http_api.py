@@ -1,0 +1,140 @@
+"""HTTP API (FastAPI): offer acceptance for merchants, reads, health, metrics and the admin API."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from services.disbursement.service import AcceptOffer, DisbursementService
+
+
+def _bearer(authorization: str | None) -> str:
+    if not authorization or not authorization.lower().startswith("bearer "):
+        raise HTTPException(401, {"code": "unauthenticated", "message": "Authorization: Bearer <key> required"},
+                            headers={"WWW-Authenticate": "Bearer"})
+    return authorization[7:].strip()
+
+
+class MerchantIn(BaseModel):
+    merchant_id: str = Field(min_length=1, max_length=128)
+    webhook_url: str | None = Field(default=None, max_length=2048)
+    api_key: str | None = Field(default=None, min_length=16)
+    webhook_secret: str | None = None
+    currency: str | None = Field(default=None, min_length=3, max_length=3)
+    event_types: list[str] = []
+
+
+class ApiKeyIn(BaseModel):
+    api_key: str = Field(min_length=16)
+
+
+class KillSwitchIn(BaseModel):
+    on: bool
+
+
+def create_app(svc: DisbursementService) -> FastAPI:
+    app = FastAPI(title="Floatbridge disbursement", version="1")
+
+    def merchant(authorization: str | None = Header(default=None)) -> str:
+        merchant_id = svc.authenticate(_bearer(authorization))
+        if merchant_id is None:
+            raise HTTPException(401, {"code": "unauthenticated", "message": "unknown API key"})
+        return merchant_id
+
+    def admin(authorization: str | None = Header(default=None)) -> None:
+        expected = svc.settings.admin_api_key
+        if not expected:
+            raise HTTPException(404, {"code": "admin_disabled", "message": "admin API is not configured"})
+        if not hmac.compare_digest(_bearer(authorization).encode(), expected.encode()):
+            raise HTTPException(403, {"code": "forbidden", "message": "wrong admin key"})
+
+    @app.post("/v1/offers/{offer_id}/accept")
+    def accept(offer_id: str, merchant_id: str = Depends(merchant),
+               idempotency_key: str | None = Header(default=None)) -> Response:
+        if not idempotency_key:
+            raise HTTPException(400, {"code": "idempotency_key_required", "message": "Idempotency-Key header required"})
+        result = svc.accept(AcceptOffer(offer_id, merchant_id, idempotency_key, svc.clock()))
+        headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
+        return JSONResponse(result.body, status_code=result.status_code, headers=headers)
+
+    @app.get("/v1/loans/{loan_id}")
+    def get_loan(loan_id: str, merchant_id: str = Depends(merchant)) -> dict[str, Any]:
+        loan = svc.get_loan(merchant_id, loan_id)
+        if loan is None:
+            raise HTTPException(404, {"code": "loan_not_found", "message": "no such loan"})
+        return loan
+
+    @app.get("/v1/offers/{offer_id}")
+    def get_offer(offer_id: str, merchant_id: str = Depends(merchant)) -> dict[str, Any]:
+        offer = svc.get_offer(merchant_id, offer_id)
+        if offer is None:
+            raise HTTPException(404, {"code": "offer_not_found", "message": "no such offer"})
+        return offer
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        from services.disbursement.migrations import current
+
+        try:
+            with svc.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            revision = current(svc.engine)
+        except sa.exc.SQLAlchemyError as exc:
+            return JSONResponse({"status": "database unavailable", "error": exc.__class__.__name__}, 503)
+        if revision is None:
+            return JSONResponse({"status": "database not migrated"}, 503)
+        return JSONResponse({"status": "ready", "schema_revision": revision})
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        body, ctype = svc.metrics.render()
+        return Response(body, media_type=ctype)
+
+    @app.get("/admin/merchants", dependencies=[Depends(admin)])
+    def list_merchants() -> list[dict[str, Any]]:
+        return svc.list_merchants()
+
+    @app.post("/admin/merchants", dependencies=[Depends(admin)], status_code=201)
+    def add_merchant(body: MerchantIn) -> dict[str, Any]:
+        try:
+            secret = svc.register_merchant(body.merchant_id, body.webhook_url, body.api_key, body.webhook_secret,
+                                           body.currency, tuple(body.event_types))
+        except ValueError as exc:
+            raise HTTPException(422, {"code": "invalid_merchant", "message": str(exc)}) from None
+        return {"merchant_id": body.merchant_id, "webhook_secret": secret}
+
+    @app.post("/admin/merchants/{merchant_id}/rotate-secret", dependencies=[Depends(admin)])
+    def rotate(merchant_id: str, drop_previous: bool = False) -> dict[str, Any]:
+        try:
+            return {"merchant_id": merchant_id, "webhook_secret": svc.rotate_secret(merchant_id, None, drop_previous)}
+        except KeyError:
+            raise HTTPException(404, {"code": "merchant_not_found", "message": "no such merchant"}) from None
+
+    @app.put("/admin/merchants/{merchant_id}/api-key", dependencies=[Depends(admin)], status_code=204)
+    def set_key(merchant_id: str, body: ApiKeyIn) -> Response:
+        try:
+            svc.set_api_key(merchant_id, body.api_key)
+        except KeyError:
+            raise HTTPException(404, {"code": "merchant_not_found", "message": "no such merchant"}) from None
+        return Response(status_code=204)
+
+    @app.put("/admin/kill-switch", dependencies=[Depends(admin)])
+    def kill_switch(body: KillSwitchIn) -> dict[str, bool]:
+        svc.set_kill_switch(body.on)
+        return {"on": body.on}
+
+    @app.exception_handler(HTTPException)
+    def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, dict) else {"code": "error", "message": str(exc.detail)}
+        return JSONResponse({"error": detail}, status_code=exc.status_code, headers=exc.headers)
+
+    return app

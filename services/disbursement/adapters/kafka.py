@@ -1,0 +1,64 @@
+"""kafka-python adapters: the outbox publisher and the consumer loop (manual commit after the DB commit)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from schemas import topics
+from schemas.codec import EventInvalid, decode, encode
+from services.disbursement.service import DisbursementService, EventRejected
+
+log = logging.getLogger(__name__)
+CONSUMED = (topics.CREDIT_LIMITS, topics.LOAN_OFFERS, topics.MARKETPLACE_EVENTS)
+
+
+class KafkaPublisher:
+    def __init__(self, bootstrap: str, **config: Any):
+        from kafka import KafkaProducer
+
+        self.producer = KafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", linger_ms=5, retries=5,
+            key_serializer=lambda k: k.encode("utf-8"), value_serializer=encode, **config)
+
+    def publish(self, topic: str, key: str, event: dict[str, Any]) -> None:
+        self.producer.send(topic, key=key, value=event)
+
+    def flush(self) -> None:
+        self.producer.flush(timeout=30)
+
+    def close(self) -> None:
+        self.producer.close(timeout=10)
+
+
+def consume(svc: DisbursementService, bootstrap: str, group: str, prefix: str, stop: threading.Event,
+            max_records: int = 200) -> None:
+    """Apply every consumed event, then commit its offset. A crash in between replays the event,
+    which the processed_events table turns into a no-op."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        *[prefix + t for t in CONSUMED], bootstrap_servers=bootstrap, group_id=group,
+        enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=max_records)
+    try:
+        while not stop.is_set():
+            batch = consumer.poll(timeout_ms=500)
+            for records in batch.values():
+                for record in records:
+                    _apply(svc, record)
+            if batch:
+                consumer.commit()
+    finally:
+        consumer.close()
+
+
+def _apply(svc: DisbursementService, record: Any) -> None:
+    try:
+        event = decode(record.value)
+        if not isinstance(event, dict):
+            raise EventRejected("event is not a JSON object")
+        svc.handle(event)
+    except (EventRejected, EventInvalid, ValueError) as exc:
+        # Upstream validated it already; a poison event is logged and skipped, never retried forever.
+        log.error("skipping %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)

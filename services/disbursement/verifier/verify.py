@@ -1,0 +1,69 @@
+"""Verify a Floatbridge webhook (Standard Webhooks scheme). Standard library only: copy this file.
+
+    from verify import verify, WebhookVerificationError
+    event = verify(secret, request_headers, raw_body)   # raises WebhookVerificationError
+
+`secret` is the `whsec_...` value shown when the endpoint was registered or rotated.
+Pass a set (or any container with add) as `seen_ids` to refuse replayed message ids.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Mapping, MutableSet
+from typing import Any
+
+
+class WebhookVerificationError(Exception):
+    """The request is not a genuine, fresh, first delivery; answer 400 and do not act on it."""
+
+
+def _header(headers: Mapping[str, str], name: str) -> str:
+    for key, value in headers.items():
+        if key.lower() == name:
+            return value
+    raise WebhookVerificationError(f"missing header {name}")
+
+
+def _key(secret: str) -> bytes:
+    raw = secret[len("whsec_"):] if secret.startswith("whsec_") else secret
+    try:
+        return base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise WebhookVerificationError("the webhook secret is not valid base64 (expected whsec_<base64>)") from None
+
+
+def verify(secret: str, headers: Mapping[str, str], body: bytes | str, now: float | None = None,
+           tolerance: int = 300, seen_ids: MutableSet[str] | None = None) -> Any:
+    """Return the parsed JSON body if a `v1` signature matches `secret`; raise WebhookVerificationError otherwise."""
+    msg_id = _header(headers, "webhook-id")
+    ts_text = _header(headers, "webhook-timestamp")
+    signatures = _header(headers, "webhook-signature")
+    try:
+        ts = int(ts_text)
+    except ValueError:
+        raise WebhookVerificationError(f"webhook-timestamp is not an integer: {ts_text[:32]!r}") from None
+    current = time.time() if now is None else now
+    if abs(current - ts) > tolerance:
+        raise WebhookVerificationError(f"webhook-timestamp is {int(current - ts)} s away from now "
+                                       f"(tolerance {tolerance} s): stale or clock skew")
+    payload = body.encode("utf-8") if isinstance(body, str) else body
+    digest = hmac.new(_key(secret), f"{msg_id}.{ts}.".encode() + payload, hashlib.sha256).digest()
+    expected = base64.b64encode(digest).decode("ascii")
+    matched = False
+    for candidate in signatures.split():
+        version, _, sig = candidate.partition(",")
+        if version == "v1" and hmac.compare_digest(sig, expected):
+            matched = True
+    if not matched:
+        raise WebhookVerificationError("no signature matches: wrong secret or modified body")
+    if seen_ids is not None:
+        if msg_id in seen_ids:
+            raise WebhookVerificationError(f"webhook-id {msg_id} was already received (replay)")
+        seen_ids.add(msg_id)
+    return json.loads(payload)

@@ -1,0 +1,51 @@
+"""The PostgreSQL dedupe store: the same contract as SQLite, plus racing replicas."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+
+from services.ingest.adapters.sql_dedupe import SqlDedupeStore
+from services.ingest.domain.ports import Claim, ClaimRequest
+from tests.unit.ingest_helpers import NOW
+
+pytestmark = pytest.mark.integration
+LEASE = timedelta(seconds=30)
+
+
+def test_claims_survive_a_new_store_instance_and_conflicts_never_overwrite(pg_schema_url: str) -> None:
+    first = SqlDedupeStore(pg_schema_url, LEASE)
+    assert first.claim([ClaimRequest("a", "h1"), ClaimRequest("b", "h1")], "o1", NOW) == {
+        "a": Claim.NEW, "b": Claim.NEW}
+    first.mark_done(["a"], "o1")
+    first.close()
+    second = SqlDedupeStore(pg_schema_url, LEASE)
+    got = second.claim([ClaimRequest("a", "h1"), ClaimRequest("b", "h1"), ClaimRequest("a2", "h")], "o2", NOW)
+    assert got == {"a": Claim.DONE, "b": Claim.PENDING, "a2": Claim.NEW}
+    assert second.claim([ClaimRequest("a", "other")], "o3", NOW) == {"a": Claim.CONFLICT}
+    assert second.claim([ClaimRequest("b", "h1")], "o3", NOW + LEASE) == {"b": Claim.TAKEN_OVER}
+    assert second.purge(NOW + timedelta(days=1)) == 3 and second.size() == 0
+    second.close()
+
+
+def test_racing_replicas_claim_each_id_exactly_once(pg_schema_url: str) -> None:
+    stores = [SqlDedupeStore(pg_schema_url, LEASE) for _ in range(4)]
+    ids = [f"id-{i}" for i in range(300)]
+    wins: list[list[str]] = [[] for _ in stores]
+
+    def run(n: int) -> None:
+        for start in range(0, len(ids), 50):
+            got = stores[n].claim([ClaimRequest(e, "h") for e in ids[start:start + 50]], f"o{n}", NOW)
+            wins[n].extend(e for e, c in got.items() if c is Claim.NEW)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(len(stores))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    claimed = [e for w in wins for e in w]
+    assert sorted(claimed) == sorted(ids)
+    for s in stores:
+        s.close()
