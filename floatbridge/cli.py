@@ -17,6 +17,7 @@ REGISTRARS: tuple[str, ...] = (
     "floatbridge.commands.simulate",
     "floatbridge.commands.model",
     "floatbridge.commands.run",
+    "floatbridge.commands.stack",
     "floatbridge.commands.ops",
 )
 

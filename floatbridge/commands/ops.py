@@ -73,6 +73,7 @@ def _lag_exporter(args: argparse.Namespace) -> int:
     from floatbridge.observability.lag import KafkaOffsetSource, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO lines are per-poll noise
     if args.interval <= 0:
         print("floatbridge lag-exporter: --interval must be > 0", file=sys.stderr)
         return 2

@@ -62,7 +62,7 @@ def poll_lag(source: OffsetSource, group_filter: set[str] | None = None) -> list
     return samples
 
 
-@dataclass
+@dataclass(eq=False)  # identity hash: the registry keys collectors by object
 class LagCollector:
     """prometheus-client custom collector serving the latest polled snapshot."""
 

@@ -40,9 +40,16 @@ from services.disbursement.adapters.orm import (
 from services.disbursement.domain import aging, ledger
 from services.disbursement.domain import collections as coll
 from services.disbursement.domain.loans import OPEN_STATES, AllocationOrder, LoanState, transition
-from services.disbursement.domain.offers import AcceptanceFacts, OfferState, Refusal, refusal
+from services.disbursement.domain.offers import AcceptanceFacts, OfferState, refusal
 from services.disbursement.domain.webhooks_signing import new_secret, secret_bytes
-from services.disbursement.ports import Clock, PayoutFailed, PayoutRail, PayoutRequest, Publisher, WebhookTransport
+from services.disbursement.ports import (
+    Clock,
+    PayoutFailed,
+    PayoutRail,
+    PayoutRequest,
+    Publisher,
+    WebhookTransport,
+)
 from services.disbursement.settings import DisbursementSettings
 
 log = logging.getLogger(__name__)
@@ -657,9 +664,6 @@ class DisbursementService:
         from services.disbursement.adapters.dispatcher import dispatch
 
         return dispatch(self, now, limit)
-
-    def refused(self, why: Refusal) -> AcceptResult:
-        return _error(409, why.code, why.message)
 
 
 def topics_marketplace_types() -> frozenset[str]:

@@ -27,6 +27,7 @@ from services.underwriter.domain.state import (
     R_FLAGS,
     R_PLACED,
     R_REFUNDED,
+    R_SHIPPED,
     REFUND_N,
     SETTLED_GMV,
     SETTLED_N,
@@ -104,7 +105,7 @@ def _receivables(state: MerchantState, as_of: int) -> tuple[int, int]:
         placed = rec[R_PLACED]
         if not placed or placed > as_of or (rec[R_CLOSED] and rec[R_CLOSED] <= as_of):
             continue
-        if rec[R_FLAGS] & F_PAID and rec[R_FLAGS] & F_SHIPPED:
+        if rec[R_FLAGS] & F_PAID and rec[R_FLAGS] & F_SHIPPED and rec[R_SHIPPED] <= as_of:
             total += max(0, rec[R_AMOUNT] - rec[R_REFUNDED])
             count += 1
     return total, count

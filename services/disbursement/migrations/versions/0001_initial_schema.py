@@ -1,8 +1,7 @@
 """initial schema
 
 Revision ID: 0001
-Revises: 
-Create Date: 2026-11-27 06:10:11.951772
+Revises: (none)
 """
 
 from __future__ import annotations
