@@ -144,7 +144,7 @@ def _pointer(path: Any) -> str:
 
 
 def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value) if not isinstance(value, dict | list) else json.dumps(value)[:limit + 1]
+    text = repr(value) if not isinstance(value, dict | list) else json.dumps(value, default=repr)[:limit + 1]
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -172,8 +172,8 @@ def _message(err: jsonschema.ValidationError) -> str:
     elif kind == "enum":
         msg = f"{_short(value)} is not one of {', '.join(map(str, err.validator_value))}"
     elif kind == "additionalProperties" and isinstance(value, dict) and isinstance(schema, dict):
-        known = set(schema.get("properties", {}))
-        extra = sorted(str(k) for k in value if k not in known)
+        known, patterns = set(schema.get("properties", {})), [_anchored(p) for p in schema.get("patternProperties", {})]
+        extra = sorted(str(k) for k in value if k not in known and not any(p.search(str(k)) for p in patterns))
         msg = "unexpected properties: " + ", ".join(_short(k, 40) for k in extra[:10])
     else:
         msg = err.message

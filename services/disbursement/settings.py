@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 PREFIX = "FLOATBRIDGE_DISBURSEMENT_"
 
@@ -46,7 +47,7 @@ class DisbursementSettings:
             raise ValueError("WEBHOOK_MAX_ATTEMPTS must be at least 1")
 
 
-def load_settings(**overrides: object) -> DisbursementSettings:
+def load_settings(**overrides: Any) -> DisbursementSettings:
     from services.common.settings import load
 
     return load(DisbursementSettings, PREFIX, **overrides)

@@ -36,7 +36,7 @@ def latent_logit(f: list[float]) -> float:
     """The synthetic truth: default risk rises with refunds, cancellations, chargebacks, buyer concentration
     and volatility, and falls with tenure and settled sales."""
     g = f.__getitem__
-    return (-4.0 + 14 * g(INDEX["refund_rate_30d"]) + 6 * g(INDEX["cancel_rate_30d"])
+    return (-5.2 + 14 * g(INDEX["refund_rate_30d"]) + 6 * g(INDEX["cancel_rate_30d"])
             + 80 * g(INDEX["chargeback_rate_90d"]) + 3 * g(INDEX["top_buyer_share_30d"])
             + 0.8 * min(g(INDEX["gmv_volatility_30d"]), 3) - 0.012 * min(g(INDEX["tenure_days"]), 120)
             - 0.25 * math.log1p(g(INDEX["settled_orders_30d"])))

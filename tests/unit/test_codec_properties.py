@@ -157,3 +157,19 @@ def test_offset_times_are_accepted_and_new_event_formats_datetimes_in_utc() -> N
     event = new_event("order.delivered", "m-1", {"order_id": "o-1"}, when, "urn:x", id="e-2")
     assert event["time"] == "2024-05-14T13:00:00Z"
     assert validate(event) == []
+
+
+def test_python_objects_that_are_not_json_are_reported_not_raised() -> None:
+    from datetime import date
+
+    event = new_event("merchant.updated", "m-1", {"status": {"since": date(2024, 1, 1)}}, "2024-01-01T00:00:00Z",
+                      "urn:x", id="e-3")
+    assert [e.pointer for e in validate(event)] == ["/data/status"]
+
+
+def test_extension_attributes_are_allowed_and_only_unknown_shapes_are_named() -> None:
+    event = _order_placed()
+    event["traceparent"] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    assert validate(event) == []
+    event["Not_An_Attribute"] = 1
+    assert validate(event) == [FieldError("", "unexpected properties: 'Not_An_Attribute'")]

@@ -208,3 +208,28 @@ def test_fuzzed_batches_never_5xx_and_never_lose_or_duplicate(batches: list[list
                     accepted.add(item["id"])
     produced = [rec.event_id for rec in rt.sink.events()]
     assert sorted(produced) == sorted(accepted)
+
+
+def test_more_batches_in_flight_than_allowed_get_503_busy_not_queued() -> None:
+    import threading
+
+    rt = runtime(max_inflight_batches=1)
+    gate, entered = threading.Event(), threading.Event()
+    real = rt.sink.publish
+
+    def slow(records: Any) -> None:
+        entered.set()
+        gate.wait(10)
+        real(records)
+
+    rt.sink.publish = slow  # type: ignore[method-assign]
+    with TestClient(create_app(rt)) as c:
+        first: list[int] = []
+        t = threading.Thread(target=lambda: first.append(c.post("/v1/events", json=[placed("a")], headers=AUTH).status_code))
+        t.start()
+        assert entered.wait(10)
+        r = c.post("/v1/events", json=[placed("b")], headers=AUTH)
+        assert r.status_code == 503 and r.json()["error"] == "busy" and "retry-after" in r.headers
+        gate.set()
+        t.join(10)
+    assert first == [200] and [rec.event_id for rec in rt.sink.events()] == ["a"]

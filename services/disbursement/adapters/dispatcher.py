@@ -10,6 +10,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +45,7 @@ def relay_batch(svc: DisbursementService, limit: int) -> int:
     return len(rows)
 
 
-def _publish(svc: DisbursementService, rows: list[Any]) -> None:
+def _publish(svc: DisbursementService, rows: Sequence[Any]) -> None:
     assert svc.publisher is not None
     for row in rows:
         svc.publisher.publish(row.topic, row.key, json.loads(row.payload))
@@ -54,12 +55,12 @@ def _publish(svc: DisbursementService, rows: list[Any]) -> None:
         flush()  # Kafka: acknowledged before the rows are marked sent
 
 
-def _mark_sent(conn: sa.Connection, svc: DisbursementService, rows: list[Any]) -> None:
+def _mark_sent(conn: sa.Connection, svc: DisbursementService, rows: Sequence[Any]) -> None:
     if rows:
         conn.execute(sa.update(outbox).where(outbox.c.id.in_([r.id for r in rows])).values(sent_at=svc.clock()))
 
 
-def _claim(svc: DisbursementService, now: datetime, limit: int) -> list[Any]:
+def _claim(svc: DisbursementService, now: datetime, limit: int) -> Sequence[Any]:
     q = (
         sa.select(webhook_deliveries.c.id, webhook_deliveries.c.msg_id, webhook_deliveries.c.payload,
                   webhook_deliveries.c.attempts, webhook_deliveries.c.merchant_id)

@@ -40,7 +40,7 @@ class StateCollector(Collector):
                 q = sa.select(loans.c.currency, sa.func.sum(loans.c.principal_due)).where(open_).group_by(loans.c.currency)
                 for cur, total in conn.execute(q):
                     principal_g.add_metric([cur], float(total or 0))
-                counts = dict(conn.execute(
+                counts: dict[str, int] = dict(conn.execute(
                     sa.select(sa.func.coalesce(loans.c.bucket, "current"), sa.func.count()).where(open_)
                     .group_by(sa.func.coalesce(loans.c.bucket, "current"))).all())
                 for bucket in ("current", "1-7", "8-30", "31-60"):
