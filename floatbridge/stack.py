@@ -77,6 +77,7 @@ class StackConfig:
     underwriter_workers: int = 2
     ingest_port: int = INGEST_PORT
     disbursement_port: int = DISBURSEMENT_PORT
+    topic_prefix: str = ""  # isolates a test run's topics, consumer groups and app id
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -106,6 +107,23 @@ class Stack:
             "FLOATBRIDGE_DISBURSEMENT_ADMIN_API_KEY": c.admin_api_key,
             "PYTHONUNBUFFERED": "1",
         })
+        if c.topic_prefix:
+            from schemas import topics as t
+
+            p = c.topic_prefix
+            env.update({
+                "FLOATBRIDGE_INGEST_EVENTS_TOPIC": p + t.MARKETPLACE_EVENTS,
+                "FLOATBRIDGE_INGEST_REJECTED_TOPIC": p + t.INGEST_REJECTED,
+                "FLOATBRIDGE_INGEST_RAW_TOPIC": p + t.MARKETPLACE_RAW,
+                "FLOATBRIDGE_INGEST_RAW_GROUP_ID": p + "ingest-raw",
+                "FLOATBRIDGE_UNDERWRITER_MARKETPLACE_TOPIC": p + t.MARKETPLACE_EVENTS,
+                "FLOATBRIDGE_UNDERWRITER_LOANS_TOPIC": p + t.LOANS,
+                "FLOATBRIDGE_UNDERWRITER_LIMITS_TOPIC": p + t.CREDIT_LIMITS,
+                "FLOATBRIDGE_UNDERWRITER_OFFERS_TOPIC": p + t.LOAN_OFFERS,
+                "FLOATBRIDGE_UNDERWRITER_APP_ID": p + c.app_id,
+                "FLOATBRIDGE_DISBURSEMENT_TOPIC_PREFIX": p,
+                "FLOATBRIDGE_DISBURSEMENT_CONSUMER_GROUP": p + "disbursement",
+            })
         env.update(c.extra_env)
         return env
 
@@ -115,7 +133,7 @@ class Stack:
     def prepare(self) -> None:
         """Create topics and migrate the database (both idempotent)."""
         env = self.env()
-        subprocess.run(self._cli("topics", "create", "--bootstrap", self.cfg.kafka,
+        subprocess.run(self._cli("topics", "create", "--bootstrap", self.cfg.kafka, "--prefix", self.cfg.topic_prefix,
                                  "--partitions", str(self.cfg.topic_partitions)), env=env, check=True,
                        capture_output=True, timeout=120)
         subprocess.run(self._cli("disbursement", "migrate"), env=env, check=True, capture_output=True, timeout=120)

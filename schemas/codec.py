@@ -8,7 +8,7 @@ settlement arithmetic, a parseable RFC 3339 timestamp with an offset) are checke
 too, so every consumer applies the same contract.
 
 The semantic rules find their fields through the data schemas' shared definitions
-(`$defs` named Money, Currency, Timestamp; every "type": "integer"), so a new type
+(`$defs` named Currency and Timestamp, Money through them; every "type": "integer"), so a new type
 gets them by reusing those definitions. See schemas/README.md.
 """
 
@@ -199,9 +199,8 @@ def _schema_errors(kind: str, obj: Any, prefix: str) -> list[FieldError]:
 
 @dataclass(frozen=True, slots=True)
 class _Rules:
-    """Where a type's data holds money, currencies, timestamps and integers."""
+    """Where a type's data holds currencies, timestamps and integers (Money's amount among them)."""
 
-    money: tuple[Path, ...]
     currencies: tuple[Path, ...]
     timestamps: tuple[Path, ...]
     integers: tuple[Path, ...]
@@ -227,9 +226,9 @@ def _collect(schema: Any, defs: dict[str, Any], path: Path, found: dict[str, lis
 @cache
 def _rules(event_type: str) -> _Rules:
     schema = data_schema(event_type)
-    found: dict[str, list[Path]] = {k: [] for k in ("Money", "Currency", "Timestamp", "integer")}
+    found: dict[str, list[Path]] = {k: [] for k in ("Currency", "Timestamp", "integer")}
     _collect(schema, schema.get("$defs", {}), (), found)
-    return _Rules(*(tuple(found[k]) for k in ("Money", "Currency", "Timestamp", "integer")))
+    return _Rules(*(tuple(found[k]) for k in ("Currency", "Timestamp", "integer")))
 
 
 def _values(obj: Any, path: Path, ptr: str = "/data") -> list[tuple[str, Any]]:

@@ -37,10 +37,11 @@ class Proc:
 
 
 # The running system under test. The embedded engine serves all three services' metrics on one port
-# and stays up (--hold) after its simulated run so Prometheus can keep scraping it.
+# while it runs; the run must last until the checks below have passed (DATA_TIMEOUT).
 PROCESSES: tuple[Proc, ...] = (
     Proc("embedded", "floatbridge-embedded",
-         (*FB, "demo", "--metrics-port", "{port}", "--hold")),
+         (*FB, "demo", "--merchants", "200", "--days", "120", "--no-progress", "--out", "{tmp}/demo",
+          "--metrics-port", "{port}")),
     Proc("lag-exporter", "floatbridge-lag-exporter",
          (*FB, "lag-exporter", "--port", "{port}", "--bootstrap-servers", "{kafka}", "--interval", "1")),
 )
@@ -130,7 +131,7 @@ def running_system(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactor
     try:
         for p in PROCESSES:
             port = _free_port()
-            argv = [a.format(port=port, kafka=kafka_bootstrap) for a in p.argv]
+            argv = [a.format(port=port, kafka=kafka_bootstrap, tmp=tmp) for a in p.argv]
             log = tmp / f"{p.name}.log"
             with log.open("wb") as fh:
                 proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

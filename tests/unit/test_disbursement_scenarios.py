@@ -221,3 +221,42 @@ def test_expired_offer_emits_webhook_and_webhooks_are_signed(env: dict[str, Any]
     assert types == ["credit_limit.updated", "loan_offer.created", "loan_offer.expired"]
     assert all(h["webhook-signature"].startswith("v1,") for _, h, _ in transport.calls)
     assert svc.dispatch_webhooks(T0 + timedelta(days=2)) == 0
+
+
+def test_every_published_event_matches_its_schema(env: dict[str, Any]) -> None:
+    from schemas.codec import validate
+
+    svc, bus = env["svc"], env["bus"]
+    disburse(svc, "of1", 10_000, 400, due_days=3)
+    svc.handle(settlement("m1", "s1", 2_000, T0 + timedelta(days=1)))
+    svc.age(T0 + timedelta(days=5))
+    svc.age(T0 + timedelta(days=70))
+    svc.handle(offer("m1", "of2", 5_000, at=T0 + timedelta(days=70)))
+    svc.age(T0 + timedelta(days=72))
+    svc.dispatch_webhooks(T0 + timedelta(days=72))
+    published = [e for _, _, e in bus.sent] + [json.loads(b) for _, _, b in env["transport"].calls]
+    assert {e["type"] for e in published} >= {"loan_offer.accepted", "loan.disbursed", "loan.repayment_applied",
+                                              "loan.delinquent", "loan.charged_off", "collection.instruction",
+                                              "loan_offer.expired"}
+    for event in published:
+        assert validate(event) == [], event
+
+
+def test_in_process_bus_may_call_back_into_the_service(tmp_path: Any) -> None:
+    """Embedded mode: the bus delivers synchronously and the underwriter answers with a new limit."""
+    svc: DisbursementService
+
+    class EchoBus(Bus):
+        def publish(self, topic: str, key: str, event: dict[str, Any]) -> None:
+            super().publish(topic, key, event)
+            if event["type"] == "loan.disbursed":
+                svc.handle(limit("m1", 1_000, at=T0 + timedelta(minutes=2)))
+
+    bus = EchoBus()
+    svc = bootstrap(DisbursementSettings(), db_url=f"sqlite:///{tmp_path}/e.db", bus=bus, transport=Transport(),
+                    clock=Clock(), registry=CollectorRegistry())
+    svc.register_merchant("m1", "https://m1.example/h", "key-m1-0123456789abcdef")
+    assert disburse(svc, "of1", 10_000, 0)["state"] == "disbursed"
+    svc.handle(offer("m1", "of2", 5_000, at=T0 + timedelta(minutes=3)))
+    result = svc.accept(AcceptOffer("of2", "m1", "k2", T0 + timedelta(minutes=4)))
+    assert result.code == "limit_exceeded"  # the limit published from inside the relay was applied

@@ -18,12 +18,10 @@ class KafkaPublisher:
     def __init__(self, bootstrap: str, **config: Any):
         from kafka import KafkaProducer
 
-        self.producer = KafkaProducer(
-            bootstrap_servers=bootstrap, acks="all", linger_ms=5, retries=5,
-            key_serializer=lambda k: k.encode("utf-8"), value_serializer=encode, **config)
+        self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, retries=5, **config)
 
     def publish(self, topic: str, key: str, event: dict[str, Any]) -> None:
-        self.producer.send(topic, key=key, value=event)
+        self.producer.send(topic, key=key.encode("utf-8"), value=encode(event))
 
     def flush(self) -> None:
         self.producer.flush(timeout=30)

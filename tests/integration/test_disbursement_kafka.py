@@ -1,0 +1,85 @@
+"""The Kafka path: consume offers/limits (redelivery harmless), accept, relay loan.disbursed to loans.v1."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from schemas import topics
+from schemas.codec import encode
+from services.disbursement.adapters.kafka import CONSUMED, KafkaPublisher, consume
+from services.disbursement.bootstrap import bootstrap, make_engine
+from services.disbursement.migrations import upgrade
+from services.disbursement.service import AcceptOffer
+from services.disbursement.settings import DisbursementSettings
+from tests.unit.disbursement_helpers import T0, Transport, limit, offer, onboarded
+
+pytestmark = pytest.mark.integration
+
+
+def _create_topics(bootstrap_servers: str, names: list[str]) -> None:
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    try:
+        admin.create_topics([NewTopic(n, 1, 1) for n in names])
+    finally:
+        admin.close()
+
+
+def _wait(pred: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not reached in time")
+
+
+def test_consume_accept_and_relay_round_trip(kafka_bootstrap: str, pg_schema_url: str,
+                                              fresh_topic_prefix: str) -> None:
+    from kafka import KafkaConsumer, KafkaProducer
+
+    prefix = fresh_topic_prefix
+    _create_topics(kafka_bootstrap, [prefix + t for t in (*CONSUMED, topics.LOANS, topics.COLLECTIONS)])
+    engine = make_engine(pg_schema_url)
+    upgrade(engine)
+    bus = KafkaPublisher(kafka_bootstrap)
+    svc = bootstrap(DisbursementSettings(topic_prefix=prefix), engine=engine, bus=bus, transport=Transport(),
+                    registry=CollectorRegistry())
+    svc.register_merchant("m1", "https://m1.example/h", "key-m1-0123456789abcdef")
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    lim = limit("m1", 100_000)
+    for topic, event in ((topics.MARKETPLACE_EVENTS, onboarded("m1")), (topics.CREDIT_LIMITS, lim),
+                         (topics.CREDIT_LIMITS, lim), (topics.LOAN_OFFERS, offer("m1", "of1", 30_000, 500))):
+        producer.send(prefix + topic, key=b"m1", value=encode(event))
+    producer.flush()
+    stop = threading.Event()
+    worker = threading.Thread(target=consume, args=(svc, kafka_bootstrap, prefix + "g", prefix, stop), daemon=True)
+    worker.start()
+    try:
+        _wait(lambda: svc.get_offer("m1", "of1") is not None)
+        result = svc.accept(AcceptOffer("of1", "m1", "k1", T0))
+        assert result.status_code == 200
+        assert svc.relay_outbox() >= 3  # loan_offer.accepted, loan.disbursed, collection.instruction
+    finally:
+        stop.set()
+        worker.join(timeout=15)
+    consumer = KafkaConsumer(prefix + topics.LOANS, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
+                             consumer_timeout_ms=5000)
+    types = [json.loads(r.value)["type"] for r in consumer]
+    consumer.close()
+    assert types == ["loan_offer.accepted", "loan.disbursed"]
+    with engine.connect() as conn:  # the duplicated credit limit was stored once
+        from sqlalchemy import func, select
+
+        from services.disbursement.adapters.orm import credit_limits
+        assert conn.execute(select(func.count()).select_from(credit_limits)).scalar_one() == 1
+    bus.close()
+    producer.close()
+    engine.dispose()
