@@ -77,6 +77,8 @@ class StackConfig:
     underwriter_workers: int = 2
     ingest_port: int = INGEST_PORT
     disbursement_port: int = DISBURSEMENT_PORT
+    metrics_port_base: int = UNDERWRITER_METRICS_PORTS[0]  # worker i serves /metrics on base + i
+    web_port_base: int = 6066
     topic_prefix: str = ""  # isolates a test run's topics, consumer groups and app id
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -149,8 +151,8 @@ class Stack:
         for i in range(c.underwriter_workers):
             wenv = dict(env)
             wenv.update({
-                "FLOATBRIDGE_UNDERWRITER_METRICS_PORT": str(UNDERWRITER_METRICS_PORTS[i % 2] + 10 * (i // 2)),
-                "FLOATBRIDGE_UNDERWRITER_WEB_PORT": str(6066 + i),
+                "FLOATBRIDGE_UNDERWRITER_METRICS_PORT": str(c.metrics_port_base + i),
+                "FLOATBRIDGE_UNDERWRITER_WEB_PORT": str(c.web_port_base + i),
                 "FLOATBRIDGE_UNDERWRITER_DATA_DIR": str(c.workdir / f"underwriter-{i}"),
                 "FLOATBRIDGE_UNDERWRITER_STORE": env.get("FLOATBRIDGE_UNDERWRITER_STORE", "memory://"),
             })
@@ -188,6 +190,14 @@ class Stack:
     def stop(self) -> None:
         for p in reversed(list(self.procs.values())):
             p.stop()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def tail(path: Path, lines: int = 30) -> str:
