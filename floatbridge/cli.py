@@ -19,6 +19,8 @@ REGISTRARS: tuple[str, ...] = (
     "floatbridge.commands.run",
     "floatbridge.commands.stack",
     "floatbridge.commands.ops",
+    "floatbridge.commands.bench",
+    "floatbridge.commands.audit",
 )
 
 

@@ -22,6 +22,12 @@ REQUIRE_INFRA_VAR = "FLOATBRIDGE_REQUIRE_INFRA"
 _STRICT_DIRS = ("integration", "e2e")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # kafka-python loads its protocol schemas through a deprecated importlib API on every client.
+    for text in ("read_text is deprecated", "open_text is deprecated"):
+        config.addinivalue_line("filterwarnings", f"ignore:{text}:DeprecationWarning")
+
+
 def infra_required() -> bool:
     return os.environ.get(REQUIRE_INFRA_VAR, "").strip().lower() in {"1", "true", "yes"}
 

@@ -25,6 +25,8 @@ def register(sub: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--metrics-port", type=int, default=0,
                    help="serve every service's Prometheus metrics on this port while running (0 = off)")
+    p.add_argument("--hold", type=float, default=0.0,
+                   help="with --metrics-port: keep serving metrics this many seconds after the run (for scrapes)")
     p.set_defaults(func=_demo)
 
     r = sub.add_parser(
@@ -60,6 +62,10 @@ def _demo(args: argparse.Namespace) -> int:
                   metrics_registry=_serve_metrics(args.metrics_port))
     print_summary(result)
     print(f"report: {write_outputs(result, args.out)}")
+    if args.metrics_port and args.hold > 0:
+        import time
+
+        time.sleep(args.hold)
     return 0
 
 

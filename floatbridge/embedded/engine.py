@@ -28,6 +28,9 @@ from services.common.timeutil import parse_rfc3339
 
 EMITTED_TOPICS = (topics.CREDIT_LIMITS, topics.LOAN_OFFERS, topics.LOANS, topics.COLLECTIONS)
 Handler = Callable[[dict[str, Any]], None]
+DISBURSEMENT_MARKETPLACE_TYPES = frozenset({
+    "merchant.onboarded", "merchant.updated", "settlement.paid", "order.refunded", "order.cancelled",
+})
 
 
 class InProcessBus:
@@ -252,9 +255,9 @@ class EmbeddedEngine:
 
     # ----------------------------------------------------------------- wiring
     def _wire(self) -> None:
-        from services.disbursement.service import topics_marketplace_types
-
-        wanted = topics_marketplace_types()
+        # Disbursement acts on these marketplace events only; the engine ages loans itself (tick), so the
+        # rest need not advance its event clock.
+        wanted = DISBURSEMENT_MARKETPLACE_TYPES
         bus = self.bus
 
         def to_underwriter(event: dict[str, Any]) -> None:

@@ -30,6 +30,8 @@ def make_engine(db_url: str, schema: str | None = None, pool_size: int = 10) -> 
             cur.execute("PRAGMA foreign_keys=ON")
             if not memory:
                 cur.execute("PRAGMA journal_mode=WAL")
+                # WAL + NORMAL: a commit survives a process crash; only an OS crash may lose the last ones.
+                cur.execute("PRAGMA synchronous=NORMAL")
                 cur.execute("PRAGMA busy_timeout=5000")
             cur.close()
 

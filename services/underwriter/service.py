@@ -13,6 +13,7 @@ merchant whose first pending event is `debounce_seconds` old, so the limit refle
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -21,7 +22,7 @@ from schemas.codec import deterministic_id, new_event
 from services.common.timeutil import parse_rfc3339
 from services.underwriter.domain.decisions import Action, Portfolio, decide_actions
 from services.underwriter.domain.features import compute_features
-from services.underwriter.domain.policy import PolicySettings, base_rate_bps, decide_limit
+from services.underwriter.domain.policy import PolicySettings, base_rate_bps, decide_limit, merge_reasons
 from services.underwriter.domain.scoring import Score, Scorer
 from services.underwriter.domain.state import HANDLED, LOAN_EVENTS, MerchantState
 from services.underwriter.settings import UnderwriterSettings
@@ -196,11 +197,19 @@ class Underwriter:
             return []  # nothing priced yet: no decision can be expressed in money
         when = datetime.fromtimestamp(as_of, UTC)
         features = compute_features(state, when)
-        score = self._score(features)
-        d = decide_limit(state, features, score.pd, score.reasons, as_of, self.policy)
+        # PD first; model reason codes (pred_contrib, the costly part) only when something is emitted.
+        # Emission thresholds therefore compare policy reasons, not the model's shifting top features.
+        pd_only = getattr(self.scorer, "pd_only", None)
+        score = Score(pd_only(features), [], self.scorer.version) if pd_only else self._score(features)
+        d = decide_limit(state, features, score.pd, [], as_of, self.policy)
         self.metrics.scored(trigger, score.pd, d.limit)
         actions = decide_actions(state, d, score.pd, as_of, self.policy, self.portfolio,
                                  lambda kind: deterministic_id(trigger_id, kind))
+        if not actions:
+            return []
+        if pd_only:
+            score = self._score(features)
+        d = replace(d, reasons=merge_reasons(list(d.reasons), score.reasons))
         return [self._event(state, a, d, score, when, trigger_id) for a in actions]
 
     def _event(self, state: MerchantState, a: Action, d: Any, score: Score, when: datetime,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import selectors
 import signal
 import subprocess
 import sys
@@ -20,21 +18,14 @@ APP = Path(__file__).parent / "faust_apps" / "roundtrip_app.py"
 TIMEOUT_S = 60.0
 
 
-def _read_result(proc: subprocess.Popen[str], deadline: float) -> dict[str, int]:
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
+def _wait_for_result(proc: subprocess.Popen[bytes], result: Path, deadline: float) -> dict[str, int]:
     while time.monotonic() < deadline:
-        if not sel.select(timeout=0.5):
-            if proc.poll() is not None:
-                break
-            continue
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if line.startswith('{"table"'):
-            return dict(json.loads(line)["table"])
-    raise AssertionError(f"Faust worker produced no table within {TIMEOUT_S}s (exit code {proc.poll()})")
+        if result.exists():
+            return dict(json.loads(result.read_text()))
+        if proc.poll() is not None:
+            raise AssertionError(f"Faust worker exited early with code {proc.returncode}")
+        time.sleep(0.2)
+    raise AssertionError(f"Faust worker wrote no table within {TIMEOUT_S}s")
 
 
 def test_values_produced_with_kafka_python_are_summed_into_faust_table(
@@ -52,17 +43,18 @@ def test_values_produced_with_kafka_python_are_summed_into_faust_table(
     producer.flush(timeout=10)
     producer.close()
 
-    log = (tmp_path / "worker.log").open("w")
+    result = tmp_path / "table.json"
+    log = (tmp_path / "worker.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, str(APP), kafka_bootstrap, topic, f"{topic}-app", "3"],
-        stdout=subprocess.PIPE, stderr=log, text=True, cwd=tmp_path,  # Faust writes its data dir into cwd
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        [sys.executable, str(APP), kafka_bootstrap, topic, f"{topic}-app", "3", str(result)],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        cwd=tmp_path,  # Faust writes its data directory into the working directory
     )
     try:
-        table = _read_result(proc, time.monotonic() + TIMEOUT_S)
-    except AssertionError:
+        table = _wait_for_result(proc, result, time.monotonic() + TIMEOUT_S)
+    except AssertionError as exc:
         log.flush()
-        raise AssertionError((tmp_path / "worker.log").read_text()[-3000:]) from None
+        raise AssertionError(f"{exc}\n{(tmp_path / 'worker.log').read_text(errors='replace')[-3000:]}") from None
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

@@ -34,7 +34,7 @@ def test_row_written_in_unique_schema_reads_back_and_schema_is_dropped(
 
 
 def test_pg_schema_url_gives_an_empty_private_schema(pg_schema_url: str) -> None:
-    schema = make_url(pg_schema_url).query["options"].split("=", 1)[1]
+    schema = str(make_url(pg_schema_url).query["options"]).split("=", 1)[1]
     engine = create_engine(pg_schema_url)
     try:
         with engine.begin() as conn:

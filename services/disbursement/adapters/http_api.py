@@ -10,6 +10,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from services.common.ratelimit import FailedAuthLimiter
 from services.disbursement.service import AcceptOffer, DisbursementService
 
 
@@ -37,20 +38,34 @@ class KillSwitchIn(BaseModel):
     on: bool
 
 
-def create_app(svc: DisbursementService) -> FastAPI:
+def create_app(svc: DisbursementService, limiter: FailedAuthLimiter | None = None) -> FastAPI:
     app = FastAPI(title="Floatbridge disbursement", version="1")
+    limiter = limiter or FailedAuthLimiter()
 
-    def merchant(authorization: str | None = Header(default=None)) -> str:
+    def _gate(request: Request) -> str:
+        client = request.client.host if request.client else "unknown"
+        wait = limiter.retry_after(client)
+        if wait:
+            raise HTTPException(429, {"code": "too_many_failed_attempts",
+                                      "message": "too many failed authentications from this address"},
+                                headers={"Retry-After": str(wait)})
+        return client
+
+    def merchant(request: Request, authorization: str | None = Header(default=None)) -> str:
+        client = _gate(request)
         merchant_id = svc.authenticate(_bearer(authorization))
         if merchant_id is None:
+            limiter.failed(client)
             raise HTTPException(401, {"code": "unauthenticated", "message": "unknown API key"})
         return merchant_id
 
-    def admin(authorization: str | None = Header(default=None)) -> None:
+    def admin(request: Request, authorization: str | None = Header(default=None)) -> None:
+        client = _gate(request)
         expected = svc.settings.admin_api_key
         if not expected:
             raise HTTPException(404, {"code": "admin_disabled", "message": "admin API is not configured"})
         if not hmac.compare_digest(_bearer(authorization).encode(), expected.encode()):
+            limiter.failed(client)
             raise HTTPException(403, {"code": "forbidden", "message": "wrong admin key"})
 
     @app.post("/v1/offers/{offer_id}/accept")
@@ -131,6 +146,13 @@ def create_app(svc: DisbursementService) -> FastAPI:
     def kill_switch(body: KillSwitchIn) -> dict[str, bool]:
         svc.set_kill_switch(body.on)
         return {"on": body.on}
+
+    @app.exception_handler(sa.exc.OperationalError)
+    @app.exception_handler(sa.exc.InterfaceError)
+    def database_down(_: Request, exc: Exception) -> JSONResponse:
+        # A transaction that failed committed nothing: the same request (same Idempotency-Key) is safe to retry.
+        return JSONResponse({"error": {"code": "unavailable", "message": "database unavailable, retry later"}},
+                            status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(HTTPException)
     def http_error(_: Request, exc: HTTPException) -> JSONResponse:

@@ -6,6 +6,8 @@ import logging
 import threading
 from typing import Any
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+
 from schemas import topics
 from schemas.codec import EventInvalid, decode, encode
 from services.disbursement.service import DisbursementService, EventRejected
@@ -42,9 +44,18 @@ def consume(svc: DisbursementService, bootstrap: str, group: str, prefix: str, s
     try:
         while not stop.is_set():
             batch = consumer.poll(timeout_ms=500)
-            for records in batch.values():
-                for record in records:
-                    _apply(svc, record)
+            try:
+                for records in batch.values():
+                    for record in records:
+                        _apply(svc, record)
+            except (OperationalError, InterfaceError) as exc:
+                # Database down (restart, failover): replay the batch once it is back; already applied
+                # events are no-ops thanks to processed_events. Without this the thread died silently.
+                log.warning("database unavailable, replaying the batch: %s", str(exc).splitlines()[0][:200])
+                for tp, records in batch.items():
+                    consumer.seek(tp, records[0].offset)
+                stop.wait(1.0)
+                continue
             if batch:
                 consumer.commit()
     finally:

@@ -15,6 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
+from services.common.ratelimit import FailedAuthLimiter
 from services.ingest.adapters.jsoncodec import loads, parse_ndjson
 from services.ingest.bootstrap import IngestRuntime
 from services.ingest.domain.model import Status
@@ -100,8 +101,9 @@ def key_ok(header: str | None, hashes: frozenset[str]) -> bool:
     return found
 
 
-def create_app(rt: IngestRuntime) -> FastAPI:
+def create_app(rt: IngestRuntime, limiter: FailedAuthLimiter | None = None) -> FastAPI:
     s = rt.settings
+    limiter = limiter or FailedAuthLimiter()
     app = FastAPI(
         title="Floatbridge ingest", version="1.0.0",
         description="Marketplace events in: validated, normalised, deduplicated by event id, produced to "
@@ -126,13 +128,22 @@ def create_app(rt: IngestRuntime) -> FastAPI:
         responses={
             400: {"model": Problem, "description": "body is not a JSON array (or not JSON)"},
             401: {"model": Problem, "description": "missing or unknown marketplace API key"},
+            429: {"model": Problem, "description": "too many failed authentications from this address; "
+                  "wait Retry-After seconds"},
             413: {"model": Problem, "description": "too many events or bytes in one batch"},
             503: {"model": BatchResponse, "description": "broker or dedupe store unavailable, or busy: "
                   "events marked retry were not taken; send them again after Retry-After seconds"},
         },
     )
     async def post_events(request: Request) -> Response:
+        client = request.client.host if request.client else "unknown"
+        wait = limiter.retry_after(client)
+        if wait:
+            metrics.refused.labels("auth").inc()
+            return _problem(429, "too_many_failed_attempts", "too many failed authentications from this address",
+                            {"Retry-After": str(wait)})
         if not key_ok(request.headers.get("authorization"), rt.key_hashes):
+            limiter.failed(client)
             metrics.refused.labels("auth").inc()
             return _problem(401, "unauthorized", "send the marketplace API key as 'Authorization: Bearer <key>'",
                             {"WWW-Authenticate": "Bearer"})

@@ -193,12 +193,18 @@ def normalise(raw: Any, ctx: NormaliseContext, now: datetime) -> NormalisedEvent
                            hashlib.sha256(payload).hexdigest())
 
 
-def redact_raw(raw: Any, ctx: NormaliseContext) -> Any:
+MAX_RAW_DEPTH = 64  # deeper JSON (hostile input) is cut off in the dead letter instead of overflowing the stack
+
+
+def redact_raw(raw: Any, ctx: NormaliseContext, depth: int = 0) -> Any:
     """A copy of a raw event with every buyer_id replaced by its keyed hash (for the dead letter)."""
+    if isinstance(raw, dict | list) and depth >= MAX_RAW_DEPTH:
+        return "[too deeply nested]"
     if isinstance(raw, dict):
-        return {k: (_redact_buyer(v, ctx) if k == "buyer_id" else redact_raw(v, ctx)) for k, v in raw.items()}
+        return {k: (_redact_buyer(v, ctx) if k == "buyer_id" else redact_raw(v, ctx, depth + 1))
+                for k, v in raw.items()}
     if isinstance(raw, list):
-        return [redact_raw(v, ctx) for v in raw]
+        return [redact_raw(v, ctx, depth + 1) for v in raw]
     return raw
 
 

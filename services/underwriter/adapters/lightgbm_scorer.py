@@ -76,11 +76,16 @@ class LightGBMScorer:
     def version(self) -> str:
         return self._version
 
+    def pd_only(self, features: list[float]) -> float:
+        """The calibrated PD without reason codes (20x cheaper than pred_contrib)."""
+        raw = float(self.booster.predict(self._np.asarray([features], dtype=self._np.float64), num_threads=1)[0])
+        return min(1.0, max(0.0, self.calibration(raw)))
+
     def score(self, features: list[float]) -> Score:
         if len(features) != len(FEATURE_NAMES):
             raise ValueError(f"expected {len(FEATURE_NAMES)} features, got {len(features)}")
         row = self._np.asarray([features], dtype=self._np.float64)
-        contrib = self.booster.predict(row, pred_contrib=True)[0]
+        contrib = self.booster.predict(row, pred_contrib=True, num_threads=1)[0]
         raw = 1.0 / (1.0 + math.exp(-float(contrib.sum())))
         pd = min(1.0, max(0.0, self.calibration(raw)))
         top = sorted(((float(c), i) for i, c in enumerate(contrib[:-1]) if c > 0), reverse=True)[:TOP_REASONS]

@@ -182,7 +182,7 @@ def decide_limit(
         worst = max(loan[4] for loan in state.loans.values())
         reasons.insert(0, Reason("DELINQUENT", f"an advance is {worst} days past due: limit frozen"))
         limit = int(state.last[0]) if state.last else 0
-        return LimitDecision(limit, 0, outstanding, eligible, 0, _merge(reasons, model_reasons), True, True, tuple(receivables))
+        return LimitDecision(limit, 0, outstanding, eligible, 0, merge_reasons(reasons, model_reasons), True, True, tuple(receivables))
     limit = 0 if blocked else eligible * rate // 10_000
     settled30 = int(features[INDEX["settled_gmv_30d"]])
     sales_cap = settled30 * p.settled_sales_multiple_bps // 10_000
@@ -195,7 +195,7 @@ def decide_limit(
     if p.kill_switch:
         reasons.insert(0, Reason("KILL_SWITCH", "new advances are paused for all merchants"))
     available = max(0, limit - outstanding)
-    return LimitDecision(limit, available, outstanding, eligible, rate, _merge(reasons, model_reasons), False, blocked,
+    return LimitDecision(limit, available, outstanding, eligible, rate, merge_reasons(reasons, model_reasons), False, blocked,
                          tuple(receivables))
 
 
@@ -211,6 +211,6 @@ def _blocked(state: MerchantState, f: list[float], p: PolicySettings) -> Reason 
     return None
 
 
-def _merge(policy: list[Reason], model: list[Reason]) -> tuple[Reason, ...]:
+def merge_reasons(policy: list[Reason], model: list[Reason]) -> tuple[Reason, ...]:
     codes = {r.code for r in policy}
     return tuple(policy + [r for r in model if r.code not in codes])[:20]

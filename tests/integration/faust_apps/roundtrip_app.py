@@ -1,19 +1,21 @@
 """A tiny Faust app for the infrastructure round-trip test (run as a subprocess).
 
-usage: roundtrip_app.py BOOTSTRAP TOPIC APP_ID EXPECTED
-Sums integer values per key into a Table; once EXPECTED messages were counted, prints one JSON line
-{"table": {...}} read back from the Table and keeps running until the parent stops it.
+usage: roundtrip_app.py BOOTSTRAP TOPIC APP_ID EXPECTED RESULT_FILE
+Sums integer values per key into a Table; once EXPECTED messages were counted, writes the Table's
+contents as JSON to RESULT_FILE (a file, because Faust redirects stdout into its logger) and keeps
+running until the parent stops it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import faust
 
 
-def build(bootstrap: str, topic_name: str, app_id: str, expected: int) -> faust.Worker:
+def build(bootstrap: str, topic_name: str, app_id: str, expected: int, result_file: str) -> faust.Worker:
     app = faust.App(
         app_id,
         broker=f"kafka://{bootstrap}",
@@ -33,11 +35,14 @@ def build(bootstrap: str, topic_name: str, app_id: str, expected: int) -> faust.
             totals[key] += int(value)
             seen += 1
             if seen == expected:
-                print(json.dumps({"table": {k: totals[k] for k in totals.keys()}}), flush=True)
+                tmp = result_file + ".tmp"
+                with open(tmp, "w") as fh:
+                    json.dump(dict(totals.items()), fh)
+                os.replace(tmp, result_file)  # atomic: the parent never reads half a file
 
     return faust.Worker(app, loglevel="WARNING", quiet=True)
 
 
 if __name__ == "__main__":
-    bootstrap, topic_name, app_id, expected = sys.argv[1:5]
-    build(bootstrap, topic_name, app_id, int(expected)).execute_from_commandline()
+    bootstrap, topic_name, app_id, expected, result_file = sys.argv[1:6]
+    build(bootstrap, topic_name, app_id, int(expected), result_file).execute_from_commandline()

@@ -1,0 +1,1 @@
+"""The benchmark suite behind `floatbridge bench` (see BENCHMARKS.md for the latest figures)."""
