@@ -62,4 +62,5 @@ bench:
 	floatbridge bench
 
 soak:
-	floatbridge soak
+	floatbridge soak --minutes 10 --rate 500
+	eval "$$($(INFRA) env)"; $(PYTHON) -m pytest -m soak tests/e2e $(PYTEST_ARGS)

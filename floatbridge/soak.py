@@ -80,22 +80,19 @@ def rss_mib(pid: int) -> float:
 
 
 def consumer_lag(kafka: str, groups: list[str]) -> int:
-    from kafka import KafkaAdminClient, KafkaConsumer
+    """Total records behind the committed offsets of `groups` (the observability lag adapter)."""
+    from floatbridge.observability.lag import KafkaOffsetSource, compute_lag
 
-    admin = KafkaAdminClient(bootstrap_servers=kafka)
-    consumer = KafkaConsumer(bootstrap_servers=kafka)
+    source = KafkaOffsetSource(kafka)
     try:
-        lag = 0
+        total = 0
         for g in groups:
-            committed = admin.list_consumer_group_offsets(g)
-            if not committed:
-                continue
-            ends = consumer.end_offsets(list(committed))
-            lag += sum(max(0, ends[tp] - om.offset) for tp, om in committed.items() if om.offset >= 0)
-        return lag
+            committed = source.committed(g)
+            if committed:
+                total += sum(x.lag for x in compute_lag(g, committed, source.end_offsets(committed.keys())))
+        return total
     finally:
-        consumer.close()
-        admin.close()
+        source.close()
 
 
 def _events(i: int, merchants: int, now: datetime) -> list[dict[str, Any]]:

@@ -34,8 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    from floatbridge.simulator import SimConfig, SimConfigError, Simulation
-    from floatbridge.simulator import output
+    from floatbridge.simulator import SimConfig, SimConfigError, Simulation, output
 
     targets = [t for t in (args.out, args.to_ingest, args.to_kafka) if t]
     if len(targets) != 1:

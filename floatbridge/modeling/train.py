@@ -95,7 +95,7 @@ def train(dataset: Dataset, cfg: TrainConfig, policy: LabelPolicy | None = None)
 
     parts = time_split(dataset.labelled())
     for name, rows in parts.items():
-        if not rows or len({s.label for s in rows}) < 2 and name in ("train", "valid"):
+        if not rows or (name == "train" and len({s.label for s in rows}) < 2):
             raise ValueError(f"the {name} window has {len(rows)} rows and needs both outcomes: simulate more")
     xs = {k: arrays(v) for k, v in parts.items()}
     params = lgb_params(cfg)

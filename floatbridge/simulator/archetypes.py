@@ -133,12 +133,12 @@ def make_plan(cfg: SimConfig, index: int) -> MerchantPlan:
                 health[k] = 0.0
         notes["inflate_start_day"] = max(0, disappear - inflate_len)
 
-    if collapse is None and archetype in ("steady", "growing", "seasonal") and days > 30:
-        # A healthy-looking business can still fail (a lost supplier, a fraud claim): short warning.
-        if rng.random() < cfg.shock_rate_per_year * days / 365:
-            start = rng.randrange(15, days - 5)
-            collapse = _decline(health, start, rng.randrange(10, 45), 0.0, rng.uniform(0.45, 0.8))
-            notes["shock_start_day"] = start
+    # A healthy-looking business can still fail (a lost supplier, a fraud claim): short warning.
+    healthy = collapse is None and archetype in ("steady", "growing", "seasonal") and days > 30
+    if healthy and rng.random() < cfg.shock_rate_per_year * days / 365:
+        start = rng.randrange(15, days - 5)
+        collapse = _decline(health, start, rng.randrange(10, 45), 0.0, rng.uniform(0.45, 0.8))
+        notes["shock_start_day"] = start
 
     # Genuine demand follows health: a sick business sells (and ships) less.
     rate = [base_rate * mult[d] * min(1.2, health[d] / 0.82) ** 1.5 for d in range(days)]

@@ -169,10 +169,8 @@ class Simulation:
                 put(arrived + int(rng.uniform(1, 6) * DAY), "order.refunded", m,
                     {"order_id": oid, "refund_id": f"r{oid}", "amount": self._money(amount)})
             return  # otherwise never delivered, never settled
-        if rng.random() < 0.55:
-            confirmed = arrived + int(rng.uniform(0.1, 3) * DAY)
-        else:
-            confirmed = arrived + 7 * DAY  # auto-confirmation window
+        # The buyer confirms receipt, or the marketplace auto-confirms after 7 days.
+        confirmed = arrived + int(rng.uniform(0.1, 3) * DAY) if rng.random() < 0.55 else arrived + 7 * DAY
         if collapse is not None and confirmed >= collapse and rng.random() < 0.7:
             # Goods never arrived / seller unreachable: the buyer is refunded in full.
             put(max(arrived, collapse) + int(rng.uniform(1, 10) * DAY), "order.refunded", m,

@@ -18,7 +18,7 @@ from floatbridge.audit.traffic import DecisionFeeder, Marketplace, chunks, inter
 from floatbridge.stack import free_port
 from tests.e2e.test_faults_kill import ADMIN_KEY, INGEST_KEY, histories, make_stack
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.soak]  # > 3 minutes with a broker start and stop
 SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "local" / "kafka.sh"
 
 

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from floatbridge.audit.sources import audit
-from floatbridge.audit.traffic import Acceptor, DecisionFeeder, Marketplace, chunks, interleave, register_merchant
+from floatbridge.audit.traffic import (
+    Acceptor,
+    DecisionFeeder,
+    Marketplace,
+    chunks,
+    interleave,
+    register_merchant,
+)
 from floatbridge.stack import Stack, StackConfig, free_port
 from tests.scenario import healthy_merchant
 

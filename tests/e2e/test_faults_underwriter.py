@@ -88,6 +88,7 @@ def test_kill9_of_an_underwriter_worker_mid_stream_loses_and_duplicates_nothing(
         stack.stop()
 
 
+@pytest.mark.soak  # two stack runs back to back: over 3 minutes on 2 cores
 def test_survivor_takes_over_with_changelog_state_and_limits_equal_single_worker_run(
         kafka_bootstrap: str, pg_schema_url: str, fresh_topic_prefix: str, tmp_path: Path) -> None:
     events = interleave([ev for _, _, ev in histories(6, days=20)])

@@ -20,7 +20,7 @@ from services.underwriter.domain.scoring import FixedScorer
 pytestmark = pytest.mark.unit
 
 # Enough failing merchants for both outcomes in every time window, small enough to stay fast.
-CFG = SimConfig(merchants=90, days=150, seed=5, mean_orders_per_day=1.0,
+CFG = SimConfig(merchants=100, days=170, seed=5, mean_orders_per_day=0.7,
                 mix={"steady": 0.4, "declining": 0.2, "brushing": 0.25, "bust_out": 0.15})
 
 
@@ -97,11 +97,7 @@ def test_the_serving_scorer_loads_the_trained_version_and_refuses_mismatched_fea
 def test_backtest_decisions_come_from_the_serving_core(monkeypatch, events):
     import services.underwriter.service as serving
 
-    sample = events[: len(events) // 3]
-    lenient = backtest.run(sample, None, "unused", scorer=FixedScorer(0.01))
-    strict = backtest.run(sample, None, "unused", scorer=FixedScorer(0.99))
-    assert lenient.accepted > 0 and lenient.loans
-    assert strict.offers == 0 and not strict.loans
+    sample = list(simulate(SimConfig(merchants=6, days=45, seed=2, mix={"steady": 1.0})))
     calls = []
     real = serving.decide_limit
 
@@ -110,7 +106,9 @@ def test_backtest_decisions_come_from_the_serving_core(monkeypatch, events):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(serving, "decide_limit", spy)
-    again = backtest.run(sample, None, "unused", scorer=FixedScorer(0.01))
-    assert calls and again.accepted == lenient.accepted
-    summary = backtest.summarise(again)
-    assert summary["all"]["principal"] == sum(loan["principal"] for loan in again.loans.values())
+    lenient = backtest.run(sample, None, "unused", scorer=FixedScorer(0.01))
+    assert calls and lenient.accepted > 0 and lenient.loans
+    strict = backtest.run(sample, None, "unused", scorer=FixedScorer(0.99))
+    assert strict.offers == 0 and not strict.loans
+    summary = backtest.summarise(lenient)
+    assert summary["all"]["principal"] == sum(loan["principal"] for loan in lenient.loans.values()) > 0

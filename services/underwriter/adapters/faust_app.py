@@ -76,7 +76,7 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
         store=settings.store,
         datadir=settings.data_dir,
         topic_partitions=settings.partitions,
-        web_port=settings.web_port,
+        web_port=settings.web_port or 6066,
         web_enabled=settings.web_port > 0,
         key_serializer="raw",
         value_serializer="raw",
@@ -85,10 +85,10 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
     source = app.topic(settings.marketplace_topic, settings.loans_topic, key_type=bytes, value_type=bytes)
     limits_topic = app.topic(settings.limits_topic, key_type=bytes, value_type=bytes)
     offers_topic = app.topic(settings.offers_topic, key_type=bytes, value_type=bytes)
-    table = app.Table("merchant-state", default=None, key_type=str, value_type=bytes, key_serializer="raw",
-                      value_serializer="raw", partitions=settings.partitions)
-    counters = app.GlobalTable("portfolio-counters", default=int, key_type=str, value_type=int,
-                               key_serializer="raw", value_serializer="json", partitions=1)
+    table = app.Table("merchant-state", default=None, partitions=settings.partitions,
+                      schema=faust.Schema(key_type=str, value_type=bytes, key_serializer="raw", value_serializer="raw"))
+    counters = app.GlobalTable("portfolio-counters", default=int, partitions=1,
+                               schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"))
     store = TableStore(table)
     from services.underwriter.service import MemoryPortfolio
 
