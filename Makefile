@@ -4,8 +4,11 @@ SHELL := /bin/bash
 PYTHON ?= python3
 PIP_FLAGS ?= -q --disable-pip-version-check --root-user-action=ignore
 INFRA := bash deploy/local/infra.sh
+SERVICES := kafka postgres prometheus
 TEST_DIRS := $(wildcard tests/unit tests/integration tests/e2e)
 PYTEST_ARGS ?=
+# make itself exits 2 on any failure; the exact pytest status is kept here for .ci/run.
+PYTEST_RC_FILE ?= .local/logs/pytest.rc
 
 .PHONY: help install constraints infra-up infra-down infra-status test unit lint demo bench soak
 
@@ -34,18 +37,17 @@ infra-down:
 infra-status:
 	$(INFRA) status
 
-# Infra started by this target is stopped afterwards; infra that was already running (shared by other
-# developers) is left running. Exit status is pytest's.
+# Services started by this target are stopped afterwards; services that were already running (shared by
+# other developers) are left running. Exit status is pytest's (also written to PYTEST_RC_FILE).
 test: install
-	@mkdir -p .local/logs; already_up=0; $(INFRA) status >/dev/null 2>&1 && already_up=1; \
-	if ! $(INFRA) up >.local/logs/infra-up.log 2>&1; then cat .local/logs/infra-up.log; rm -f .local/logs/infra-up.log; \
-	  echo "make test: infrastructure failed to start (logs in .local/logs/)"; \
-	  [[ $$already_up == 1 ]] || $(INFRA) down >/dev/null 2>&1; exit 1; fi; \
-	rm -f .local/logs/infra-up.log; \
+	@mkdir -p .local/logs; rm -f $(PYTEST_RC_FILE); started=""; \
+	for s in $(SERVICES); do bash deploy/local/$$s.sh status >/dev/null 2>&1 || started="$$started $$s"; done; \
+	stop_started() { for s in $$started; do bash deploy/local/$$s.sh stop >/dev/null 2>&1 || true; done; }; \
+	if ! $(INFRA) up >.local/logs/infra-up.log 2>&1; then cat .local/logs/infra-up.log; \
+	  echo "make test: infrastructure failed to start (logs in .local/logs/)"; stop_started; exit 1; fi; \
 	eval "$$($(INFRA) env)"; \
-	$(PYTHON) -m pytest $(TEST_DIRS) $(PYTEST_ARGS); rc=$$?; \
-	if [[ $$already_up == 1 ]]; then echo "make test: infrastructure was already running; left it up"; \
-	else $(INFRA) down >/dev/null 2>&1 || true; fi; \
+	$(PYTHON) -m pytest $(TEST_DIRS) $(PYTEST_ARGS); rc=$$?; echo $$rc >$(PYTEST_RC_FILE); \
+	stop_started; [[ -n "$$started" ]] && echo "make test: stopped$$started"; \
 	exit $$rc
 
 unit:

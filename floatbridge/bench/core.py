@@ -109,6 +109,8 @@ def machine_info() -> dict[str, Any]:
         "kafka_python": _version("kafka-python"), "lightgbm": _version("lightgbm"),
         "orjson": _version("orjson"), "fastapi": _version("fastapi"), "uvicorn": _version("uvicorn"),
         "date": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
+        # Other work on the machine skews every wall-clock figure: the 1-minute load average says how much.
+        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -117,7 +119,7 @@ def run_one(bench: Benchmark, sizes: Sizes, repeat: int, log: Callable[[str], No
     n = repeat if bench.max_repeat is None else max(1, min(repeat, bench.max_repeat))
     start = time.perf_counter()
     try:
-        if bench.warmup:
+        if bench.warmup and not sizes.quick:  # quick mode is a smoke run: its figures mean nothing anyway
             log(f"[{bench.name}] warm-up")
             bench.run(Sizes(quick=True))
         for i in range(n):
@@ -157,9 +159,24 @@ def to_json(outcomes: Sequence[Outcome], sizes: Sizes, repeat: int) -> dict[str,
                              goal_ratio=ratio, goal_met=None if ratio is None else ratio >= 1.0)
             figs[f.key] = entry
         doc["benchmarks"][o.bench.name] = {"title": o.bench.title, "repetitions": len(o.runs),
+                                           "date": doc["machine"]["date"],
                                            "seconds": round(o.seconds, 2), "not_run": o.not_run,
                                            "notes": o.bench.notes, "figures": figs}
     return doc
+
+
+def merge_previous(doc: dict[str, Any], previous: Path) -> dict[str, Any]:
+    """Keep the entries of benchmarks not run this time from an earlier results file of the same mode."""
+    try:
+        old = json.loads(previous.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return doc
+    if old.get("quick") != doc["quick"]:
+        return doc
+    merged = {name: entry for name, entry in old.get("benchmarks", {}).items() if name not in doc["benchmarks"]}
+    merged |= doc["benchmarks"]
+    order = [b for b in old.get("benchmarks", {})] + [b for b in doc["benchmarks"] if b not in old.get("benchmarks", {})]
+    return doc | {"benchmarks": {name: merged[name] for name in order}}
 
 
 def _num(v: float | None, unit: str) -> str:
@@ -178,7 +195,7 @@ def to_markdown(doc: dict[str, Any], command: str) -> str:
     lines = [
         "# Floatbridge benchmarks", "",
         f"Produced by `{command}` on {m['date']}: {m['cpu_model']}, {m['cores']} cores, {ram} RAM, "
-        f"Python {m['python']}, kafka-python {m['kafka_python']}, LightGBM {m['lightgbm']}. "
+        f"load average {m.get('load_average_1m')}, Python {m['python']}, kafka-python {m['kafka_python']}, LightGBM {m['lightgbm']}. "
         f"Each figure is the median of the repetitions shown (after a warm-up run); raw figures are in "
         f"`benchmarks/results.json`." + (" QUICK MODE: tiny sizes, figures are not meaningful." if doc["quick"] else ""),
         "",

@@ -93,7 +93,8 @@ def workers_rate(bootstrap: str, rid: str, topics: dict[str, str], n: int, worke
         while time.monotonic() < deadline:
             for p, _ in procs:
                 if p.poll() is not None:
-                    raise RuntimeError(f"worker exited with {p.returncode}: {(work / 'w0.log').read_text()[-500:]}")
+                    lines = [ln for ln in (work / "w0.log").read_text(errors="replace").splitlines() if ln.strip()]
+                    raise RuntimeError(f"worker exited with {p.returncode}: {lines[-1] if lines else 'no output'}")
             total = sum(_counted(port) for _, port in procs)
             now = time.perf_counter()
             if total and not first:

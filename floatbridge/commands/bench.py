@@ -14,7 +14,8 @@ def register(subparsers: Any) -> None:
         "local stack (Kafka and PostgreSQL from FLOATBRIDGE_TEST_* or the deploy/local defaults). A benchmark whose "
         "component is unavailable is reported as 'not run: <reason>'.")
     p.add_argument("--quick", action="store_true", help="tiny sizes (seconds, not minutes): checks the suite works")
-    p.add_argument("--only", default="", metavar="NAME,...", help="comma-separated benchmark names to run")
+    p.add_argument("--only", default="", metavar="NAME,...", help="comma-separated benchmark names to run; the other benchmarks' entries of an existing "
+                   "results.json (same --quick mode) are kept")
     p.add_argument("--repeat", type=int, default=3, metavar="N", help="repetitions per benchmark (default 3)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="folder for BENCHMARKS.md and benchmarks/results.json (default: the repository root)")
@@ -44,7 +45,10 @@ def _run(args: argparse.Namespace) -> int:
     doc = core.to_json(outcomes, sizes, args.repeat)
     command = "floatbridge bench" + (" --quick" if args.quick else "") + \
         (f" --only {args.only}" if args.only else "") + (f" --repeat {args.repeat}" if args.repeat != 3 else "")
-    md, js = core.write(doc, Path(args.out) if args.out else infra.ROOT, command)
+    out = Path(args.out) if args.out else infra.ROOT
+    if args.only:
+        doc = core.merge_previous(doc, out / "benchmarks" / "results.json")
+    md, js = core.write(doc, out, command)
     print(core.to_markdown(doc, command))
     print(f"wrote {md} and {js}")
     return 0

@@ -68,13 +68,24 @@ class KafkaSink:
         except KafkaError as exc:
             self._wait(futures, start)  # whatever was sent may still be acknowledged
             delivered = frozenset(eid for eid, f in futures if f.succeeded())
+            self._reset(producer)
             raise SinkUnavailable(f"Kafka send failed: {exc}", delivered) from None
         failed = self._wait(futures, start)
         if failed:
             delivered = frozenset(eid for eid, f in futures if f.succeeded())
+            self._reset(producer)
             raise SinkUnavailable(f"Kafka did not acknowledge {len(failed)} records: {failed[0]}", delivered)
         if self.observe_latency is not None:
             self.observe_latency(time.perf_counter() - start)
+
+    def _reset(self, producer: Any) -> None:
+        """Drop a producer that failed: after a broker outage an idempotent producer can stay wedged
+        (expired batches, stale producer id). The next call builds a fresh one; records it may still
+        deliver are harmless because consumers dedupe by event id."""
+        with self._lock:
+            if self._producer is producer:
+                self._producer = None
+        threading.Thread(target=_close_quietly, args=(producer,), daemon=True).start()
 
     def _wait(self, futures: list[tuple[str, Any]], start: float) -> list[str]:
         from kafka.errors import KafkaError
@@ -102,3 +113,10 @@ class KafkaSink:
             if self._producer is not None:
                 self._producer.close(timeout=5)
                 self._producer = None
+
+
+def _close_quietly(producer: Any) -> None:
+    try:
+        producer.close(timeout=2)
+    except Exception as exc:  # closing a broken producer is best effort
+        log.debug("closing failed producer: %s", exc)

@@ -70,6 +70,11 @@ class SqlDedupeStore:
         self.schema = schema
         self.table = make_table(MetaData(), schema)
         self._insert = self._dialect_insert()
+        # One statement, compiled once and executed with a list of parameter sets ("insertmanyvalues":
+        # multi-row VALUES pages, one round trip per page). Building .values(rows) per batch instead
+        # recompiled a 3,000-parameter statement on every call: a third of the HTTP path's CPU.
+        self._claim_stmt = self._insert(self.table).on_conflict_do_nothing(
+            index_elements=["event_id"]).returning(self.table.c.event_id)
         if create:
             self.create()
 
@@ -103,8 +108,7 @@ class SqlDedupeStore:
         out: dict[str, Claim] = {}
         try:
             with self.engine.begin() as conn:
-                stmt = self._insert(t).values(rows).on_conflict_do_nothing(index_elements=["event_id"])
-                for (eid,) in conn.execute(stmt.returning(t.c.event_id)):
+                for (eid,) in conn.execute(self._claim_stmt, rows):
                     out[eid] = Claim.NEW
                 known = [eid for eid in wanted if eid not in out]
                 stale: list[str] = []

@@ -87,7 +87,7 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
     offers_topic = app.topic(settings.offers_topic, key_type=bytes, value_type=bytes)
     table = app.Table("merchant-state", default=None, partitions=settings.partitions,
                       schema=faust.Schema(key_type=str, value_type=bytes, key_serializer="raw", value_serializer="raw"))
-    counters = app.GlobalTable("portfolio-counters", default=int, partitions=1,
+    counters = app.GlobalTable("portfolio-counters", default=int, partitions=1, use_partitioner=True,
                                schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"))
     store = TableStore(table)
     from services.underwriter.service import MemoryPortfolio
