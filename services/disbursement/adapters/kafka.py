@@ -17,25 +17,60 @@ CONSUMED = (topics.CREDIT_LIMITS, topics.LOAN_OFFERS, topics.MARKETPLACE_EVENTS)
 
 
 class KafkaPublisher:
-    def __init__(self, bootstrap: str, **config: Any):
-        from kafka import KafkaProducer
+    """Outbox relay producer. `flush` raises unless every record sent since the last flush was
+    acknowledged, so the relay marks rows sent only after the broker has them (a failed relay pass is
+    retried; consumers dedupe by event id)."""
 
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, retries=5, **config)
+    def __init__(self, bootstrap: str, **config: Any):
+        self.bootstrap = bootstrap
+        self.config = {"bootstrap_servers": bootstrap, "acks": "all", "linger_ms": 5, "retries": 5, **config}
+        self.producer: Any = None
+        self._futures: list[Any] = []
+
+    def _get(self) -> Any:
+        if self.producer is None:
+            from kafka import KafkaProducer
+
+            self.producer = KafkaProducer(**self.config)
+        return self.producer
 
     def publish(self, topic: str, key: str, event: dict[str, Any]) -> None:
-        self.producer.send(topic, key=key.encode("utf-8"), value=encode(event))
+        self._futures.append(self._get().send(topic, key=key.encode("utf-8"), value=encode(event)))
 
     def flush(self) -> None:
+        futures, self._futures = self._futures, []
+        if self.producer is None:
+            return
         self.producer.flush(timeout=30)
+        failed = [f.exception for f in futures if not f.succeeded()]
+        if failed:
+            # A producer that failed may be wedged after a broker outage: start afresh next time.
+            producer, self.producer = self.producer, None
+            threading.Thread(target=lambda: producer.close(timeout=2), daemon=True).start()
+            raise RuntimeError(f"Kafka did not acknowledge {len(failed)} outbox records: {failed[0]}")
 
     def close(self) -> None:
-        self.producer.close(timeout=10)
+        if self.producer is not None:
+            self.producer.close(timeout=10)
 
 
 def consume(svc: DisbursementService, bootstrap: str, group: str, prefix: str, stop: threading.Event,
             max_records: int = 200) -> None:
     """Apply every consumed event, then commit its offset. A crash in between replays the event,
-    which the processed_events table turns into a no-op."""
+    which the processed_events table turns into a no-op. A broker outage never ends the loop: the
+    consumer is rebuilt and resumes from the last committed offset."""
+    from kafka.errors import KafkaError
+
+    while not stop.is_set():
+        try:
+            _consume_until_error(svc, bootstrap, group, prefix, stop, max_records)
+        except KafkaError as exc:
+            log.warning("Kafka consumer failed, reconnecting: %s", str(exc)[:200])
+            stop.wait(2.0)
+
+
+def _consume_until_error(svc: DisbursementService, bootstrap: str, group: str, prefix: str,
+                         stop: threading.Event, max_records: int) -> None:
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(
@@ -59,7 +94,10 @@ def consume(svc: DisbursementService, bootstrap: str, group: str, prefix: str, s
             if batch:
                 consumer.commit()
     finally:
-        consumer.close()
+        try:
+            consumer.close(autocommit=False)
+        except Exception as exc:  # closing after a broker failure is best effort
+            log.debug("closing consumer: %s", exc)
 
 
 def _apply(svc: DisbursementService, record: Any) -> None:
