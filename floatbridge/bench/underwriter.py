@@ -25,7 +25,7 @@ def _uw() -> Any:
 
 def throughput(sizes: Sizes) -> dict[str, float]:
     ub, _, _ = _uw()
-    raw = ub.workload(sizes.pick(60_000, 2_000))
+    raw = ub.workload(sizes.pick(60_000, 1_000))
     raw_eps = ub.raw_rate(raw)
     core_eps, _ = ub.core_rate(raw)
     return {"worker_eps": core_eps, "raw_decode_eps": raw_eps, "ratio_to_raw": core_eps / raw_eps}
@@ -58,7 +58,7 @@ def paced(raw: list[bytes], rate: float) -> list[float]:
 
 def latency(sizes: Sizes) -> dict[str, float]:
     ub, _, _ = _uw()
-    seconds = 10 if not sizes.quick else 0.5
+    seconds = 10 if not sizes.quick else 0.25
     out: dict[str, float] = {}
     pool = ub.workload(int(5_000 * seconds))
     for rate in (1_000, 2_000, 5_000):
@@ -102,8 +102,8 @@ def scoring(sizes: Sizes) -> dict[str, float]:
 
 def memory(sizes: Sizes) -> dict[str, float]:
     ub, _, _ = _uw()
-    small = sizes.pick(100_000, 2_000)
-    large = sizes.pick(1_000_000, 5_000)
-    held_s, bytes_s = ub.memory_per_merchant(small)
-    held_l, bytes_l = ub.memory_per_merchant(large)
+    held_s, bytes_s = ub.memory_per_merchant(sizes.pick(100_000, 2_000))
+    if sizes.quick:  # each call rebuilds its template histories; one tiny size is enough for a smoke run
+        return {"held_bytes_100k": held_s, "state_bytes_100k": bytes_s}
+    held_l, bytes_l = ub.memory_per_merchant(1_000_000)
     return {"held_bytes_100k": held_s, "state_bytes_100k": bytes_s, "held_bytes_1m": held_l, "state_bytes_1m": bytes_l}

@@ -48,7 +48,8 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else infra.ROOT
     if args.only:
         doc = core.merge_previous(doc, out / "benchmarks" / "results.json")
-    md, js = core.write(doc, out, command)
+    notes = infra.ROOT / "benchmarks" / "NOTES.md"
+    md, js = core.write(doc, out, command, notes.read_text(encoding="utf-8") if notes.exists() else "")
     print(core.to_markdown(doc, command))
     print(f"wrote {md} and {js}")
     return 0

@@ -74,7 +74,10 @@ def run_train(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"floatbridge train: {exc}", file=sys.stderr)
         return 2
-    folder = write_version(args.out, result)
+    extra = ""
+    if args.truth:
+        extra = _archetype_card(ds, result, args.truth)
+    folder = write_version(args.out, result, extra)
     t = result["metadata"]["metrics"]["test"]
     print(f"wrote {folder}: test AUC {t['auc']:.3f} KS {t['ks']:.3f} Brier {t['brier']:.4f} ECE {t['ece']:.4f}")
     if args.promote:
@@ -83,6 +86,19 @@ def run_train(args: argparse.Namespace) -> int:
         promote(args.out, result["version"])
         print(f"promoted {result['version']} to champion")
     return 0
+
+
+def _archetype_card(ds, result, truth_path: str) -> str:  # type: ignore[no-untyped-def]
+    from floatbridge.modeling.card import archetype_table
+    from floatbridge.modeling.dataset import time_split
+    from floatbridge.modeling.train import arrays
+
+    with open(truth_path, encoding="utf-8") as fh:
+        merchants = json.load(fh)["merchants"]
+    test = time_split(ds.labelled())["test"]
+    pds = result["pd_of"](arrays(test)[0])
+    return archetype_table([(merchants.get(s.merchant_id, {}).get("archetype", "unknown"), int(s.label), float(p))
+                            for s, p in zip(test, pds, strict=True)])
 
 
 def run_backtest(args: argparse.Namespace) -> int:

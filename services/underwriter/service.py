@@ -13,8 +13,8 @@ merchant whose first pending event is `debounce_seconds` old, so the limit refle
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from collections.abc import MutableMapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -178,9 +178,7 @@ class Underwriter:
     def _portfolio_effects(self, state: MerchantState, event: dict[str, Any]) -> None:
         """Repayments and charge-offs reduce the category exposure the portfolio cap counts."""
         etype, data = event["type"], event.get("data") or {}
-        if etype == "loan.repayment_applied":
-            self.portfolio.release(state.category, state.currency, int(data["amount"]["amount"]))
-        elif etype == "loan.charged_off":
+        if etype == "loan.repayment_applied" or etype == "loan.charged_off":
             self.portfolio.release(state.category, state.currency, int(data["amount"]["amount"]))
 
     def _score(self, features: list[float]) -> Score:

@@ -8,6 +8,7 @@ so portfolio caps are approximate across workers). A timer flushes debounced mer
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from collections.abc import Iterator, MutableMapping
@@ -33,21 +34,35 @@ class TableStore(MutableMapping[str, bytes]):
     partition remembered from that merchant's last event.
     """
 
+    # Values are base64 text in the table: Faust's changelog recovery decodes raw values as UTF-8.
+
     def __init__(self, table: Any) -> None:
         self.table = table
         self.partition_of: dict[str, int] = {}
+        self._last: dict[str, tuple[Any, bytes]] = {}  # keeps decoded identity stable for the core's cache
 
     def __getitem__(self, key: str) -> bytes:
-        value = self.table.get(key)
+        value = self.get(key)
         if value is None:
             raise KeyError(key)
         return bytes(value)
 
     def get(self, key: str, default: Any = None) -> Any:
-        value = self.table.get(key)
-        return default if value is None else value
+        stored = self.table.get(key)
+        if stored is None:
+            return default
+        last = self._last.get(key)
+        if last is not None and last[0] is stored:
+            return last[1]
+        raw = base64.b64decode(stored.encode("ascii") if isinstance(stored, str) else stored)
+        self._last[key] = (stored, raw)
+        if len(self._last) > 10_000:
+            self._last.pop(next(iter(self._last)))
+        return raw
 
-    def __setitem__(self, key: str, value: bytes) -> None:
+    def __setitem__(self, key: str, raw: bytes) -> None:
+        value = base64.b64encode(raw).decode("ascii")
+        self._last[key] = (value, raw)
         event = faust.current_event()
         if event is not None:
             self.partition_of[key] = event.message.partition
@@ -78,17 +93,15 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
         topic_partitions=settings.partitions,
         web_port=settings.web_port or 6066,
         web_enabled=settings.web_port > 0,
-        key_serializer="raw",
-        value_serializer="raw",
         producer_acks=-1,
     )
-    source = app.topic(settings.marketplace_topic, settings.loans_topic, key_type=bytes, value_type=bytes)
-    limits_topic = app.topic(settings.limits_topic, key_type=bytes, value_type=bytes)
-    offers_topic = app.topic(settings.offers_topic, key_type=bytes, value_type=bytes)
-    table = app.Table("merchant-state", default=None, partitions=settings.partitions,
-                      schema=faust.Schema(key_type=str, value_type=bytes, key_serializer="raw", value_serializer="raw"))
-    counters = app.GlobalTable("portfolio-counters", default=int, partitions=1, use_partitioner=True,
-                               schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"))
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    source = app.topic(settings.marketplace_topic, settings.loans_topic, **raw)
+    limits_topic = app.topic(settings.limits_topic, **raw)
+    offers_topic = app.topic(settings.offers_topic, **raw)
+    # JSON keys and values (the app default): state values are base64 text of MerchantState.to_bytes.
+    table = app.Table("merchant-state", default=None, partitions=settings.partitions)
+    counters = app.GlobalTable("portfolio-counters", default=int, partitions=1, use_partitioner=True)
     store = TableStore(table)
     from services.underwriter.service import MemoryPortfolio
 
@@ -98,7 +111,8 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
     async def emit(events: list[dict[str, Any]]) -> None:
         for ev in events:
             topic = limits_topic if ev["type"] == "credit_limit.updated" else offers_topic
-            await topic.send(key=ev["subject"].encode("utf-8"), value=codec.encode(ev))
+            await topic.send(key=ev["subject"].encode("utf-8"), value=codec.encode(ev), key_serializer="raw",
+                             value_serializer="raw")
 
     @app.agent(source)
     async def underwrite(stream: Any) -> None:
