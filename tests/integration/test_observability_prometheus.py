@@ -40,8 +40,8 @@ class Proc:
 # while it runs; the run must last until the checks below have passed (DATA_TIMEOUT).
 PROCESSES: tuple[Proc, ...] = (
     Proc("embedded", "floatbridge-embedded",
-         (*FB, "demo", "--merchants", "200", "--days", "120", "--no-progress", "--out", "{tmp}/demo",
-          "--metrics-port", "{port}")),
+         (*FB, "demo", "--merchants", "100", "--days", "90", "--no-progress", "--out", "{tmp}/demo",
+          "--metrics-port", "{port}", "--hold", "600")),
     Proc("lag-exporter", "floatbridge-lag-exporter",
          (*FB, "lag-exporter", "--port", "{port}", "--bootstrap-servers", "{kafka}", "--interval", "1")),
 )

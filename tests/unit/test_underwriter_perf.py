@@ -1,0 +1,65 @@
+"""Performance work must not move a single feature value: the champion model was trained on them.
+
+The expected values below were captured from the feature code before it was optimised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from schemas import codec
+from services.underwriter.domain.features import compute_features
+from services.underwriter.domain.state import MerchantState
+from services.underwriter.synthetic import Profile, history
+
+pytestmark = pytest.mark.unit
+
+START = datetime(2025, 1, 1, tzinfo=UTC)
+
+# (days after START, compute_features of golden_state() as of then)
+EXPECTED: list[tuple[float, list[float]]] = [
+    (5, [5.0, 81160.0, 81160.0, 81160.0, 11.0, 11.0, 11.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 4.285714285714286, 1.0, 2.623251712612346, 7378.181818181818, 0.0, 0.0, 0.09090909090909091, 0.09090909090909091, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]),
+    (30, [30.0, 262974.0, 760585.0, 766115.0, 30.0, 92.0, 93.0, 164354.0, 502522.0, 502522.0, 19.0, 61.0, 61.0, 1.4817954976385657, 275.0759493670886, 0.6583363894859342, 8267.228260869566, 0.0, 0.021739130434782608, 0.1, 0.08695652173913043, 0.0, 6.390710382513661, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]),
+    (61.5, [61.5, 164423.0, 836171.0, 1677572.0, 19.0, 90.0, 189.0, 182205.0, 833481.0, 1392742.0, 19.0, 87.0, 155.0, 0.8427343210898249, 1.9875683532584343, 0.5882551857922635, 9290.788888888888, 0.05263157894736842, 0.03333333333333333, 0.05263157894736842, 0.044444444444444446, 0.005291005291005291, 6.4080645161290315, 90.0, 0.0, 0.030303030303030304, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]),
+    (68, [68.0, 127165.0, 799902.0, 1804737.0, 13.0, 84.0, 202.0, 140776.0, 735721.0, 1533518.0, 17.0, 79.0, 172.0, 0.6813245336839477, 1.5921061666840826, 0.6000994145566723, 9522.642857142857, 0.0, 0.023809523809523808, 0.0, 0.047619047619047616, 0.0049504950495049506, 6.41109496124031, 84.0, 0.0, 0.022727272727272728, 38256.0, 3.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0]),
+    (72.25, [72.25, 361563.0, 962320.0, 2095435.0, 33.0, 94.0, 228.0, 164522.0, 736544.0, 1619777.0, 18.0, 77.0, 180.0, 1.6102291486051568, 1.6985389832453015, 0.8596834233755886, 10237.446808510638, 0.0, 0.02127659574468085, 0.0, 0.031914893617021274, 0.013157894736842105, 6.41087962962963, 90.0, 0.07692307692307693, 0.038461538461538464, 205383.0, 20.0, 30000.0, 0.0407307642177521, 1.0, 1.0, 0.0, 0.0]),
+    (74.9, [74.9, 492844.0, 1081497.0, 2288865.0, 44.0, 105.0, 245.0, 127165.0, 741223.0, 1652386.0, 13.0, 78.0, 184.0, 1.953023051777833, 1.7914952193531717, 0.9418277613169362, 10299.971428571429, 0.0, 0.01904761904761905, 0.0, 0.01904761904761905, 0.012244897959183673, 6.413722826086957, 97.0, 0.11538461538461539, 0.057692307692307696, 351740.0, 31.0, 30000.0, 0.04047364963040812, 1.0, 1.0, 4.0, 0.0]),
+]
+STATE_DIGEST = "d40c6d9f3c93f1395115b627841fb80529eb948c32a1234ba30fc3f1e7a35001"
+
+
+def golden_state() -> MerchantState:
+    events = history("g1", START, 75, Profile(orders_per_day=3, refund_rate=0.05, cancel_rate=0.05, chargeback_rate=0.02), seed=11)
+    events += history("g1", START + timedelta(days=70), 5, Profile(orders_per_day=6, buyers=4), onboard=False, order_prefix="s", seed=3)
+    brl = lambda a: {"amount": a, "currency": "BRL"}  # noqa: E731
+    t = START + timedelta(days=60)
+    loans = [
+        ("loan.disbursed", {"loan_id": "L1", "offer_id": "o1", "principal": brl(50000), "fee": brl(500), "due_at": "2025-03-20T00:00:00Z", "payout_id": "p1"}, t),
+        ("loan.repayment_applied", {"loan_id": "L1", "amount": brl(20000), "remaining": brl(30500)}, t + timedelta(days=3)),
+        ("loan.repaid", {"loan_id": "L1", "repaid_at": "2025-03-10T00:00:00Z"}, t + timedelta(days=8)),
+        ("loan.disbursed", {"loan_id": "L2", "offer_id": "o2", "principal": brl(40000), "fee": brl(400), "due_at": "2025-03-25T00:00:00Z", "payout_id": "p2"}, t + timedelta(days=9)),
+        ("loan.delinquent", {"loan_id": "L2", "days_past_due": 4, "bucket": "1-7", "remaining": brl(30000)}, t + timedelta(days=14)),
+    ]
+    for i, (etype, data, when) in enumerate(loans):
+        events.append(codec.new_event(etype, "g1", data, when, "test", id=f"gl-{i}"))
+    events.sort(key=lambda e: e["time"])
+    s = MerchantState("g1")
+    for e in events:
+        s.apply(e)
+    return s
+
+
+def test_features_of_a_fixed_state_equal_the_values_the_champion_was_trained_on() -> None:
+    s = golden_state()
+    for days, expected in EXPECTED:
+        assert compute_features(s, START + timedelta(days=days)) == expected, days
+
+
+def test_applying_a_fixed_history_builds_the_same_state_as_before() -> None:
+    s = golden_state()
+    blob = json.dumps(s.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+    assert hashlib.sha256(blob).hexdigest() == STATE_DIGEST
