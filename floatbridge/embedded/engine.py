@@ -246,7 +246,8 @@ class EmbeddedEngine:
             db_url=f"sqlite:///{options.db_path}", bus=self.bus, transport=self.fleet.deliver,
             clock=lambda: self.now, registry=reg)
         self.api = _acceptance_client(self.disbursement)
-        self.owed: dict[str, tuple[int, int]] = {}  # merchant -> (owed, withhold bps)
+        # merchant -> (owed, withhold bps, financed order ids) from the latest collection.instruction
+        self.owed: dict[str, tuple[int, int, frozenset[str]]] = {}
         self.line_errors: list[tuple[int, str, list[dict[str, str]]]] = []
         self.events_in = 0
         self._next_tick: datetime | None = None
@@ -275,7 +276,8 @@ class EmbeddedEngine:
 
         def collections(event: dict[str, Any]) -> None:
             data = event["data"]
-            self.owed[event["subject"]] = (data["owed"]["amount"], data["withhold_rate_bps"])
+            self.owed[event["subject"]] = (data["owed"]["amount"], data["withhold_rate_bps"],
+                                           frozenset(data.get("financed_order_ids", ())))
 
         bus.subscribe(topics.MARKETPLACE_EVENTS, marketplace_to_disbursement)
         bus.subscribe(topics.MARKETPLACE_EVENTS, to_underwriter)
@@ -296,26 +298,30 @@ class EmbeddedEngine:
         self.fleet.merchants[mid] = merchant
 
     # ----------------------------------------------------------------- marketplace side
-    def withhold(self, merchant_id: str, gross: int, fees: int, _time: str) -> int:
-        """The simulated settlement system: withhold per the latest collection instruction."""
-        owed, bps = self.owed.get(merchant_id, (0, 0))
+    def withhold(self, merchant_id: str, gross: int, fees: int, orders: list[dict[str, Any]]) -> int:
+        """The simulated settlement system, per the latest collection instruction: the payouts of
+        financed orders go to the loan first, in full; the rest of the payout at the withhold rate."""
+        owed, bps, financed = self.owed.get(merchant_id, (0, 0, frozenset()))
         if owed <= 0:
             return 0
-        return max(0, min(owed, (gross - fees) * max(bps, 0) // 10_000 if bps < 10_000 else gross - fees))
+        financed_gross = sum(int(o["amount"]["amount"]) for o in orders if o.get("order_id") in financed)
+        net = gross - fees
+        financed_net = financed_gross * net // gross if gross else 0
+        take = financed_net + (net - financed_net) * max(0, min(bps, 10_000)) // 10_000
+        return max(0, min(owed, take, net))
 
     def _fill_withheld(self, event: dict[str, Any]) -> dict[str, Any]:
-        """For replayed files: the marketplace withholds what collections.v1 asked for."""
+        """Marketplace files carry withheld 0: the marketplace withholds what collections.v1 asked for."""
         data = event.get("data")
         if event.get("type") != "settlement.paid" or not isinstance(data, dict):
             return event
         try:
             gross, fees = int(data["gross"]["amount"]), int(data["fees"]["amount"])
             already = int(data["withheld"]["amount"])
+            orders = [o for o in data.get("orders", []) if isinstance(o, dict)]
+            take = 0 if already else self.withhold(str(event.get("subject")), gross, fees, orders)
         except (KeyError, TypeError, ValueError):
-            return event
-        if already:
-            return event
-        take = self.withhold(str(event.get("subject")), gross, fees, str(event.get("time")))
+            return event  # malformed: ingest rejects it with the precise pointer
         if take <= 0:
             return event
         data = dict(data)

@@ -583,6 +583,13 @@ class DisbursementService:
         ins = coll.instruction(open_, currency, self.settings.withhold_rate_bps,
                                self.settings.shortfall_withhold_rate_bps)
         data = {"owed": ins.owed.to_json(), "withhold_rate_bps": ins.withhold_rate_bps, "loan_ids": list(ins.loan_ids)}
+        if ins.loan_ids:
+            # Receivables still financed: the marketplace withholds their payouts first, in full (up to owed).
+            financed = conn.execute(sa.select(financed_orders.c.order_id).where(
+                financed_orders.c.merchant_id == mid, financed_orders.c.state == "open",
+                financed_orders.c.loan_id.in_(list(ins.loan_ids))).order_by(financed_orders.c.order_id)
+                .limit(1000)).scalars().all()
+            data["financed_order_ids"] = list(financed)
         if merchant.last_instruction == data or (merchant.last_instruction is None and ins.owed.is_zero()):
             return
         conn.execute(sa.update(merchants).where(merchants.c.merchant_id == mid).values(last_instruction=data))
