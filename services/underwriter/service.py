@@ -1,7 +1,10 @@
 """Application core: apply an event to the merchant's state, rescore (debounced), decide, emit CloudEvents.
 
-The same core runs in the Faust worker, the embedded engine and the benchmark. Merchant state lives in a
-`MutableMapping[str, bytes]` (a dict, or the Faust table adapter), serialised by MerchantState.to_bytes.
+The same core runs in the Faust worker, the embedded engine and the benchmark. Merchant state lives in the
+store it is given: a plain `dict` (embedded engine, tests, benchmark) holds the live MerchantState objects and
+nothing is serialised; any other `MutableMapping[str, bytes]` (the Faust table adapter) holds
+MerchantState.to_bytes, written after every applied event, with the decoded objects cached while the store
+still holds the very bytes written. `state(merchant_id)` returns a copy either way.
 
 Debounce (event time): a merchant is rescored on a *material* event (settlement, refund, chargeback,
 cancellation, merchant or loan event) at once; other events (orders placed, paid, shipped, delivered) rescore
@@ -72,7 +75,7 @@ class Underwriter:
         settings: UnderwriterSettings,
         policy: PolicySettings,
         scorer: Scorer,
-        store: MutableMapping[str, bytes],
+        store: MutableMapping[str, Any],
         portfolio: Portfolio,
         metrics: Metrics,
         challenger: Scorer | None = None,
@@ -82,6 +85,8 @@ class Underwriter:
         self.scorer = scorer
         self.challenger = challenger
         self.store = store
+        # A plain dict keeps objects; anything else is a bytes port (the Faust table) and gets to_bytes.
+        self._objects = type(store) is dict
         self.portfolio = portfolio
         self.metrics = metrics
         # merchant id -> [first pending event time, latest pending event time, latest pending event id]
@@ -94,8 +99,11 @@ class Underwriter:
     # ----- public API -----------------------------------------------------------------------------------
 
     def state(self, merchant_id: str) -> MerchantState | None:
+        """A copy of the merchant's state (changing it does not change the underwriter's)."""
         raw = self.store.get(merchant_id)
-        return MerchantState.from_bytes(raw) if raw is not None else None
+        if raw is None:
+            return None
+        return MerchantState.from_bytes(raw.to_bytes() if isinstance(raw, MerchantState) else raw)
 
     def handle(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         """Apply one marketplace or loans.v1 event; returns the CloudEvents to emit (maybe none)."""
@@ -163,12 +171,17 @@ class Underwriter:
         if raw is None:
             self._hot.pop(merchant_id, None)
             return MerchantState(merchant_id)
+        if isinstance(raw, MerchantState):
+            return raw
         hot = self._hot.get(merchant_id)
         if hot is not None and hot[0] is raw:
             return hot[1]
         return MerchantState.from_bytes(raw)
 
     def _save(self, state: MerchantState) -> None:
+        if self._objects:
+            self.store[state.merchant_id] = state
+            return
         raw = state.to_bytes()
         self.store[state.merchant_id] = raw
         if len(self._hot) >= self.hot_size and state.merchant_id not in self._hot:

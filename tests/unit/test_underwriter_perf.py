@@ -12,8 +12,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from schemas import codec
+from services.underwriter.bootstrap import bootstrap
 from services.underwriter.domain.features import compute_features
-from services.underwriter.domain.state import MerchantState
+from services.underwriter.domain.scoring import FixedScorer
+from services.underwriter.domain.state import MerchantState, StateError
+from services.underwriter.settings import load
 from services.underwriter.synthetic import Profile, history
 
 pytestmark = pytest.mark.unit
@@ -63,3 +66,59 @@ def test_applying_a_fixed_history_builds_the_same_state_as_before() -> None:
     s = golden_state()
     blob = json.dumps(s.to_dict(), sort_keys=True, separators=(",", ":")).encode()
     assert hashlib.sha256(blob).hexdigest() == STATE_DIGEST
+
+
+def test_rejected_event_leaves_the_live_state_unchanged_and_can_be_retried() -> None:
+    s = golden_state()
+    before = json.dumps(s.to_dict(), sort_keys=True)
+    bad = codec.new_event("settlement.paid", "g1", {
+        "gross": {"amount": 2000, "currency": "BRL"},
+        "orders": [{"order_id": "x1", "amount": {"amount": 1000, "currency": "BRL"}},
+                   {"order_id": "x2", "amount": {"amount": -5, "currency": "BRL"}}],
+    }, START + timedelta(days=75), "test", id="bad-1")
+    with pytest.raises(StateError, match="bad amount"):
+        s.apply(bad)
+    assert json.dumps(s.to_dict(), sort_keys=True) == before
+    bad["data"]["orders"][1]["amount"]["amount"] = 1000
+    assert s.apply(bad) is True  # its id was not remembered by the failed attempt
+
+
+def test_dict_store_keeps_live_objects_and_state_returns_a_copy() -> None:
+    u = bootstrap(settings=load(debounce_seconds=30), scorer=FixedScorer(0.01))
+    for e in history("m1", START, 20, Profile()):
+        u.handle(e)
+    assert isinstance(u.store["m1"], MerchantState)
+    copy = u.state("m1")
+    assert copy is not None and copy == u.store["m1"] and copy is not u.store["m1"]
+    copy.buckets.clear()
+    assert u.store["m1"].buckets
+
+
+class BytesStore(dict[str, bytes]):
+    """A bytes port like the Faust table adapter (not a plain dict, so the core serialises)."""
+
+
+def test_bytes_store_gets_the_same_decisions_as_the_object_store() -> None:
+    events = history("m1", START, 45, Profile())
+    plain = bootstrap(settings=load(debounce_seconds=30), scorer=FixedScorer(0.01))
+    table = bootstrap(settings=load(debounce_seconds=30), scorer=FixedScorer(0.01), state_store=BytesStore())
+    a = [o for e in events for o in plain.handle(e)]
+    b = [o for e in events for o in table.handle(e)]
+    assert a == b and a
+    assert isinstance(table.store["m1"], bytes)
+    assert MerchantState.from_bytes(table.store["m1"]) == plain.store["m1"]
+
+
+def test_single_row_fast_path_predicts_exactly_what_booster_predict_does() -> None:
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("lightgbm")
+    from services.underwriter.adapters.lightgbm_scorer import LightGBMScorer
+
+    scorer = LightGBMScorer.champion(load().model_registry)
+    assert scorer._predict is not None and scorer._contrib is not None
+    s = golden_state()
+    for days, _ in EXPECTED:
+        f = compute_features(s, START + timedelta(days=days))
+        row = np.asarray([f], dtype=np.float64)
+        assert scorer._predict(f)[0] == float(scorer.booster.predict(row, num_threads=1)[0])
+        assert list(scorer._contrib(f)) == list(scorer.booster.predict(row, pred_contrib=True, num_threads=1)[0])

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Protocol
 
-from services.underwriter.domain.policy import LimitDecision, PolicySettings, Receivable
+from services.underwriter.domain.policy import GUARD_CODES, LimitDecision, PolicySettings, Receivable
 from services.underwriter.domain.reasons import Reason
 from services.underwriter.domain.state import DAY, MerchantState
 
@@ -83,8 +83,38 @@ def _changed(old: int, new: int, p: PolicySettings) -> bool:
 def limit_changed(state: MerchantState, d: LimitDecision, p: PolicySettings) -> bool:
     if not state.last:
         return True
-    limit, available, codes = state.last
+    limit, available, codes = state.last[:3]
     return _changed(int(limit), d.limit, p) or _changed(int(available), d.available, p) or codes != d.codes
+
+
+# state.last = [limit, available, reason codes, *last offer created]: the last offer is
+# [offer_id, amount, created_ts, expires_ts]. It stays there after the state drops the open offer on
+# acceptance, so the decisions made before the loan shows up know that amount is already spoken for.
+_LAST_FIELDS = 3
+
+
+def _last_offer(state: MerchantState) -> list[Any]:
+    return list(state.last[_LAST_FIELDS:_LAST_FIELDS + 4]) if len(state.last) > _LAST_FIELDS else []
+
+
+def _set_last(state: MerchantState, d: LimitDecision | None, offer: list[Any]) -> None:
+    head = [d.limit, d.available, d.codes] if d is not None else list(state.last[:_LAST_FIELDS])
+    state.last = head + offer
+
+
+def accepted_pending(state: MerchantState, as_of: int, p: PolicySettings) -> int:
+    """Amount of the last offer when it was accepted (it left the state without being withdrawn or expiring
+    here) but its loan has not reached the state yet; 0 once the loan is seen or after a day past expiry."""
+    last = _last_offer(state)
+    if not last or (state.offer and state.offer[0] == last[0]):
+        return 0
+    created, expires = int(last[2]), int(last[3])
+    disbursed = any(loan[0] >= created for loan in state.loans.values()) or \
+        any(row[0] >= created for row in state.loan_history)
+    if disbursed or as_of > expires + DAY:
+        _set_last(state, None, [])
+        return 0
+    return int(last[1])
 
 
 def decide_actions(
@@ -96,45 +126,78 @@ def decide_actions(
     portfolio: Portfolio,
     make_id: Callable[[str], str],
 ) -> list[Action]:
-    """Update `state` (last limit, open offer) and say what to emit, in order."""
+    """Update `state` (last limit, open offer) and say what to emit, in order.
+
+    An open offer is left alone unless a real risk signal appears (withdrawn) or it is stale (replaced: the
+    disbursement service supersedes it when the new one arrives). Whenever an offer is created, the limit it
+    rests on is emitted just before it, so the latest credit_limit.updated always covers the offer.
+    """
     actions: list[Action] = []
-    if limit_changed(state, d, p):
-        state.last = [d.limit, d.available, d.codes]
-        actions.append(Action("credit_limit.updated"))
     offer = state.offer
-    if offer and offer[3] <= as_of:  # expired on its own: the disbursement service announces it
+    if offer and int(offer[3]) <= as_of:  # expired on its own: the disbursement service announces it
         portfolio.release(state.category, state.currency, int(offer[1]))
         state.offer = offer = []
+        _set_last(state, None, [])
+    pending = accepted_pending(state, as_of, p)
+    spendable = max(0, d.available - pending)
+    withdrawn: list[Action] = []
     if offer:
-        why = _withdraw_reason(state, d, p, as_of)
+        why = _withdraw_reason(state, d, p, spendable)
         if why is not None:
-            actions.append(Action("loan_offer.withdrawn", {"offer_id": offer[0], "reasons": [why, *d.reasons][:20]}))
+            withdrawn.append(Action("loan_offer.withdrawn", {"offer_id": offer[0], "reasons": [why, *d.reasons][:20]}))
             portfolio.release(state.category, state.currency, int(offer[1]))
             state.offer = offer = []
-    if offer or d.blocked or d.frozen or p.kill_switch or not d.receivables:
-        return actions
-    day = as_of // DAY
-    room = portfolio.remaining(day, state.category, state.currency, p)
-    amount = min(d.available, room)
-    if amount < p.min_offer_minor:
-        return actions
-    new = plan_offer(d, amount, pd, as_of, p, make_id("offer"))
-    portfolio.reserve(day, state.category, state.currency, new.amount)
-    state.offer = [new.offer_id, new.amount, as_of, new.expires_at]
-    actions.append(Action("loan_offer.created", {"offer": new}))
+            _set_last(state, None, [])
+    new = None
+    if not (d.blocked or d.frozen or p.kill_switch or not d.receivables):
+        new = _new_offer(state, d, pd, as_of, p, portfolio, make_id, spendable)
+    if new is not None or limit_changed(state, d, p):
+        _set_last(state, d, _last_offer(state))
+        actions.append(Action("credit_limit.updated"))
+    actions.extend(withdrawn)
+    if new is not None:
+        day = as_of // DAY
+        if offer:  # replaced: free what the old one held
+            portfolio.release(state.category, state.currency, int(offer[1]))
+        portfolio.reserve(day, state.category, state.currency, new.amount)
+        guards = ",".join(r.code for r in d.reasons if r.code in GUARD_CODES)
+        state.offer = [new.offer_id, new.amount, as_of, new.expires_at, guards]
+        _set_last(state, None, state.offer[:4])
+        actions.append(Action("loan_offer.created", {"offer": new}))
     return actions
 
 
-def _withdraw_reason(state: MerchantState, d: LimitDecision, p: PolicySettings, as_of: int) -> Reason | None:
-    amount, created = int(state.offer[1]), int(state.offer[2])
+def _new_offer(
+    state: MerchantState, d: LimitDecision, pd: float, as_of: int, p: PolicySettings, portfolio: Portfolio,
+    make_id: Callable[[str], str], spendable: int,
+) -> Offer | None:
+    """A fresh offer when there is none open, or when the open one is stale (about to expire, or the merchant
+    can now borrow materially more); None otherwise."""
+    held = int(state.offer[1]) if state.offer else 0
+    room = portfolio.remaining(as_of // DAY, state.category, state.currency, p) + held
+    amount = min(spendable * p.offer_share_bps // 10_000, room)
+    if amount < p.min_offer_minor:
+        return None
+    if state.offer:
+        expiring = int(state.offer[3]) - as_of <= p.offer_refresh_hours * 3600
+        grew = amount - held >= p.offer_growth_min_minor and (amount - held) * 10_000 >= p.offer_growth_bps * held
+        if not (expiring or grew):
+            return None
+    return plan_offer(d, amount, pd, as_of, p, make_id("offer"))
+
+
+def _withdraw_reason(state: MerchantState, d: LimitDecision, p: PolicySettings, spendable: int) -> Reason | None:
+    amount = int(state.offer[1])
     if p.kill_switch:
         return Reason("KILL_SWITCH", "new advances are paused for all merchants")
     if d.frozen:
         return Reason("DELINQUENT", "an advance is past due")
     if d.blocked:
         return d.reasons[0] if d.reasons else Reason("BLOCKED", "merchant cannot take advances now")
-    if d.available < amount:
+    known = set(str(state.offer[4]).split(",")) if len(state.offer) > 4 else set()
+    for r in d.reasons:
+        if r.code in GUARD_CODES and r.code not in known:
+            return r  # a manipulation or risk guard fired since the offer was made: name it first
+    if spendable < amount:
         return Reason("LIMIT_REDUCED", "the available limit fell below the offered amount")
-    if as_of - created >= p.offer_stale_hours * 3600:
-        return Reason("STALE_OFFER", "replaced by a fresh offer")
     return None

@@ -13,6 +13,7 @@ from collections import Counter
 from datetime import datetime
 
 from services.underwriter.domain.state import (
+    BUCKET_FIELDS,
     CANCEL_N,
     CHARGEBACK_N,
     DAY,
@@ -59,18 +60,21 @@ def _ts(as_of: datetime) -> int:
 
 
 def _windows(state: MerchantState, today: int) -> tuple[list[int], list[int], list[int]]:
-    """Sums of every bucket field over the last 7, 30 and 90 days (one pass)."""
-    w7, w30, w90 = [0] * 11, [0] * 11, [0] * 11
+    """Sums of every bucket field over the last 7, 30 and 90 days (integer sums: exact in any order)."""
+    d7: list[list[int]] = []  # buckets aged 0-6 days
+    d30_: list[list[int]] = []  # 7-29 days
+    d90_: list[list[int]] = []  # 30-89 days
     for day, b in state.buckets.items():
         age = today - day
-        if age < 0 or age >= 90:
-            continue
-        w90 = [x + y for x, y in zip(w90, b, strict=True)]
-        if age < 30:
-            w30 = [x + y for x, y in zip(w30, b, strict=True)]
-            if age < 7:
-                w7 = [x + y for x, y in zip(w7, b, strict=True)]
-    return w7, w30, w90
+        if 0 <= age < 90:
+            (d7 if age < 7 else d30_ if age < 30 else d90_).append(b)
+    w7 = _column_sums(d7)
+    w30 = _column_sums([w7, *d30_])
+    return w7, w30, _column_sums([w30, *d90_])
+
+
+def _column_sums(rows: list[list[int]]) -> list[int]:
+    return [sum(col) for col in zip(*rows, strict=True)] if rows else [0] * BUCKET_FIELDS
 
 
 def _ratio(num: float, den: float) -> float:
@@ -90,12 +94,15 @@ def _buyer_features(state: MerchantState, today: int, placed_30: int) -> tuple[f
     return float(round(distinct_share * max(placed_30, n))), repeat, top
 
 
-def _volatility(state: MerchantState, today: int) -> float:
-    daily = [state.buckets[d][PLACED_GMV] if d in state.buckets else 0 for d in range(today - 29, today + 1)]
-    mean = sum(daily) / 30
+def _volatility(state: MerchantState, today: int, placed_30: int) -> float:
+    """Coefficient of variation of daily placed GMV over the 30 days to today (placed_30 = their sum)."""
+    mean = placed_30 / 30
     if not mean:
         return 0.0
-    var = sum((x - mean) ** 2 for x in daily) / 30
+    get = state.buckets.get
+    # Same terms in the same day order as a plain loop, so the float sum is bit-for-bit the same.
+    var = sum([((b[PLACED_GMV] if (b := get(d)) is not None else 0) - mean) ** 2
+               for d in range(today - 29, today + 1)]) / 30
     return math.sqrt(var) / mean
 
 
@@ -132,7 +139,7 @@ def compute_features(state: MerchantState, as_of: datetime) -> list[float]:
         float(w7[PLACED_N]), float(w30[PLACED_N]), float(w90[PLACED_N]),
         float(w7[SETTLED_GMV]), float(w30[SETTLED_GMV]), float(w90[SETTLED_GMV]),
         float(w7[SETTLED_N]), float(w30[SETTLED_N]), float(w90[SETTLED_N]),
-        growth_7_30, growth_30_90, _volatility(state, today),
+        growth_7_30, growth_30_90, _volatility(state, today, w30[PLACED_GMV]),
         _ratio(w30[PLACED_GMV], w30[PLACED_N]),
         _ratio(w7[REFUND_N], w7[PLACED_N]), _ratio(w30[REFUND_N], w30[PLACED_N]),
         _ratio(w7[CANCEL_N], w7[PLACED_N]), _ratio(w30[CANCEL_N], w30[PLACED_N]),

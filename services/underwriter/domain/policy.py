@@ -5,12 +5,14 @@ Every number is a field of the frozen `PolicySettings`, loaded from FLOATBRIDGE_
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from services.underwriter.domain.features import INDEX
 from services.underwriter.domain.reasons import Reason
 from services.underwriter.domain.state import (
     DAY,
+    F_DELIVERED,
     F_PAID,
     F_SHIPPED,
     R_AMOUNT,
@@ -57,11 +59,22 @@ class PolicySettings:
     grace_days: int = field(default=3, metadata={"doc": "due date = expected settlement + this"})
     max_term_days: int = field(default=60, metadata={"doc": "no offer is due later than this"})
     offer_ttl_hours: int = field(default=24, metadata={"doc": "offers expire after this"})
-    offer_stale_hours: int = field(default=12, metadata={"doc": "an open offer older than this is replaced by a fresh one"})
     default_delivery_days: int = field(default=5, metadata={"doc": "assumed shipping-to-delivery time"})
     payout_delay_days: int = field(default=2, metadata={"doc": "assumed delivery-to-settlement time"})
     change_threshold_bps: int = field(default=100, metadata={"doc": "emit credit_limit.updated when limit/available move this much"})
     change_threshold_minor: int = field(default=100, metadata={"doc": "... or by at least this many minor units"})
+    offer_share_bps: int = field(default=9000, metadata={"doc": "offer this share of the available limit: headroom so small day-to-day moves of the receivables do not withdraw it"})
+    offer_refresh_hours: int = field(default=3, metadata={"doc": "an open offer expiring within this many hours is replaced by a fresh one"})
+    offer_growth_bps: int = field(default=2500, metadata={"doc": "an open offer is replaced when the amount on offer grew by at least this share ..."})
+    offer_growth_min_minor: int = field(default=10_000, metadata={"doc": "... and by at least this many minor units"})
+    receivable_overdue_days: int = field(default=8, metadata={"doc": "a shipped order not delivered this many days after its expected delivery is not eligible"})
+    buyer_cap_share: float = field(default=0.05, metadata={"doc": "orders of one buyer count towards receivables up to this share of the 30-day buyer sample ..."})
+    buyer_cap_min_orders: int = field(default=2, metadata={"doc": "... but never fewer than this many orders"})
+    repeat_allowed_share: float = field(default=0.5, metadata={"doc": "receivables are discounted by the repeat-buyer share above this"})
+    receivables_pace_bps: int = field(default=10_000, metadata={"doc": "counted receivables <= this x (daily 30-day settled sales x observed settlement lag)"})
+    settled_gap_ratio: float = field(default=1.5, metadata={"doc": "30-day placed GMV above this x 30-day settled GMV cuts the rate (orders that do not settle)"})
+    settled_gap_keep_bps: int = field(default=5000, metadata={"doc": "share of the advance rate kept when placed sales run ahead of settled sales"})
+    settled_guard_min_tenure_days: int = field(default=45, metadata={"doc": "placed-vs-settled guards need this tenure (a full 30-day settled window)"})
 
     def validate(self) -> None:
         if len(self.pd_tiers) != len(self.advance_rates_bps):
@@ -74,6 +87,18 @@ class PolicySettings:
             raise ValueError("max_term_days must be within 1..60")
         if self.fee_min_ppm_per_day > self.fee_max_ppm_per_day:
             raise ValueError("fee_min_ppm_per_day must not exceed fee_max_ppm_per_day")
+        if not 0 < self.offer_refresh_hours < self.offer_ttl_hours:
+            raise ValueError("offer_refresh_hours must be within 1..offer_ttl_hours-1")
+        if not 0 < self.offer_share_bps <= 10_000:
+            raise ValueError("offer_share_bps must be within 1..10000")
+        if self.offer_growth_bps < 0 or self.offer_growth_min_minor < 0:
+            raise ValueError("offer_growth_bps and offer_growth_min_minor must be >= 0")
+        if not 0 < self.buyer_cap_share <= 1 or self.buyer_cap_min_orders < 1:
+            raise ValueError("buyer_cap_share must be within (0, 1] and buyer_cap_min_orders >= 1")
+        if not 0 <= self.repeat_allowed_share <= 1:
+            raise ValueError("repeat_allowed_share must be within 0..1")
+        if self.receivables_pace_bps <= 0 or self.settled_gap_ratio <= 1 or self.spike_ratio <= 1:
+            raise ValueError("receivables_pace_bps must be > 0, settled_gap_ratio and spike_ratio > 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +127,7 @@ class LimitDecision:
 
 def eligible_receivables(state: MerchantState, as_of: int, p: PolicySettings) -> list[Receivable]:
     oldest = as_of - p.receivable_max_age_days * DAY
+    overdue = p.receivable_overdue_days * DAY
     out = []
     for oid, rec in state.receivables.items():
         flags = rec[R_FLAGS]
@@ -113,10 +139,27 @@ def eligible_receivables(state: MerchantState, as_of: int, p: PolicySettings) ->
         if amount <= 0:
             continue
         delivery = rec[R_DELIVERY] or rec[R_SHIPPED] + p.default_delivery_days * DAY
+        # Shipped long ago and never delivered: a parcel that does not exist is the classic fake order.
+        if not flags & F_DELIVERED and as_of > delivery + overdue:
+            continue
         expected = max(delivery + p.payout_delay_days * DAY, as_of + DAY)
         out.append(Receivable(oid, amount, expected))
     out.sort(key=lambda r: (r.expected_settlement, r.order_id))
     return out
+
+
+def buyer_diversity(state: MerchantState, as_of: int, p: PolicySettings) -> tuple[float, float]:
+    """(share of sampled 30-day orders that count once each buyer is capped, repeat-buyer share) from the
+    merchant's buyer sample: a few buyers placing many orders add little to what can be financed."""
+    today = as_of // DAY
+    counts = Counter(b[2] for b in state.buyers if today - 30 < b[0] <= today)
+    n = sum(counts.values())
+    if not n:
+        return 1.0, 0.0
+    cap = max(p.buyer_cap_min_orders, int(p.buyer_cap_share * n))
+    counted = sum(min(c, cap) for c in counts.values()) / n
+    repeat = sum(c for c in counts.values() if c > 1) / n
+    return counted, repeat
 
 
 def base_rate_bps(pd: float, p: PolicySettings) -> int:
@@ -129,13 +172,7 @@ def base_rate_bps(pd: float, p: PolicySettings) -> int:
 def guards(f: list[float], p: PolicySettings) -> list[tuple[int, Reason]]:
     """Manipulation and risk guards: (share of the advance rate kept, reason) for each one that fires."""
     out: list[tuple[int, Reason]] = []
-    tenure = f[INDEX["tenure_days"]]
-    g7, g90 = f[INDEX["placed_gmv_7d"]], f[INDEX["placed_gmv_90d"]]
-    prior_days = min(83.0, tenure - 7)
-    if prior_days >= 7 and g90 > g7:
-        ratio = (g7 / 7) / ((g90 - g7) / prior_days)
-        if ratio >= p.spike_ratio:
-            out.append((p.spike_keep_bps, Reason("GMV_SPIKE", f"sales in the last 7 days jumped to {ratio:.1f}x the merchant's usual daily level")))
+    out.extend(_sales_guards(f, p))
     orders30 = f[INDEX["placed_orders_30d"]]
     top, repeat = f[INDEX["top_buyer_share_30d"]], f[INDEX["repeat_buyer_share_30d"]]
     distinct = f[INDEX["distinct_buyers_30d"]]
@@ -158,6 +195,59 @@ def guards(f: list[float], p: PolicySettings) -> list[tuple[int, Reason]]:
     if cb >= p.chargeback_rate:
         out.append((p.chargeback_keep_bps, Reason("CHARGEBACKS", f"chargebacks on {cb:.1%} of orders in 90 days")))
     return out
+
+
+def _sales_guards(f: list[float], p: PolicySettings) -> list[tuple[int, Reason]]:
+    """Placed sales compared with SETTLED sales (fake orders are never settled); a merchant too new for a full
+    settled window is compared with its own earlier placed sales instead."""
+    out: list[tuple[int, Reason]] = []
+    tenure = f[INDEX["tenure_days"]]
+    g7, g30, g90 = f[INDEX["placed_gmv_7d"]], f[INDEX["placed_gmv_30d"]], f[INDEX["placed_gmv_90d"]]
+    s30 = f[INDEX["settled_gmv_30d"]]
+    if tenure >= p.settled_guard_min_tenure_days:
+        daily_settled = max(s30, 1.0) / 30
+        ratio = (g7 / 7) / daily_settled
+        if ratio >= p.spike_ratio:
+            out.append((p.spike_keep_bps, Reason(
+                "GMV_SPIKE", f"sales in the last 7 days ran at {ratio:.1f}x the merchant's daily settled sales")))
+        gap = g30 / max(s30, 1.0)
+        if gap >= p.settled_gap_ratio:
+            out.append((p.settled_gap_keep_bps, Reason(
+                "UNSETTLED_SALES", f"orders placed in 30 days are {gap:.1f}x the sales settled in 30 days")))
+        return out
+    prior_days = min(83.0, tenure - 7)
+    if prior_days >= 7 and g90 > g7:
+        ratio = (g7 / 7) / ((g90 - g7) / prior_days)
+        if ratio >= p.spike_ratio:
+            out.append((p.spike_keep_bps, Reason(
+                "GMV_SPIKE", f"sales in the last 7 days jumped to {ratio:.1f}x the merchant's usual daily level")))
+    return out
+
+
+def counted_receivables(
+    state: MerchantState, f: list[float], eligible: int, as_of: int, p: PolicySettings
+) -> tuple[int, list[Reason]]:
+    """The part of the eligible receivables the limit may rest on: buyer-capped, repeat buyers discounted,
+    and no more than the merchant's settled sales pace says should be awaiting settlement."""
+    reasons: list[Reason] = []
+    counted_share, repeat = buyer_diversity(state, as_of, p)
+    share = counted_share * (1.0 - max(0.0, repeat - p.repeat_allowed_share))
+    counted = int(eligible * share)
+    if counted < eligible * 0.95:
+        reasons.append(Reason("BUYER_DIVERSITY", f"only {share:.0%} of receivables count: few buyers place many orders"))
+    lag_days = max(1.0, f[INDEX["settlement_lag_days_90d"]])
+    pace = int(f[INDEX["settled_gmv_30d"]] / 30 * lag_days * p.receivables_pace_bps / 10_000)
+    if counted > pace:
+        counted = pace
+        reasons.append(Reason("RECEIVABLES_ABOVE_SETTLED_PACE",
+                              f"receivables counted up to {lag_days:.0f} days of settled sales"))
+    return counted, reasons
+
+
+GUARD_CODES = frozenset({
+    "GMV_SPIKE", "UNSETTLED_SALES", "BUYER_CONCENTRATION", "SELF_DEALING_PATTERN", "REFUND_SURGE", "CANCEL_SURGE",
+    "CHARGEBACKS",
+})
 
 
 def decide_limit(
@@ -183,7 +273,9 @@ def decide_limit(
         reasons.insert(0, Reason("DELINQUENT", f"an advance is {worst} days past due: limit frozen"))
         limit = int(state.last[0]) if state.last else 0
         return LimitDecision(limit, 0, outstanding, eligible, 0, merge_reasons(reasons, model_reasons), True, True, tuple(receivables))
-    limit = 0 if blocked else eligible * rate // 10_000
+    counted, count_reasons = counted_receivables(state, features, eligible, as_of, p)
+    reasons.extend(count_reasons)
+    limit = 0 if blocked else counted * rate // 10_000
     settled30 = int(features[INDEX["settled_gmv_30d"]])
     sales_cap = settled30 * p.settled_sales_multiple_bps // 10_000
     if limit > sales_cap:

@@ -129,10 +129,13 @@ class MerchantState:
         h = short_hash(event_id)
         if h in self.seen:
             return False
+        self._remember(h)
+        return True
+
+    def _remember(self, h: int) -> None:
         self.seen.append(h)
         if len(self.seen) > MAX_SEEN:
             del self.seen[0]
-        return True
 
     # ----- apply -----------------------------------------------------------------------------------------
 
@@ -143,14 +146,18 @@ class MerchantState:
             return False
         if event.get("subject") != self.merchant_id:
             raise StateError(f"event {event.get('id')!r} is for {event.get('subject')!r}, not {self.merchant_id!r}")
-        if not self.mark_seen(str(event.get("id"))):
+        h = short_hash(str(event.get("id")))
+        if h in self.seen:
             return False
-        ts = int(parse_rfc3339(event["time"]).timestamp())
-        data = event.get("data") or {}
+        # Handlers read and check all their inputs before changing anything, and the id is remembered only
+        # once the event applied: a rejected event leaves the state as it was (the core keeps live objects).
         try:
+            ts = int(parse_rfc3339(event["time"]).timestamp())
+            data = event.get("data") or {}
             _HANDLERS[etype](self, data, ts)
         except (KeyError, TypeError, ValueError) as exc:
             raise StateError(f"cannot apply {etype} {event.get('id')!r}: {exc!r}") from None
+        self._remember(h)
         if not self.since or ts < self.since:
             self.since = ts
         if ts > self.latest:
@@ -213,8 +220,7 @@ class MerchantState:
     # --- marketplace handlers ---
 
     def _onboarded(self, data: dict[str, Any], ts: int) -> None:
-        self.currency = data["currency"]
-        self.category = data["category"]
+        self.currency, self.category = data["currency"], data["category"]
         self.since = ts if not self.since else min(self.since, ts)
 
     def _updated(self, data: dict[str, Any], ts: int) -> None:
@@ -224,12 +230,12 @@ class MerchantState:
             self.status = data["status"]
 
     def _placed(self, data: dict[str, Any], ts: int) -> None:
-        amount = self._money(data["amount"])
+        order_id, buyer_id, amount = data["order_id"], str(data["buyer_id"]), self._money(data["amount"])
         b = self.bucket(ts)
         b[PLACED_GMV] += amount
         b[PLACED_N] += 1
-        self._sample_buyer(ts // DAY, data["order_id"], str(data["buyer_id"]))
-        rec = self._receivable(data["order_id"])
+        self._sample_buyer(ts // DAY, order_id, buyer_id)
+        rec = self._receivable(order_id)
         if rec is not None:
             rec[R_AMOUNT] = amount
             rec[R_PLACED] = ts
@@ -261,13 +267,14 @@ class MerchantState:
                 rec[R_PLACED] = ts
 
     def _shipped(self, data: dict[str, Any], ts: int) -> None:
+        expected = data.get("expected_delivery_at")
+        expected_ts = int(parse_rfc3339(expected).timestamp()) if expected else 0
         rec = self._receivable(data["order_id"])
         if rec is not None:
             rec[R_FLAGS] |= F_SHIPPED
             rec[R_SHIPPED] = ts
-            expected = data.get("expected_delivery_at")
-            if expected and not rec[R_FLAGS] & F_DELIVERED:
-                rec[R_DELIVERY] = int(parse_rfc3339(expected).timestamp())
+            if expected_ts and not rec[R_FLAGS] & F_DELIVERED:
+                rec[R_DELIVERY] = expected_ts
 
     def _delivered(self, data: dict[str, Any], ts: int) -> None:
         rec = self._receivable(data["order_id"])
@@ -276,28 +283,29 @@ class MerchantState:
             rec[R_DELIVERY] = ts
 
     def _cancelled(self, data: dict[str, Any], ts: int) -> None:
+        order_id = data["order_id"]
         self.bucket(ts)[CANCEL_N] += 1
-        rec = self._receivable(data["order_id"])
+        rec = self._receivable(order_id)
         if rec is not None:
             self._close(rec, F_CANCELLED, ts)
 
     def _refunded(self, data: dict[str, Any], ts: int) -> None:
-        amount = self._money(data["amount"])
+        order_id, amount = data["order_id"], self._money(data["amount"])
         b = self.bucket(ts)
         b[REFUND_N] += 1
         b[REFUND_GMV] += amount
-        rec = self._receivable(data["order_id"])
+        rec = self._receivable(order_id)
         if rec is not None:
             rec[R_REFUNDED] += amount
             if rec[R_AMOUNT] and rec[R_REFUNDED] >= rec[R_AMOUNT]:
                 self._close(rec, F_REFUNDED, ts)
 
     def _chargeback(self, data: dict[str, Any], ts: int) -> None:
-        amount = self._money(data["amount"])
+        order_id, amount = data["order_id"], self._money(data["amount"])
         b = self.bucket(ts)
         b[CHARGEBACK_N] += 1
         b[CHARGEBACK_GMV] += amount
-        rec = self.receivables.get(data["order_id"])
+        rec = self.receivables.get(order_id)
         if rec is not None:
             rec[R_REFUNDED] += amount
             if rec[R_AMOUNT] and rec[R_REFUNDED] >= rec[R_AMOUNT]:
@@ -305,12 +313,12 @@ class MerchantState:
 
     def _settled(self, data: dict[str, Any], ts: int) -> None:
         self._money(data["gross"])
+        items = [(item["order_id"], self._money(item["amount"])) for item in data["orders"]]
         b = self.bucket(ts)
-        for item in data["orders"]:
-            amount = self._money(item["amount"])
+        for order_id, amount in items:
             b[SETTLED_GMV] += amount
             b[SETTLED_N] += 1
-            rec = self._receivable(item["order_id"])
+            rec = self._receivable(order_id)
             if rec is None:
                 continue
             if rec[R_FLAGS] & F_PLACED and rec[R_PLACED] <= ts:
@@ -340,17 +348,17 @@ class MerchantState:
             loan[L_REMAINING] = min(loan[L_REMAINING], self._money(data["remaining"]))
 
     def _repaid(self, data: dict[str, Any], ts: int) -> None:
-        loan = self.loans.pop(data["loan_id"], None)
         repaid_at = int(parse_rfc3339(data["repaid_at"]).timestamp()) if data.get("repaid_at") else ts
+        loan = self.loans.pop(data["loan_id"], None)
         on_time = 1 if loan is None or repaid_at <= loan[L_DUE] else 0
         self._history([ts, on_time, KIND_REPAID])
 
     def _delinquent(self, data: dict[str, Any], ts: int) -> None:
-        dpd = int(data["days_past_due"])
+        dpd, remaining = int(data["days_past_due"]), self._money(data["remaining"])
         loan = self.loans.get(data["loan_id"])
         if loan is not None:
             loan[L_DPD] = max(loan[L_DPD], dpd)
-            loan[L_REMAINING] = min(loan[L_REMAINING], self._money(data["remaining"]))
+            loan[L_REMAINING] = min(loan[L_REMAINING], remaining)
         if dpd > self.worst_dpd:
             self.worst_dpd, self.worst_dpd_ts = dpd, ts
 
