@@ -251,6 +251,9 @@ class EmbeddedEngine:
         self.line_errors: list[tuple[int, str, list[dict[str, str]]]] = []
         self.events_in = 0
         self._next_tick: datetime | None = None
+        # Webhook rows appear only when disbursement handled something; skip empty dispatch passes.
+        self._outbox_dirty = True
+        self._day_dispatched: str | None = None
         self._day: str | None = None
         self._wire()
 
@@ -266,12 +269,14 @@ class EmbeddedEngine:
                 bus.publish(_topic_of(out["type"]), out["subject"], out)
 
         def to_disbursement(event: dict[str, Any]) -> None:
+            self._outbox_dirty = True
             self.disbursement.handle(event)
 
         def marketplace_to_disbursement(event: dict[str, Any]) -> None:
             if event["type"] == "merchant.onboarded":
                 self._register(event)
             if event["type"] in wanted:
+                self._outbox_dirty = True
                 self.disbursement.handle(event)
 
         def collections(event: dict[str, Any]) -> None:
@@ -368,14 +373,21 @@ class EmbeddedEngine:
                 self.tally.snapshot(self._day)
             self._day = day
             self.disbursement.age(self.now)
+            self._outbox_dirty = True
         for out in self.underwriter.flush(self.now):
             self.bus.publish(_topic_of(out["type"]), out["subject"], out)
         self.bus.drain()
-        self.disbursement.dispatch_webhooks(self.now, limit=10_000)
-        self.bus.drain()
-        self._accept_queued()
-        self.disbursement.dispatch_webhooks(self.now, limit=10_000)
-        self.bus.drain()
+        if self._outbox_dirty or day != self._day_dispatched:
+            # At least daily even when idle, so webhook retries with backoff still go out.
+            self._day_dispatched = day
+            self._outbox_dirty = False
+            self.disbursement.dispatch_webhooks(self.now, limit=10_000)
+            self.bus.drain()
+            if self.fleet.to_accept:
+                self._outbox_dirty = True
+                self._accept_queued()
+                self.disbursement.dispatch_webhooks(self.now, limit=10_000)
+                self.bus.drain()
 
     def _accept_queued(self) -> None:
         while self.fleet.to_accept:
@@ -418,7 +430,10 @@ def _acceptance_client(service: Any) -> Any:
 
     from services.disbursement.adapters.http_api import create_app
 
-    return TestClient(create_app(service), base_url="http://disbursement.local")
+    client = TestClient(create_app(service), base_url="http://disbursement.local")
+    # Entered once: one event-loop portal for the whole run instead of one per request.
+    client.__enter__()
+    return client
 
 
 def _topic_of(event_type: str) -> str:

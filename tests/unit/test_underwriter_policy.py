@@ -135,6 +135,8 @@ def test_offer_is_always_covered_by_the_limit_emitted_with_it() -> None:
                     key=lambda e: (e["time"], e["id"]))
     latest: dict[str, list[int]] = {}  # merchant -> [available of the latest limit, disbursed since]
     checked = accepted = 0
+    owed: dict[str, int] = {}
+    taken: dict[str, int] = {}
     queue = list(events)
     seen_offers = 0
     while queue:
@@ -149,12 +151,17 @@ def test_offer_is_always_covered_by_the_limit_emitted_with_it() -> None:
             amount = data["amount"]["amount"]
             assert data["limit"]["amount"] >= amount
             assert m in latest and amount <= latest[m][0] - latest[m][1], (m, amount, latest.get(m))
+            # ...and, loans being booked at acceptance, before the underwriter hears of them: the offer plus
+            # everything already accepted stays within the limit.
+            assert amount + owed.get(m, 0) <= data["limit"]["amount"], (m, amount, owed.get(m), data["limit"])
             checked += 1
             seen_offers += 1
-            if seen_offers % 2:
+            if seen_offers % 2 or taken.get(m, 0) >= 6:  # a few loans each: the state keeps the latest 16
                 continue
+            taken[m] = taken.get(m, 0) + 1
             accepted += 1
             latest[m][1] += amount
+            owed[m] = owed.get(m, 0) + amount + 10
             n, t = data["offer_id"], ts(o)
             brl = {"amount": amount, "currency": "BRL"}
             # Acceptance and disbursement arrive as two events: the decision between them must not re-offer.

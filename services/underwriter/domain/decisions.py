@@ -11,9 +11,16 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Protocol
 
-from services.underwriter.domain.policy import GUARD_CODES, LimitDecision, PolicySettings, Receivable
+from services.underwriter.domain.policy import (
+    GUARD_CODES,
+    LAST_OFFER_AT,
+    LimitDecision,
+    PolicySettings,
+    Receivable,
+    accepted_pending,
+)
 from services.underwriter.domain.reasons import Reason
-from services.underwriter.domain.state import DAY, MerchantState
+from services.underwriter.domain.state import DAY, MerchantState, short_hash
 
 
 class Portfolio(Protocol):
@@ -87,34 +94,24 @@ def limit_changed(state: MerchantState, d: LimitDecision, p: PolicySettings) -> 
     return _changed(int(limit), d.limit, p) or _changed(int(available), d.available, p) or codes != d.codes
 
 
-# state.last = [limit, available, reason codes, *last offer created]: the last offer is
-# [offer_id, amount, created_ts, expires_ts]. It stays there after the state drops the open offer on
-# acceptance, so the decisions made before the loan shows up know that amount is already spoken for.
-_LAST_FIELDS = 3
-
-
 def _last_offer(state: MerchantState) -> list[Any]:
-    return list(state.last[_LAST_FIELDS:_LAST_FIELDS + 4]) if len(state.last) > _LAST_FIELDS else []
+    return list(state.last[LAST_OFFER_AT:]) if len(state.last) > LAST_OFFER_AT else []
 
 
 def _set_last(state: MerchantState, d: LimitDecision | None, offer: list[Any]) -> None:
-    head = [d.limit, d.available, d.codes] if d is not None else list(state.last[:_LAST_FIELDS])
+    head = [d.limit, d.available, d.codes] if d is not None else list(state.last[:LAST_OFFER_AT])
     state.last = head + offer
 
 
-def accepted_pending(state: MerchantState, as_of: int, p: PolicySettings) -> int:
-    """Amount of the last offer when it was accepted (it left the state without being withdrawn or expiring
-    here) but its loan has not reached the state yet; 0 once the loan is seen or after a day past expiry."""
-    last = _last_offer(state)
-    if not last or (state.offer and state.offer[0] == last[0]):
-        return 0
-    created, expires = int(last[2]), int(last[3])
-    disbursed = any(loan[0] >= created for loan in state.loans.values()) or \
-        any(row[0] >= created for row in state.loan_history)
-    if disbursed or as_of > expires + DAY:
+def _track_acceptance(state: MerchantState, pending: int) -> None:
+    """Forget a resolved acceptance; on first noticing one, remember which loans existed then."""
+    rec = _last_offer(state)
+    if not rec or (state.offer and state.offer[0] == rec[0]):
+        return
+    if pending == 0:
         _set_last(state, None, [])
-        return 0
-    return int(last[1])
+    elif len(rec) == 4:
+        _set_last(state, None, rec + [sorted(short_hash(k) for k in state.loans)])
 
 
 def decide_actions(
@@ -138,8 +135,8 @@ def decide_actions(
         portfolio.release(state.category, state.currency, int(offer[1]))
         state.offer = offer = []
         _set_last(state, None, [])
-    pending = accepted_pending(state, as_of, p)
-    spendable = max(0, d.available - pending)
+    _track_acceptance(state, accepted_pending(state))
+    spendable = d.available  # net of an accepted offer whose loan is not booked yet
     withdrawn: list[Action] = []
     if offer:
         why = _withdraw_reason(state, d, p, spendable)

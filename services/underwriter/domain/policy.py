@@ -15,6 +15,8 @@ from services.underwriter.domain.state import (
     F_DELIVERED,
     F_PAID,
     F_SHIPPED,
+    L_OWED,
+    L_TS,
     R_AMOUNT,
     R_CLOSED,
     R_DELIVERY,
@@ -23,6 +25,7 @@ from services.underwriter.domain.state import (
     R_REFUNDED,
     R_SHIPPED,
     MerchantState,
+    short_hash,
 )
 
 
@@ -37,7 +40,7 @@ class PolicySettings:
     category_cap_minor: int = field(default=5_000_000_000, metadata={"doc": "portfolio exposure cap per category and currency"})
     min_tenure_days: int = field(default=14, metadata={"doc": "no limit before this tenure"})
     min_settled_orders: int = field(default=5, metadata={"doc": "no limit before this many settled orders (90 days)"})
-    spike_ratio: float = field(default=2.0, metadata={"doc": "7-day daily sales above this x the merchant's earlier average is a spike"})
+    spike_ratio: float = field(default=2.0, metadata={"doc": "7-day daily placed sales above this x daily 30-day settled sales (earlier placed sales while too new) is a spike"})
     spike_keep_bps: int = field(default=5000, metadata={"doc": "share of the advance rate kept on a sales spike"})
     concentration_share: float = field(default=0.2, metadata={"doc": "top buyer share of orders above this cuts the rate"})
     concentration_keep_bps: int = field(default=5000, metadata={"doc": "share kept on buyer concentration"})
@@ -250,6 +253,29 @@ GUARD_CODES = frozenset({
 })
 
 
+# state.last = [limit, available, reason codes, *last offer created]; the last offer record is
+# [offer_id, amount, created_ts, expires_ts] plus, once its acceptance is noticed, the hashes of the loans known
+# then. It outlives the open offer (the state drops that on acceptance) so that the accepted amount counts as
+# spoken for until its loan shows up.
+LAST_OFFER_AT = 3
+
+
+def accepted_pending(state: MerchantState) -> int:
+    """Amount of the last offer once accepted but before its loan reaches the state (0 otherwise)."""
+    rec = state.last[LAST_OFFER_AT:]
+    if len(rec) < 4 or (state.offer and state.offer[0] == rec[0]):
+        return 0
+    if state.latest > int(rec[3]) + DAY:
+        return 0  # never disbursed: stop holding it back
+    if len(rec) > 4:
+        known = set(rec[4])
+        if any(short_hash(k) not in known for k in state.loans):
+            return 0
+    elif any(loan[L_TS] > int(rec[2]) and loan[L_OWED] >= int(rec[1]) for loan in state.loans.values()):
+        return 0  # the loan arrived before the acceptance was noticed
+    return int(rec[1])
+
+
 def decide_limit(
     state: MerchantState, features: list[float], pd: float, model_reasons: list[Reason], as_of: int, p: PolicySettings
 ) -> LimitDecision:
@@ -286,7 +312,8 @@ def decide_limit(
         reasons.append(Reason("MERCHANT_CAP", "limit capped at the per-merchant maximum"))
     if p.kill_switch:
         reasons.insert(0, Reason("KILL_SWITCH", "new advances are paused for all merchants"))
-    available = max(0, limit - outstanding)
+    # An accepted offer whose loan is not booked yet is already spoken for.
+    available = max(0, limit - outstanding - accepted_pending(state))
     return LimitDecision(limit, available, outstanding, eligible, rate, merge_reasons(reasons, model_reasons), False, blocked,
                          tuple(receivables))
 
