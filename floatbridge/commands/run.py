@@ -22,6 +22,9 @@ def register(sub: Any) -> None:
     p.add_argument("--days", type=int, default=180, help="simulated days (default 180)")
     p.add_argument("--seed", type=int, default=7, help="simulation seed (default 7)")
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
+    p.add_argument("--accept", choices=("one", "all", "none"), default="one",
+                   help="simulated merchants take an offer while none of their advances is open (one, default), "
+                   "every offer (all), or none")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--metrics-port", type=int, default=0,
                    help="serve every service's Prometheus metrics on this port while running (0 = off)")
@@ -38,7 +41,8 @@ def register(sub: Any) -> None:
     )
     r.add_argument("events", help="path to NDJSON(.gz) of CloudEvents, or 'olist'")
     r.add_argument("--out", type=Path, default=Path("out/replay"), help="output folder (default out/replay)")
-    r.add_argument("--accept", choices=("none", "all"), default="all", help="whether merchants accept offers")
+    r.add_argument("--accept", choices=("all", "one", "none"), default="all",
+                   help="merchants accept every offer (all), one while none of their advances is open, or none")
     r.add_argument("--data", type=Path, default=DEFAULT_OLIST, help="Olist data folder (for 'olist')")
     r.add_argument("--limit-orders", type=int, default=None, help="Olist: only the first N orders (a slice)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -59,7 +63,7 @@ def _demo(args: argparse.Namespace) -> int:
     from floatbridge.embedded.runner import demo, print_summary, write_outputs
 
     result = demo(args.merchants, args.days, args.seed, args.out, progress=not args.no_progress,
-                  metrics_registry=_serve_metrics(args.metrics_port))
+                  metrics_registry=_serve_metrics(args.metrics_port), accept=args.accept)
     print_summary(result)
     print(f"report: {write_outputs(result, args.out)}")
     if args.metrics_port and args.hold > 0:

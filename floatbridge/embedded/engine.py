@@ -83,6 +83,7 @@ class SimulatedMerchant:
     secret: str = ""
     accepts: bool = True
     seen_ids: set[str] = field(default_factory=set)
+    open_loans: set[str] = field(default_factory=set)
 
 
 class MerchantFleet:
@@ -115,9 +116,18 @@ class MerchantFleet:
             self.refused += 1
             return 400
         self.verified += 1
-        if event.get("type") == "loan_offer.created" and merchant.accepts and self.accept == "all":
-            self.to_accept.append((merchant_id, event["data"]["offer_id"]))
+        etype, data = event.get("type"), event.get("data") or {}
+        if etype == "loan.disbursed":
+            merchant.open_loans.add(data["loan_id"])
+        elif etype in ("loan.repaid", "loan.charged_off"):
+            merchant.open_loans.discard(data["loan_id"])
+        elif etype == "loan_offer.created" and merchant.accepts and self.wants(merchant):
+            self.to_accept.append((merchant_id, data["offer_id"]))
         return 204
+
+    def wants(self, merchant: SimulatedMerchant) -> bool:
+        """all: take every offer; one: take an offer only while no advance of its own is open."""
+        return self.accept == "all" or (self.accept == "one" and not merchant.open_loans)
 
 
 @dataclass
@@ -209,7 +219,7 @@ class Tally:
 @dataclass(frozen=True)
 class EngineOptions:
     db_path: Path
-    accept: str = "all"  # "all" | "none"
+    accept: str = "all"  # "all" | "one" (while no advance is open) | "none"
     webhook_every: timedelta = timedelta(hours=1)
     emitted: IO[str] | None = None
     metrics_registry: Any = None
@@ -426,7 +436,11 @@ def _accepts_overrides(fn: Callable[..., Any]) -> bool:
 
 def _acceptance_client(service: Any) -> Any:
     """The disbursement service's own HTTP app, called in-process (no sockets)."""
-    from fastapi.testclient import TestClient
+    import warnings
+
+    with warnings.catch_warnings():  # starlette's notice about its httpx transport is not the user's concern
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
 
     from services.disbursement.adapters.http_api import create_app
 

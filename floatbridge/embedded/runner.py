@@ -63,13 +63,13 @@ def open_events(path: Path) -> Iterator[str]:
 
 
 def demo(merchants: int, days: int, seed: int, out: Path, progress: bool = True,
-         metrics_registry: Any = None) -> RunResult:
+         metrics_registry: Any = None, accept: str = "one") -> RunResult:
     from floatbridge.simulator.config import SimConfig
     from floatbridge.simulator.engine import Simulation
 
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "emitted.ndjson", "w", encoding="utf-8") as emitted:
-        engine = EmbeddedEngine(EngineOptions(db_path=out / "disbursement.sqlite", emitted=emitted,
+        engine = EmbeddedEngine(EngineOptions(db_path=out / "disbursement.sqlite", emitted=emitted, accept=accept,
                                               metrics_registry=metrics_registry))
         # withheld is filled by the engine's settlement system from collections.v1 (financed orders first)
         sim = Simulation(SimConfig(merchants=merchants, days=days, seed=seed))

@@ -465,7 +465,7 @@ class DisbursementService:
             self._outbox().new(conn, topic=topics.LOANS, etype="loan.disbursed", merchant_id=loan.merchant_id, data={
                 "loan_id": loan_id, "offer_id": loan.offer_id, "principal": repo.money(loan.principal, loan.currency),
                 "fee": repo.money(loan.fee, loan.currency), "due_at": format_rfc3339(loan.due_at),
-                "payout_id": payout_id}, time=now, event_id=deterministic_id("loan.disbursed", loan_id))
+                "payout_id": payout_id, "order_ids": list(loan.order_ids)}, time=now, event_id=deterministic_id("loan.disbursed", loan_id))
             view = repo.loan_view(conn.execute(sa.select(loans).where(loans.c.loan_id == loan_id)).one())
             conn.execute(sa.update(idempotency_keys).where(idempotency_keys.c.offer_id == loan.offer_id,
                                                            idempotency_keys.c.status_code == 202)

@@ -246,3 +246,28 @@ def test_order_shipped_but_never_delivered_stops_counting_after_the_overdue_wind
 def test_policy_settings_refuse_a_refresh_window_longer_than_the_offer() -> None:
     with pytest.raises(ValueError, match="offer_refresh_hours"):
         PolicySettings(offer_refresh_hours=30).validate()
+
+
+def test_receivables_financed_by_a_disbursed_loan_back_no_second_offer() -> None:
+    uw = engine()
+    out: list[dict[str, Any]] = []
+    for e in healthy_merchant("m9", START + timedelta(days=45), days=45).events:
+        out += uw.handle(e)
+    offers = [e for e in out if e["type"] == "loan_offer.created"]
+    assert offers, "a healthy merchant with receivables gets an offer"
+    first = offers[-1]["data"]
+    disbursed = codec.new_event("loan.disbursed", "m9", {
+        "loan_id": "ln-1", "offer_id": first["offer_id"], "principal": first["amount"], "fee": first["fee"],
+        "due_at": first["due_at"], "payout_id": "po-1", "order_ids": first["order_ids"]},
+        offers[-1]["time"], "test", id="disb-1")
+    assert not codec.validate(disbursed)
+    later = uw.handle(disbursed) + uw.flush(START + timedelta(days=46))
+    for e in later:
+        if e["type"] == "loan_offer.created":
+            assert not set(e["data"]["order_ids"]) & set(first["order_ids"]), "one receivable repays one loan"
+    state = uw.state("m9")
+    assert state is not None
+    d, _ = decision_at(state)
+    financed = {r.order_id for r in d.receivables if r.financed}
+    assert financed == set(first["order_ids"]) & {r.order_id for r in d.receivables}
+    assert financed, "the financed receivables are still open and marked"

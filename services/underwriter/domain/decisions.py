@@ -71,6 +71,8 @@ def plan_offer(
     covered = 0
     rate = max(d.advance_rate_bps, 1)
     for r in d.receivables:
+        if r.financed:
+            continue  # a receivable repays one loan only
         chosen.append(r)
         covered += r.amount * rate // 10_000
         if covered >= amount:
@@ -146,7 +148,7 @@ def decide_actions(
             state.offer = offer = []
             _set_last(state, None, [])
     new = None
-    if not (d.blocked or d.frozen or p.kill_switch or not d.receivables):
+    if not (d.blocked or d.frozen or p.kill_switch or all(r.financed for r in d.receivables)):
         new = _new_offer(state, d, pd, as_of, p, portfolio, make_id, spendable)
     if new is not None or limit_changed(state, d, p):
         _set_last(state, d, _last_offer(state))
@@ -172,7 +174,8 @@ def _new_offer(
     can now borrow materially more); None otherwise."""
     held = int(state.offer[1]) if state.offer else 0
     room = portfolio.remaining(as_of // DAY, state.category, state.currency, p) + held
-    amount = min(spendable * p.offer_share_bps // 10_000, room)
+    unfinanced = sum(r.amount for r in d.receivables if not r.financed) * max(d.advance_rate_bps, 0) // 10_000
+    amount = min(spendable * p.offer_share_bps // 10_000, room, unfinanced)
     if amount < p.min_offer_minor:
         return None
     if state.offer:

@@ -13,6 +13,7 @@ from services.underwriter.domain.reasons import Reason
 from services.underwriter.domain.state import (
     DAY,
     F_DELIVERED,
+    F_FINANCED,
     F_PAID,
     F_SHIPPED,
     L_OWED,
@@ -63,7 +64,9 @@ class PolicySettings:
     max_term_days: int = field(default=60, metadata={"doc": "no offer is due later than this"})
     offer_ttl_hours: int = field(default=24, metadata={"doc": "offers expire after this"})
     default_delivery_days: int = field(default=5, metadata={"doc": "assumed shipping-to-delivery time"})
-    payout_delay_days: int = field(default=2, metadata={"doc": "assumed delivery-to-settlement time"})
+    payout_delay_days: int = field(default=2, metadata={"doc": "assumed delivery-to-settlement time (before the merchant's own lag is known)"})
+    min_days_to_settle: int = field(default=7, metadata={"doc": "no receivable is expected to settle sooner than this (one payout cycle)"})
+    settlement_slack_days: int = field(default=4, metadata={"doc": "added to the merchant's observed order-to-settlement lag: payouts come in batches, the lag is an average"})
     change_threshold_bps: int = field(default=100, metadata={"doc": "emit credit_limit.updated when limit/available move this much"})
     change_threshold_minor: int = field(default=100, metadata={"doc": "... or by at least this many minor units"})
     offer_share_bps: int = field(default=9000, metadata={"doc": "offer this share of the available limit: headroom so small day-to-day moves of the receivables do not withdraw it"})
@@ -109,6 +112,7 @@ class Receivable:
     order_id: str
     amount: int  # net of partial refunds
     expected_settlement: int  # epoch seconds
+    financed: bool = False  # already backs a disbursed loan
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +132,13 @@ class LimitDecision:
         return ",".join(r.code for r in self.reasons)
 
 
-def eligible_receivables(state: MerchantState, as_of: int, p: PolicySettings) -> list[Receivable]:
+def eligible_receivables(state: MerchantState, as_of: int, p: PolicySettings,
+                         lag_days: float = 0.0) -> list[Receivable]:
+    """Paid, shipped, unsettled receivables, soonest to settle first. A receivable is expected to settle
+    at the later of its delivery plus the payout delay and its placement plus the merchant's observed
+    order-to-settlement lag (`lag_days`, 0 when unknown) plus slack, so due dates follow how this
+    marketplace really pays out (weekly batches, buyer confirmation), not an optimistic constant."""
+    lag = int(lag_days * DAY) + p.settlement_slack_days * DAY if lag_days > 0 else 0
     oldest = as_of - p.receivable_max_age_days * DAY
     overdue = p.receivable_overdue_days * DAY
     out = []
@@ -145,8 +155,8 @@ def eligible_receivables(state: MerchantState, as_of: int, p: PolicySettings) ->
         # Shipped long ago and never delivered: a parcel that does not exist is the classic fake order.
         if not flags & F_DELIVERED and as_of > delivery + overdue:
             continue
-        expected = max(delivery + p.payout_delay_days * DAY, as_of + DAY)
-        out.append(Receivable(oid, amount, expected))
+        expected = max(delivery + p.payout_delay_days * DAY, rec[R_PLACED] + lag, as_of + p.min_days_to_settle * DAY)
+        out.append(Receivable(oid, amount, expected, bool(flags & F_FINANCED)))
     out.sort(key=lambda r: (r.expected_settlement, r.order_id))
     return out
 
@@ -280,7 +290,7 @@ def decide_limit(
     state: MerchantState, features: list[float], pd: float, model_reasons: list[Reason], as_of: int, p: PolicySettings
 ) -> LimitDecision:
     outstanding = state.outstanding(as_of)
-    receivables = eligible_receivables(state, as_of, p)
+    receivables = eligible_receivables(state, as_of, p, features[INDEX["settlement_lag_days_90d"]])
     eligible = sum(r.amount for r in receivables)
     reasons: list[Reason] = []
     rate = base_rate_bps(pd, p)

@@ -27,6 +27,7 @@ BUCKET_FIELDS = 11
 # Receivable layout: [amount, flags, placed_ts, shipped_ts, delivery_ts, refunded, closed_ts]
 R_AMOUNT, R_FLAGS, R_PLACED, R_SHIPPED, R_DELIVERY, R_REFUNDED, R_CLOSED = range(7)
 F_PLACED, F_PAID, F_SHIPPED, F_DELIVERED, F_SETTLED, F_CANCELLED, F_REFUNDED = 1, 2, 4, 8, 16, 32, 64
+F_FINANCED = 128  # a disbursed loan advances against it: it cannot back a second loan
 F_TERMINAL = F_SETTLED | F_CANCELLED | F_REFUNDED
 
 # Loan layout: [disbursed_ts, owed, remaining, due_ts, days_past_due]
@@ -336,6 +337,10 @@ class MerchantState:
         owed = self._money(data["principal"]) + self._money(data["fee"])
         due = int(parse_rfc3339(data["due_at"]).timestamp())
         self.loans[data["loan_id"]] = [ts, owed, owed, due, 0]
+        for order_id in data.get("order_ids", ()):
+            rec = self.receivables.get(order_id)
+            if rec is not None:
+                rec[R_FLAGS] |= F_FINANCED
         if self.offer and self.offer[0] == data.get("offer_id"):
             self.offer = []
         if len(self.loans) > MAX_LOANS:
