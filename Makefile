@@ -57,12 +57,12 @@ lint:
 	ruff check .
 	mypy
 
-demo:
-	floatbridge demo
+demo: install
+	$(PYTHON) -m floatbridge.cli demo
 
-bench:
-	floatbridge bench
+bench: install
+	$(PYTHON) -m floatbridge.cli bench
 
-soak:
-	floatbridge soak --minutes 10 --rate 500
+soak: install
+	$(PYTHON) -m floatbridge.cli soak --minutes 10 --rate 500
 	eval "$$($(INFRA) env)"; $(PYTHON) -m pytest -m soak tests/e2e $(PYTEST_ARGS)

@@ -18,6 +18,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from services.common.timeutil import parse_rfc3339
+from services.underwriter.domain.features import INDEX, compute_features
+from services.underwriter.domain.policy import PolicySettings, eligible_receivables
+from services.underwriter.domain.state import MerchantState
 
 DAY = 86_400
 DISBURSEMENT_TYPES = frozenset({"merchant.onboarded", "merchant.updated", "settlement.paid", "order.refunded",
@@ -44,6 +47,12 @@ class Outcome:
     offers: int = 0
     accepted: int = 0
     refused: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    # Decision points: merchant-days with eligible (unfinanced) receivables and the policy's minimum history.
+    # merchant -> [eligible days, of which an offer was made or open, of which an advance was outstanding,
+    # of which an offer was made or open while no advance was outstanding]
+    points: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0, 0]))
+    offer_days: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    open_offers: dict[str, str] = field(default_factory=dict)  # merchant -> offer id not yet accepted/withdrawn
     loans: dict[str, dict[str, Any]] = field(default_factory=dict)  # loan id -> merchant, principal, fee, state
     limits: dict[str, list[tuple[int, int]]] = field(default_factory=lambda: defaultdict(list))  # merchant -> (ts, limit)
     placed: dict[str, dict[int, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
@@ -75,12 +84,35 @@ class Backtest:
         day = ts // DAY
         if day == self._day:
             return
-        self._day = day
         now = datetime.fromtimestamp(day * DAY, UTC)
         self._clock[0] = now
         self._dispatch(self.uw.flush(now))
+        self._drain()
+        if self._day >= 0:
+            self._sample(self._day)
+        self._day = day
         self.ds.age(now)
         self._drain()
+
+    def _sample(self, day: int) -> None:
+        """Count day `day` as a decision point for every merchant eligible at its end (see `is_eligible`)."""
+        as_of = (day + 1) * DAY - 1
+        for mid, raw in self.uw.store.items():
+            state = raw if isinstance(raw, MerchantState) else MerchantState.from_bytes(raw)
+            if not is_eligible(state, as_of, self.uw.policy):
+                continue
+            pts = self.out.points[mid]
+            offered = day in self.out.offer_days.get(mid, ()) or mid in self.out.open_offers
+            outstanding = state.outstanding(as_of) > 0
+            pts[0] += 1
+            pts[1] += offered
+            pts[2] += outstanding
+            pts[3] += offered and not outstanding
+
+    def finish(self) -> None:
+        """Score what is still pending and count the last day."""
+        if self._day >= 0:
+            self._new_day((self._day + 1) * DAY)
 
     def feed(self, event: dict[str, Any]) -> None:
         ts = int(parse_rfc3339(event["time"]).timestamp())
@@ -110,11 +142,16 @@ class Backtest:
                 if data["eligible_receivables"]["amount"] > 0:
                     self.out.merchants_eligible.add(mid)
                 self.out.limits[mid].append((int(parse_rfc3339(e["time"]).timestamp()), data["limit"]["amount"]))
+            elif e["type"] == "loan_offer.withdrawn":
+                self.out.open_offers.pop(mid, None)
             elif e["type"] == "loan_offer.created":
                 self.out.offers += 1
                 self.out.merchants_offered.add(mid)
+                self.out.offer_days[mid].add(int(parse_rfc3339(e["time"]).timestamp()) // DAY)
+                self.out.open_offers[mid] = data["offer_id"]
                 res = self.ds.accept(AcceptOffer(offer_id=data["offer_id"], merchant_id=mid,
                                                  idempotency_key=f"bt-{data['offer_id']}", now=self._clock[0]))
+                self.out.open_offers.pop(mid, None)  # accepted, or refused and so no longer usable
                 if res.ok:
                     self.out.accepted += 1
                 else:
@@ -144,6 +181,19 @@ class Backtest:
             loan["charged_off"] = data["amount"]["amount"]
 
 
+def is_eligible(state: MerchantState, as_of: int, p: PolicySettings) -> bool:
+    """A decision point: an active merchant with the policy's minimum history (tenure, settled orders) and
+    eligible receivables not yet financed. Risk, guards, delinquency and caps are what the approval rate
+    measures, so they do not make a point ineligible."""
+    if not state.currency or state.status != "active":
+        return False
+    f = compute_features(state, datetime.fromtimestamp(as_of, UTC))
+    if f[INDEX["tenure_days"]] < p.min_tenure_days or f[INDEX["settled_orders_90d"]] < p.min_settled_orders:
+        return False
+    receivables = eligible_receivables(state, as_of, p, f[INDEX["settlement_lag_days_90d"]])
+    return any(not r.financed for r in receivables)
+
+
 def build(model_version: str | None, registry: str, scorer: Any = None) -> Backtest:
     """Wire both real cores with in-process adapters (SQLite in memory, sandbox rail, no webhooks)."""
     from prometheus_client import CollectorRegistry
@@ -168,24 +218,34 @@ def run(events: Iterable[dict[str, Any]], model_version: str | None, registry: s
     bt = build(model_version, registry, scorer)
     for e in itertools.islice(events, limit):
         bt.feed(e)
+    bt.finish()
     return bt.out
 
 
 def summarise(out: Outcome, truth: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Approval, volume, loss and fee yield, overall and by archetype (when the truth is known)."""
+    """Approval, volume, loss and fee yield, overall and by archetype (when the truth is known).
+
+    approval_rate = eligible decision points (merchant-days, see `is_eligible`) at which an offer was made or
+    open / all eligible decision points; merchants_offered_rate = merchants ever offered / merchants ever eligible.
+    """
     arche = {m: r["archetype"] for m, r in (truth or {}).get("merchants", {}).items()}
-    groups: dict[str, dict[str, Any]] = defaultdict(lambda: {"eligible": 0, "offered": 0, "loans": 0, "principal": 0,
-                                                            "resolved_principal": 0, "charged_off": 0, "fees": 0,
-                                                            "open_loans": 0})
+    groups: dict[str, dict[str, Any]] = defaultdict(lambda: {
+        "eligible": 0, "offered": 0, "points": 0, "points_offered": 0, "points_outstanding": 0,
+        "points_clear_offered": 0, "loans": 0,
+        "principal": 0, "resolved_principal": 0, "charged_off": 0, "fees": 0, "open_loans": 0})
 
     def add(key: str, fn: Any) -> None:
         fn(groups[key])
         fn(groups["all"])
 
-    for m in out.merchants_eligible:
-        add(arche.get(m, "unknown"), lambda g: g.__setitem__("eligible", g["eligible"] + 1))
-    for m in out.merchants_offered & out.merchants_eligible:
-        add(arche.get(m, "unknown"), lambda g: g.__setitem__("offered", g["offered"] + 1))
+    for m, pts in out.points.items():
+        def upd_points(g: dict[str, Any], pts: list[int] = pts, ever: bool = m in out.merchants_offered) -> None:
+            g["eligible"] += 1
+            g["offered"] += int(ever)
+            for key, n in zip(("points", "points_offered", "points_outstanding", "points_clear_offered"), pts,
+                              strict=True):
+                g[key] += n
+        add(arche.get(m, "unknown"), upd_points)
     for loan in out.loans.values():
         def upd(g: dict[str, Any], loan: dict[str, Any] = loan) -> None:
             g["loans"] += 1
@@ -201,9 +261,12 @@ def summarise(out: Outcome, truth: dict[str, Any] | None = None) -> dict[str, An
         add(arche.get(loan["merchant"], "unknown"), upd)
     report: dict[str, Any] = {}
     for key, g in sorted(groups.items()):
-        rp = g["resolved_principal"]
+        rp, clear = g["resolved_principal"], g["points"] - g["points_outstanding"]
         report[key] = {**g,
-                       "approval_rate": g["offered"] / g["eligible"] if g["eligible"] else 0.0,
+                       "approval_rate": g["points_offered"] / g["points"] if g["points"] else 0.0,
+                       "merchants_offered_rate": g["offered"] / g["eligible"] if g["eligible"] else 0.0,
+                       # the same, counting only points with no advance outstanding (one advance at a time)
+                       "approval_rate_no_advance_outstanding": g["points_clear_offered"] / clear if clear else 0.0,
                        "loss_rate": g["charged_off"] / rp if rp else 0.0,
                        "fee_yield": g["fees"] / rp if rp else 0.0}
     report["_run"] = {"events": out.events, "offers": out.offers, "accepted": out.accepted,
@@ -212,30 +275,58 @@ def summarise(out: Outcome, truth: dict[str, Any] | None = None) -> dict[str, An
     return report
 
 
+def daily_limits(series: list[tuple[int, int]], first: int, last: int) -> dict[int, int]:
+    """The limit in effect at the end of each day first..last (0 before the first credit_limit.updated)."""
+    out, i, current = {}, 0, 0
+    ordered = sorted(series)
+    for d in range(first, last + 1):
+        while i < len(ordered) and ordered[i][0] // DAY <= d:
+            current = ordered[i][1]
+            i += 1
+        out[d] = current
+    return out
+
+
+def brushing_row(placed: dict[int, int], limits: list[tuple[int, int]], c: int, end: int) -> dict[str, Any]:
+    """One brushing merchant, campaign starting on day `c`: the baseline is the 30 days before it (placed GMV;
+    the limit in effect the day before, else the highest limit of those 30 days). The window runs from `c`
+    to the first day whose trailing 30-day placed GMV reaches 3x the baseline, or to the end of the history
+    when it never does; limit growth = highest limit in the window / baseline limit."""
+    base_gmv = sum(placed.get(d, 0) for d in range(c - 30, c))
+    lim = daily_limits(limits, c - 30, end)
+    base_limit = lim.get(c - 1, 0) or max(lim.get(d, 0) for d in range(c - 30, c))
+    trailing = {d: sum(placed.get(k, 0) for k in range(d - 29, d + 1)) for d in range(c, end + 1)}
+    tripled = next((d for d in range(c, end + 1) if base_gmv and trailing[d] >= 3 * base_gmv), None)
+    stop = tripled if tripled is not None else end
+    peak_limit = max(lim[d] for d in range(c, stop + 1)) if stop >= c else 0
+    peak_gmv = trailing[stop] if tripled is not None else max(trailing.values(), default=0)
+    row: dict[str, Any] = {
+        "campaign_day": c, "window_end_day": stop, "tripled": tripled is not None,
+        "base_placed_gmv_30d": base_gmv, "placed_gmv_30d_at_end": peak_gmv,
+        "gmv_growth": peak_gmv / base_gmv if base_gmv else None,
+        "base_limit": base_limit, "peak_limit": peak_limit,
+        "limit_growth": peak_limit / base_limit if base_limit else None,
+        "peak_limit_whole_history": max((lim[d] for d in range(c, end + 1)), default=0),
+    }
+    row["goal_met"] = bool(row["limit_growth"] is not None and row["limit_growth"] <= 1.2)
+    return row
+
+
 def brushing_limits(out: Outcome, truth: dict[str, Any] | None) -> dict[str, Any]:
-    """For brushing merchants: placed GMV growth vs limit growth, 30 days before the first campaign vs after."""
+    """Per brushing merchant and in aggregate: limit growth over the window in which placed GMV tripled
+    (goal: <= 1.2x), versus placed-GMV growth (see `brushing_row`)."""
     if not truth:
         return {}
     start = int(parse_rfc3339(truth["start"]).timestamp()) // DAY
-    rows = []
-    for m, r in truth["merchants"].items():
-        if r["archetype"] != "brushing" or "first_campaign_day" not in r:
-            continue
-        c = start + r["first_campaign_day"]
-        placed = out.placed.get(m, {})
-        before = sum(v for d, v in placed.items() if c - 30 <= d < c)
-        after = max((sum(placed.get(d, 0) for d in range(s, s + 30)) for s in range(c, out.last_ts // DAY - 29, 7)),
-                    default=0)
-        lim = out.limits.get(m, [])
-        lim_before = max([v for ts, v in lim if ts // DAY < c] or [0])
-        lim_after = max([v for ts, v in lim if ts // DAY >= c] or [0])
-        if before > 0 and lim_before > 0:
-            rows.append((after / before, lim_after / lim_before))
-    if not rows:
-        return {"merchants": 0}
-    rows.sort()
-    tripled = [lr for g, lr in rows if g >= 3]
-    med = lambda xs: xs[len(xs) // 2] if xs else float("nan")  # noqa: E731
-    return {"merchants": len(rows), "median_gmv_growth": med(sorted(g for g, _ in rows)),
-            "median_limit_growth": med(sorted(lr for _, lr in rows)),
-            "tripled_gmv_merchants": len(tripled), "median_limit_growth_when_tripled": med(sorted(tripled))}
+    end = out.last_ts // DAY
+    rows = {m: brushing_row(out.placed.get(m, {}), out.limits.get(m, []), start + r["first_campaign_day"], end)
+            for m, r in sorted(truth["merchants"].items())
+            if r["archetype"] == "brushing" and "first_campaign_day" in r and start + r["first_campaign_day"] < end}
+    measured = [r for r in rows.values() if r["limit_growth"] is not None and r["gmv_growth"] is not None]
+    base_l, peak_l = sum(r["base_limit"] for r in measured), sum(r["peak_limit"] for r in measured)
+    base_g, peak_g = sum(r["base_placed_gmv_30d"] for r in measured), sum(r["placed_gmv_30d_at_end"] for r in measured)
+    return {"merchants": len(rows), "measured": len(measured),
+            "tripled": sum(r["tripled"] for r in measured), "goal_met": sum(r["goal_met"] for r in measured),
+            "aggregate_limit_growth": peak_l / base_l if base_l else None,
+            "aggregate_gmv_growth": peak_g / base_g if base_g else None,
+            "per_merchant": rows}

@@ -20,6 +20,7 @@ import numpy as np
 
 from floatbridge.modeling import evaluate as ev
 from floatbridge.modeling.dataset import FEATURE_NAMES, Dataset, LabelPolicy, Snapshot, time_split
+from floatbridge.modeling.score_reference import score_reference
 
 # Directions known from credit sense: +1 = more of it raises PD, -1 = lowers it.
 MONOTONE: dict[str, int] = {
@@ -135,6 +136,8 @@ def train(dataset: Dataset, cfg: TrainConfig, policy: LabelPolicy | None = None)
         "features": list(FEATURE_NAMES),
         "feature_hash": feature_hash(),
         "calibration": calib.to_json(),
+        # Baseline of the underwriter's PSI gauge: calibrated PDs of the training rows.
+        "score_reference": score_reference(pd_train, f"training window, {len(pd_train)} rows"),
         "monotone_constraints": dict(MONOTONE),
         "best_iteration": booster.best_iteration,
         "params": {k: v for k, v in params.items() if k != "num_threads"} | {"num_threads": cfg.num_threads},

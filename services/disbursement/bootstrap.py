@@ -84,7 +84,7 @@ def bootstrap(
         rail = HttpRail(settings.payout_api_url, settings.payout_api_key) if settings.payout_rail == "http" \
             else SandboxRail(engine)
     metrics = DisbursementMetrics(registry)
-    metrics.attach_state(engine, clock)
+    metrics.attach_state(engine, clock, settings.kill_switch)
     return DisbursementService(
         engine=engine, settings=settings, rail=rail,
         transport=transport or http_transport(settings.webhook_timeout_seconds),

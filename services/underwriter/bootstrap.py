@@ -42,6 +42,10 @@ def bootstrap(
 
         real = UnderwriterMetrics(metrics_registry)
         real.model_info(scorer.version, challenger.version if challenger else "")
+        real.kill_switch_state(policy.kill_switch)
+        reference = _score_reference(root, scorer.version)
+        if reference is not None:
+            real.track_psi(scorer.version, reference, settings.psi_window)
         metrics = real
     return Underwriter(
         settings=settings,
@@ -52,3 +56,14 @@ def bootstrap(
         metrics=metrics,
         challenger=challenger,
     )
+
+
+def _score_reference(root: Path, version: str) -> dict[str, Any] | None:
+    """The champion's training score distribution (metadata score_reference), if the registry has one."""
+    from services.underwriter.adapters.registry import RegistryError, load_version
+
+    try:
+        reference = load_version(root, version).metadata.get("score_reference")
+    except RegistryError:
+        return None  # an injected scorer that is not in this registry (tests, FixedScorer)
+    return reference if isinstance(reference, dict) else None

@@ -31,6 +31,7 @@ class UnderwriterSettings:
     flush_interval_seconds: float = field(default=1.0, metadata={"doc": "worker timer that scores debounced merchants"})
     metrics_port: int = field(default=9102, metadata={"doc": "port of the /metrics endpoint (0: none)"})
     web_port: int = field(default=6066, metadata={"doc": "Faust web port"})
+    psi_window: int = field(default=5000, metadata={"doc": "recent scored PDs the score PSI gauge compares with the training reference"})
     source: str = field(default="floatbridge/underwriter", metadata={"doc": "CloudEvents source of emitted events"})
 
     def validate(self) -> None:
@@ -38,6 +39,8 @@ class UnderwriterSettings:
             raise ValueError("debounce_seconds must be >= 0")
         if not self.store.startswith(("rocksdb://", "memory://")):
             raise ValueError(f"store must be rocksdb:// or memory://, got {self.store!r}")
+        if self.psi_window < 1:
+            raise ValueError("psi_window must be >= 1")
         if self.partitions < 1:
             raise ValueError("partitions must be >= 1")
 

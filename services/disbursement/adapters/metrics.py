@@ -13,18 +13,21 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from services.disbursement.adapters.orm import loans, offers, outbox
+from services.disbursement.adapters.repository import get_control
 from services.disbursement.domain.loans import OPEN_STATES
 
 log = logging.getLogger(__name__)
 NS = "floatbridge_disbursement"
+KILL_KEY = "kill_switch"  # control row key (services.disbursement.service.KILL_KEY)
 
 
 class StateCollector(Collector):
     """Gauges read from the database at scrape time, so every replica reports the same truth."""
 
-    def __init__(self, engine: sa.Engine, clock: Callable[[], datetime]):
+    def __init__(self, engine: sa.Engine, clock: Callable[[], datetime], kill_switch_setting: bool = False):
         self.engine = engine
         self.clock = clock
+        self.kill_switch_setting = kill_switch_setting  # FLOATBRIDGE_DISBURSEMENT_KILL_SWITCH forces it on
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         offers_g = GaugeMetricFamily(f"{NS}_offers", "Offers by state", labels=["state"])
@@ -32,6 +35,7 @@ class StateCollector(Collector):
             f"{NS}_outstanding_principal_minor", "Outstanding principal (minor units)", labels=["currency"])
         dpd_g = GaugeMetricFamily(f"{NS}_loans_by_dpd_bucket", "Open loans by days-past-due bucket", labels=["bucket"])
         lag_g = GaugeMetricFamily(f"{NS}_outbox_lag_seconds", "Age of the oldest unsent outbox row")
+        kill_g = GaugeMetricFamily(f"{NS}_kill_switch", "1 while acceptances are paused (setting or control row)")
         try:
             with self.engine.connect() as conn:
                 for state, n in conn.execute(sa.select(offers.c.state, sa.func.count()).group_by(offers.c.state)):
@@ -51,10 +55,13 @@ class StateCollector(Collector):
                     created = conn.execute(sa.select(outbox.c.created_at).where(outbox.c.id == oldest)).scalar_one()
                     lag = max(0.0, (self.clock() - created).total_seconds())
                 lag_g.add_metric([], lag)
+                # Same rule as DisbursementService.kill_switch: the setting or the control row "1".
+                on = self.kill_switch_setting or get_control(conn, KILL_KEY) == "1"
+                kill_g.add_metric([], 1.0 if on else 0.0)
         except sa.exc.SQLAlchemyError as exc:  # a scrape must not fail because the DB blinked
             log.warning("metrics: database unavailable: %s", exc.__class__.__name__)
             return
-        yield from (offers_g, principal_g, dpd_g, lag_g)
+        yield from (offers_g, principal_g, dpd_g, lag_g, kill_g)
 
 
 class DisbursementMetrics:
@@ -77,8 +84,8 @@ class DisbursementMetrics:
         self.events = Counter(f"{NS}_events_consumed_total", "Events handled by type", ["type"], registry=r)
         self.published = Counter(f"{NS}_outbox_published_total", "Outbox rows published", ["topic"], registry=r)
 
-    def attach_state(self, engine: sa.Engine, clock: Callable[[], datetime]) -> None:
-        self.registry.register(StateCollector(engine, clock))
+    def attach_state(self, engine: sa.Engine, clock: Callable[[], datetime], kill_switch_setting: bool = False) -> None:
+        self.registry.register(StateCollector(engine, clock, kill_switch_setting))
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

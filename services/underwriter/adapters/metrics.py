@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from services.underwriter.domain.psi import RollingPSI, ScoreReference
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0)
 LAG_BUCKETS = (0.1, 0.5, 1, 5, 15, 30, 60, 300, 900, 3600, 21600, 86400)
 LIMIT_BUCKETS = (0, 10_000, 50_000, 100_000, 500_000, 1_000_000, 5_000_000, 10_000_000)
 PD_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+PSI_EVERY = 200  # recompute the PSI gauge every this many scores (not per score)
 
 
 class UnderwriterMetrics:
@@ -36,6 +42,23 @@ class UnderwriterMetrics:
         self.challenger_pd_diff = Histogram("floatbridge_underwriter_challenger_pd_abs_diff",
                                             "Absolute PD difference challenger vs champion",
                                             buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5), registry=r)
+        self.psi = Gauge("floatbridge_underwriter_score_psi",
+                         "PSI of the most recent scored PDs against the champion's training score distribution",
+                         ["model_version"], registry=r)
+        self.kill_switch = Gauge("floatbridge_underwriter_kill_switch",
+                                 "1 while the underwriter's kill switch pauses new offers", registry=r)
+        self._rolling: RollingPSI | None = None
+        self._psi_child: Any = None
+
+    def track_psi(self, model_version: str, reference: Mapping[str, Any], window: int = 5000,
+                  every: int = PSI_EVERY) -> None:
+        """Start the PSI gauge of `model_version` against its metadata's score_reference block."""
+        self._rolling = RollingPSI(ScoreReference.from_json(reference), window=window, every=min(every, window))
+        self._psi_child = self.psi.labels(model_version)
+        self._psi_child.set(float("nan"))  # not computed yet: no data, rather than a reassuring 0
+
+    def kill_switch_state(self, on: bool) -> None:
+        self.kill_switch.set(1 if on else 0)
 
     # The service calls these; kept tiny so a fake is trivial.
     def event(self, etype: str, outcome: str) -> None:
@@ -51,6 +74,10 @@ class UnderwriterMetrics:
         self.scores.labels(trigger).inc()
         self.pd.observe(pd)
         self.limits.observe(limit)
+        if self._rolling is not None:
+            value = self._rolling.add(pd)
+            if value is not None:
+                self._psi_child.set(value)
 
     def decision(self, kind: str) -> None:
         self.decisions.labels(kind).inc()
