@@ -261,12 +261,14 @@ def summarise(out: Outcome, truth: dict[str, Any] | None = None) -> dict[str, An
         add(arche.get(loan["merchant"], "unknown"), upd)
     report: dict[str, Any] = {}
     for key, g in sorted(groups.items()):
-        rp, clear = g["resolved_principal"], g["points"] - g["points_outstanding"]
+        rp = g["resolved_principal"]
         report[key] = {**g,
                        "approval_rate": g["points_offered"] / g["points"] if g["points"] else 0.0,
                        "merchants_offered_rate": g["offered"] / g["eligible"] if g["eligible"] else 0.0,
-                       # the same, counting only points with no advance outstanding (one advance at a time)
-                       "approval_rate_no_advance_outstanding": g["points_clear_offered"] / clear if clear else 0.0,
+                       # points with neither an offer nor an advance outstanding at the end of the day: declines
+                       # that are not explained by the merchant already drawing on its limit
+                       "idle_rate": (g["points"] - g["points_outstanding"] - g["points_clear_offered"]) / g["points"]
+                       if g["points"] else 0.0,
                        "loss_rate": g["charged_off"] / rp if rp else 0.0,
                        "fee_yield": g["fees"] / rp if rp else 0.0}
     report["_run"] = {"events": out.events, "offers": out.offers, "accepted": out.accepted,

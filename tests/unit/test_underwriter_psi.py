@@ -81,6 +81,15 @@ def test_metrics_gauge_set_from_scored_pds() -> None:
     assert registry.get_sample_value("floatbridge_underwriter_score_psi", {"model_version": "m-1"}) > 0.2
 
 
+def test_merchants_without_a_limit_do_not_count_towards_psi() -> None:
+    registry = CollectorRegistry()
+    metrics = UnderwriterMetrics(registry)
+    metrics.track_psi("m-1", score_reference(_training_pds(), "test"), window=200, every=200)
+    for _ in range(400):
+        metrics.scored("event", 0.99, 0)  # ineligible (new) merchants: not the training population
+    assert math.isnan(registry.get_sample_value("floatbridge_underwriter_score_psi", {"model_version": "m-1"}))
+
+
 def test_bootstrap_tracks_psi_of_champion_and_exports_kill_switch() -> None:
     registry = CollectorRegistry()
     uw = bootstrap(settings=UnderwriterSettings(psi_window=200), policy=PolicySettings(kill_switch=True),
@@ -88,7 +97,7 @@ def test_bootstrap_tracks_psi_of_champion_and_exports_kill_switch() -> None:
     champion = (Path(DEFAULT_REGISTRY) / "CHAMPION").read_text().strip()
     assert registry.get_sample_value("floatbridge_underwriter_kill_switch") == 1.0
     for _ in range(200):
-        uw.metrics.scored("event", 0.9, 0)  # everything in the top bin: far from the training population
+        uw.metrics.scored("event", 0.9, 1000)  # everything in the top bin: far from the training population
     assert registry.get_sample_value("floatbridge_underwriter_score_psi", {"model_version": champion}) > 0.2
 
 

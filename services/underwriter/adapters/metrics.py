@@ -43,7 +43,7 @@ class UnderwriterMetrics:
                                             "Absolute PD difference challenger vs champion",
                                             buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5), registry=r)
         self.psi = Gauge("floatbridge_underwriter_score_psi",
-                         "PSI of the most recent scored PDs against the champion's training score distribution",
+                         "PSI of the most recent PDs of merchants with a limit against the champion's training score distribution",
                          ["model_version"], registry=r)
         self.kill_switch = Gauge("floatbridge_underwriter_kill_switch",
                                  "1 while the underwriter's kill switch pauses new offers", registry=r)
@@ -74,7 +74,9 @@ class UnderwriterMetrics:
         self.scores.labels(trigger).inc()
         self.pd.observe(pd)
         self.limits.observe(limit)
-        if self._rolling is not None:
+        # Only merchants granted a limit: the reference is the training rows, which are credit decision
+        # points (tenure and receivables minimums); new or ineligible merchants would read as drift.
+        if self._rolling is not None and limit > 0:
             value = self._rolling.add(pd)
             if value is not None:
                 self._psi_child.set(value)
