@@ -114,16 +114,23 @@ def _offers(s: Snapshot, out: list[Discrepancy]) -> dict[str, int]:
     accepted_at = {ln["offer_id"]: _ts(ln.get("accepted_at")) for ln in s.loans}
     withdrawn = {e["data"]["offer_id"]: _ts(e.get("time")) for e in events if e.get("type") == "loan_offer.withdrawn"}
     open_by_merchant: dict[str, tuple[str, datetime]] = {}
+    superseded = 0
     for e in created:
         mid, oid, at = str(e.get("subject")), e["data"]["offer_id"], _ts(e.get("time"))
         prev = open_by_merchant.get(mid)
         if prev and prev[0] != oid and at is not None and at < prev[1]:
-            out.append(Discrepancy("offers.two_open", mid, f"offer {oid} created at {e.get('time')} while offer "
-                                   f"{prev[0]} was still open (until {prev[1].isoformat()})"))
+            # A fresh offer replaces the open one (DESIGN: one open offer per merchant): the old one is
+            # superseded from that moment, so it must not have been accepted after it.
+            superseded += 1
+            taken = accepted_at.get(prev[0])
+            if taken is not None and taken > at:
+                out.append(Discrepancy("offers.two_open", mid, f"offer {prev[0]} was accepted at {taken.isoformat()} "
+                                       f"after offer {oid} superseded it at {e.get('time')}"))
         closes = [t for t in (_ts(e["data"].get("expires_at")), withdrawn.get(oid), accepted_at.get(oid)) if t]
         if closes:
             open_by_merchant[mid] = (oid, min(closes))
-    return {"offers_created": len(created), "offers_redelivered": redelivered, "limit_updates": len(limits),
+    return {"offers_created": len(created), "offers_superseded": superseded, "offers_redelivered": redelivered,
+            "limit_updates": len(limits),
             "limits_redelivered": limits_redelivered}
 
 

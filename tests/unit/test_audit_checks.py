@@ -62,9 +62,18 @@ def test_same_offer_id_under_two_event_ids_is_a_duplicated_offer() -> None:
     assert "offers.duplicated" in check(s).by_check()
 
 
-def test_second_offer_while_first_still_open_is_reported() -> None:
+def test_fresh_offer_supersedes_the_open_one_and_counts_as_such() -> None:
     s = clean()
     s.offer_events.insert(2, _offer_event("x3", "m1", "o3", "2025-01-01T12:00:00Z", "2025-01-02T12:00:00Z"))
+    report = check(s)
+    assert report.ok, report.to_text()
+    assert report.counts["offers_superseded"] == 1
+
+
+def test_superseded_offer_accepted_after_its_replacement_is_reported() -> None:
+    s = clean()
+    # o2 (open 01-03 .. 01-04) is superseded by o3 at 01-03T00:30, but o2 was accepted at 01-03T01:00.
+    s.offer_events.append(_offer_event("x3", "m1", "o3", "2025-01-03T00:30:00Z", "2025-01-04T00:30:00Z"))
     found = check(s).by_check()
     assert found.get("offers.two_open") == 1
 
