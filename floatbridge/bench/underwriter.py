@@ -37,23 +37,8 @@ def _pct(sorted_vals: list[float], q: float) -> float:
 
 def paced(raw: list[bytes], rate: float) -> list[float]:
     """Events offered at `rate`/s; seconds from each event's scheduled arrival to its credit_limit.updated."""
-    from schemas import codec
-
-    ub, bootstrap, load = _uw()
-    uw = bootstrap(settings=load(debounce_seconds=30))
-    lat: list[float] = []
-    start = time.perf_counter()
-    for i, r in enumerate(raw):
-        due = start + i / rate
-        now = time.perf_counter()
-        if now < due:
-            time.sleep(due - now)
-        for out in uw.handle(codec.decode(r)):
-            codec.encode(out)
-            if out["type"] == "credit_limit.updated":
-                lat.append(time.perf_counter() - due)
-    lat.sort()
-    return lat
+    ub, _, _ = _uw()
+    return ub.paced_latencies(raw, rate)  # type: ignore[no-any-return]
 
 
 def latency(sizes: Sizes) -> dict[str, float]:

@@ -53,6 +53,14 @@ def core_rate(raw: list[bytes]) -> tuple[float, int]:
 
 
 def paced_latency(raw: list[bytes], rate: float = 2000.0) -> tuple[float, float, int]:
+    lat = paced_latencies(raw, rate)
+    if not lat:
+        return 0.0, 0.0, 0
+    return lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000, len(lat)
+
+
+def paced_latencies(raw: list[bytes], rate: float = 2000.0) -> list[float]:
+    """Events offered at `rate`/s; sorted seconds from each event's scheduled arrival to its credit_limit.updated."""
     uw = bootstrap(settings=load(debounce_seconds=30))
     lat: list[float] = []
     start = time.perf_counter()
@@ -66,9 +74,7 @@ def paced_latency(raw: list[bytes], rate: float = 2000.0) -> tuple[float, float,
             if out["type"] == "credit_limit.updated":
                 lat.append(time.perf_counter() - due)
     lat.sort()
-    if not lat:
-        return 0.0, 0.0, 0
-    return lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000, len(lat)
+    return lat
 
 
 def memory_per_merchant(n: int) -> tuple[float, float]:
