@@ -149,17 +149,24 @@ def process(uw: Any, event: EventT, clock: dict[str, float]) -> list[dict[str, A
     return out
 
 
+def attach_faust_sensor(app: Any, registry: Any) -> None:
+    """Faust's own Prometheus sensor (messages, events, commit/send latency, rebalances, table ops) into the
+    service's registry, named floatbridge_underwriter_faust_*."""
+    from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+
+    app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(registry, "floatbridge_underwriter_faust"))
+
+
 def run_worker(settings: UnderwriterSettings, loglevel: str = "warning") -> int:
+    app, uw = create_app(settings)
+    attach_faust_sensor(app, uw.metrics.registry)
     if settings.metrics_port:
         from prometheus_client import start_http_server
 
-        app, uw = create_app(settings)
         start_http_server(settings.metrics_port, registry=uw.metrics.registry)
-    else:
-        app, uw = create_app(settings)
     worker = faust.Worker(app, loglevel=loglevel)
     worker.execute_from_commandline()
     return 0
 
 
-__all__ = ["TableStore", "create_app", "process", "run_worker"]
+__all__ = ["TableStore", "attach_faust_sensor", "create_app", "process", "run_worker"]
