@@ -43,3 +43,25 @@ def catalog(partitions: int = 12) -> tuple[Topic, ...]:
         Topic(LOANS, "merchant id", partitions, -1, description="loan lifecycle events"),
         Topic(COLLECTIONS, "merchant id", partitions, -1, compacted=True, description="what to withhold from each merchant's payouts"),
     )
+
+
+def types_on(topic_name: str) -> frozenset[str] | None:
+    """The event types a consumer may accept from `topic_name` (a catalog name, optionally prefixed);
+    None for a topic outside the catalog. A consumer applies events by type, so an event of the wrong
+    type on a topic (a forged loan.repaid on the marketplace stream) must be refused, not applied."""
+    from schemas.codec import MARKETPLACE_TYPES
+
+    allowed = {
+        MARKETPLACE_RAW: frozenset(MARKETPLACE_TYPES),
+        MARKETPLACE_EVENTS: frozenset(MARKETPLACE_TYPES),
+        INGEST_REJECTED: frozenset({"ingest.rejected"}),
+        CREDIT_LIMITS: frozenset({"credit_limit.updated"}),
+        LOAN_OFFERS: frozenset({"loan_offer.created", "loan_offer.withdrawn", "loan_offer.expired"}),
+        LOANS: frozenset({"loan_offer.accepted", "loan.disbursed", "loan.repayment_applied", "loan.repaid",
+                          "loan.delinquent", "loan.charged_off"}),
+        COLLECTIONS: frozenset({"collection.instruction"}),
+    }
+    for name, types in allowed.items():
+        if topic_name.endswith(name):  # test runs prefix every name
+            return types
+    return None

@@ -73,7 +73,14 @@ def normalise_context(settings: IngestSettings, validator: Validator | None = No
         max_event_bytes=settings.max_event_bytes,
         validator=validator or codec_validator(),
         encode=encode_canonical,
+        accepted_types=_marketplace_types(),
     )
+
+
+def _marketplace_types() -> frozenset[str]:
+    from schemas.codec import MARKETPLACE_TYPES
+
+    return frozenset(MARKETPLACE_TYPES)
 
 
 def bootstrap(

@@ -105,6 +105,9 @@ def _apply(svc: DisbursementService, record: Any) -> None:
         event = decode(record.value)
         if not isinstance(event, dict):
             raise EventRejected("event is not a JSON object")
+        allowed = topics.types_on(record.topic)
+        if allowed is not None and event.get("type") not in allowed:
+            raise EventRejected(f"type {str(event.get('type'))[:64]!r} does not belong on {record.topic}")
         svc.handle(event)
     except (EventRejected, EventInvalid, ValueError) as exc:
         # Upstream validated it already; a poison event is logged and skipped, never retried forever.

@@ -48,6 +48,9 @@ class NormaliseContext:
     max_event_bytes: int = 256 * 1024
     validator: Validator = field(default=_no_validation)
     encode: Encoder = field(default=canonical_json)
+    # The types a marketplace may send; empty = no restriction. Floatbridge's own events (limits, offers,
+    # loans, collections) must never enter through the marketplace's door.
+    accepted_types: frozenset[str] = frozenset()
 
     def hash_buyer(self, buyer_id: str) -> str:
         return BUYER_PREFIX + hmac.new(self.buyer_hash_key, buyer_id.encode("utf-8"), hashlib.sha256).hexdigest()
@@ -181,6 +184,10 @@ def normalise(raw: Any, ctx: NormaliseContext, now: datetime) -> NormalisedEvent
         event["time"] = walker.timestamp(raw["time"], "/time", bounded=True, now=now)
     if isinstance(raw.get("data"), dict):
         event["data"] = walker.value(raw["data"], "/data")
+    etype = raw.get("type")
+    if ctx.accepted_types and isinstance(etype, str) and etype not in ctx.accepted_types:
+        walker.add(Reason.SCHEMA, "/type", f"{etype[:64]!r} is not an event type a marketplace may send "
+                   f"(one of: {', '.join(sorted(ctx.accepted_types))})")
     own = [i for reason in (Reason.MONEY, Reason.TIME, Reason.SCHEMA) for i in walker.issues[reason]]
     known = {i.pointer for i in own}
     schema = [Issue(p, m) for p, m in ctx.validator(event) if not _covered(p, known)]

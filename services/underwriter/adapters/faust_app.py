@@ -18,7 +18,7 @@ from typing import Any
 import faust
 from faust.types import EventT
 
-from schemas import codec
+from schemas import codec, topics
 from services.underwriter.bootstrap import bootstrap
 from services.underwriter.domain.state import StateError
 from services.underwriter.settings import UnderwriterSettings
@@ -135,6 +135,9 @@ def process(uw: Any, event: EventT, clock: dict[str, float]) -> list[dict[str, A
     """Decode and handle one record; undecodable or inapplicable records are logged and skipped."""
     try:
         ev = codec.decode(event.value)
+        allowed = topics.types_on(event.message.topic)
+        if allowed is not None and isinstance(ev, dict) and ev.get("type") not in allowed:
+            raise ValueError(f"type {str(ev.get('type'))[:64]!r} does not belong on {event.message.topic}")
         out: list[dict[str, Any]] = uw.handle(ev)
     except (codec.EventInvalid, StateError, KeyError, TypeError, ValueError) as exc:
         log.warning("skipping record at %s[%s]@%s: %s", event.message.topic, event.message.partition,
