@@ -29,19 +29,9 @@ def _server_env(bootstrap: str, db: str, schema: str, topics: list[str]) -> dict
 
 def naive_rate(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> float:
     """kafka-python's defaults (linger 0, 16 KB batches, no idempotence) with acks=all, same payloads."""
-    import orjson
-    from kafka import KafkaProducer
+    from services.ingest.bench import bench_raw
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all")
-    payloads = [(e["subject"].encode(), orjson.dumps(e, option=orjson.OPT_SORT_KEYS), e["id"].encode())
-                for e in events]
-    start = time.perf_counter()
-    futures = [producer.send(topic, value=v, key=k, headers=[("ce_id", i)]) for k, v, i in payloads]
-    for f in futures:
-        f.get(timeout=60)
-    elapsed = time.perf_counter() - start
-    producer.close()
-    return len(events) / elapsed
+    return len(events) / bench_raw(bootstrap, topic, events, {"bootstrap_servers": bootstrap.split(","), "acks": "all"})
 
 
 def core_rate(events: list[dict[str, Any]]) -> float:

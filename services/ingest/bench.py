@@ -98,12 +98,15 @@ def bench_http(url: str, bodies: list[bytes], concurrency: int) -> tuple[float, 
     return time.perf_counter() - start, counts
 
 
-def bench_raw(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> float:
+def bench_raw(bootstrap: str, topic: str, events: list[dict[str, Any]],
+              config: dict[str, Any] | None = None) -> float:
+    """Seconds for a bare kafka-python producer (ingest's settings unless `config`) to send the same
+    canonical payloads and get every acknowledgement."""
     from kafka import KafkaProducer
 
     from services.ingest.adapters.kafka_sink import producer_config
 
-    producer = KafkaProducer(**producer_config(bootstrap, 30.0))
+    producer = KafkaProducer(**(config if config is not None else producer_config(bootstrap, 30.0)))
     payloads = [(e["subject"].encode(), orjson.dumps(e, option=orjson.OPT_SORT_KEYS), e["id"].encode())
                 for e in events]
     start = time.perf_counter()
