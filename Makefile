@@ -63,6 +63,7 @@ demo: install
 bench: install
 	$(PYTHON) -m floatbridge.cli bench
 
+SOAK_ARGS ?= --minutes 10 --rate 500 --workers 2 --merchants 50
 soak: install
-	$(PYTHON) -m floatbridge.cli soak --minutes 10 --rate 500
+	eval "$$($(INFRA) env)"; $(PYTHON) -m floatbridge.cli soak $(SOAK_ARGS)
 	eval "$$($(INFRA) env)"; $(PYTHON) -m pytest -m soak tests/e2e $(PYTEST_ARGS)

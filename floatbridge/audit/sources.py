@@ -11,9 +11,11 @@ from floatbridge.audit.checks import Snapshot
 from schemas import topics as t
 
 
-def read_topic(kafka: str, topic: str, timeout: float = 30.0) -> tuple[list[tuple[dict[str, str], Any]], bool]:
+def read_topic(kafka: str, topic: str, timeout: float = 30.0,
+               records_per_second: float = 2000.0) -> tuple[list[tuple[dict[str, str], Any]], bool]:
     """Every record of `topic` from the beginning to the end offsets seen at start: [(headers, value)].
-    Returns (records, exists)."""
+    Returns (records, exists). The deadline is `timeout` plus one second per `records_per_second`
+    records to read, so a large topic (a 10-minute soak: ~300,000 records) is not cut off."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=kafka, enable_auto_commit=False, group_id=None,
@@ -26,8 +28,10 @@ def read_topic(kafka: str, topic: str, timeout: float = 30.0) -> tuple[list[tupl
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         end = consumer.end_offsets(tps)
+        begin = consumer.beginning_offsets(tps)
+        total = sum(end[tp] - begin[tp] for tp in tps)
         out: list[tuple[dict[str, str], Any]] = []
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout + total / records_per_second
         while time.monotonic() < deadline and any(consumer.position(tp) < end[tp] for tp in tps):
             for batch in consumer.poll(timeout_ms=500, max_records=5000).values():
                 for rec in batch:

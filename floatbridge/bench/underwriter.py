@@ -28,7 +28,9 @@ def throughput(sizes: Sizes) -> dict[str, float]:
     raw = ub.workload(sizes.pick(60_000, 1_000))
     raw_eps = ub.raw_rate(raw)
     core_eps, _ = ub.core_rate(raw)
-    return {"worker_eps": core_eps, "raw_decode_eps": raw_eps, "ratio_to_raw": core_eps / raw_eps}
+    batched_eps, _ = ub.batched_rate(raw)
+    return {"worker_eps": core_eps, "raw_decode_eps": raw_eps, "ratio_to_raw": core_eps / raw_eps,
+            "worker_batched_eps": batched_eps, "batched_ratio_to_raw": batched_eps / raw_eps}
 
 
 def _pct(sorted_vals: list[float], q: float) -> float:

@@ -25,7 +25,10 @@ def register(sub: Any) -> None:
     s = sub.add_parser(
         "soak", help="bounded load run at a fixed rate through HTTP ingest into the full stack",
         description="Starts the distributed stack, sends events at --rate per second for --minutes, samples "
-        "every process's RSS and consumer lag every --sample seconds, and reports memory slope and max lag.")
+        "every process's RSS, the consumer lag and the underwriter's merchants in state every --sample seconds, "
+        "and reports memory slope (whole run and second half), max/p95 lag and the audit. Each run is isolated: "
+        "a run id prefixes its event ids and topics, and its tables live in a fresh schema soak_<run id>, "
+        "dropped with the topics after a clean run (kept after a failed one, or with --keep).")
     s.add_argument("--minutes", type=float, default=10.0)
     s.add_argument("--rate", type=int, default=500, help="events per second")
     s.add_argument("--sample", type=float, default=10.0, help="sampling interval in seconds")
@@ -33,6 +36,10 @@ def register(sub: Any) -> None:
     s.add_argument("--database-url", default=None, help="database URL (default FLOATBRIDGE_DATABASE_URL or local)")
     s.add_argument("--workdir", default=".local/soak", help="logs and the report go here")
     s.add_argument("--workers", type=int, default=2, help="underwriter workers")
+    s.add_argument("--merchants", type=int, default=50, help="merchants the orders cycle over (bounded state)")
+    s.add_argument("--keep", action="store_true", help="keep the run's schema and topics after a clean run")
+    s.add_argument("--drain", type=float, default=180.0,
+                   help="seconds to wait after the last event for the consumer lag to reach 0")
     s.set_defaults(func=_soak)
 
 
@@ -55,6 +62,8 @@ def _soak(args: argparse.Namespace) -> int:
     from floatbridge.soak import SoakOptions, run
 
     result = run(SoakOptions(minutes=args.minutes, rate=args.rate, sample_seconds=args.sample, kafka=args.kafka,
-                             database_url=args.database_url, workdir=Path(args.workdir), workers=args.workers))
+                             database_url=args.database_url, workdir=Path(args.workdir), workers=args.workers,
+                             merchants=args.merchants, keep=args.keep,
+                             drain_seconds=args.drain))
     print(result.to_text())
     return 0 if result.ok else 1

@@ -5,8 +5,15 @@ dedupe), the underwriter core (state, features, champion LightGBM, policy), and 
 disbursement core on SQLite (offers, signed webhooks, acceptance, loans, ledger, collections,
 aging) exactly as in the Kafka deployment; only the transports differ. Simulated merchants
 receive the signed webhooks, verify them with the shipped verifier and accept offers through
-the disbursement HTTP API (its FastAPI app, called in-process). The simulated marketplace
-withholds from payouts what `collections.v1` instructs.
+the acceptance API's application service (API-key authentication, then `accept`, as the HTTP
+handler does; `EngineOptions.accept_over_http` runs the FastAPI app in-process instead). The
+simulated marketplace withholds from payouts what `collections.v1` instructs.
+
+Like the Kafka consumers, the services take what the bus delivered in batches: whenever the
+in-process queues run empty, the underwriter gets the events that arrived as one batch (each
+merchant scored at most once per batch) and disbursement applies its events in one SQLite
+transaction. Settlements, refunds and cancellations of merchants who never tried to borrow are
+not sent to disbursement: with no loan there is nothing for it to do with them.
 
 Time is event time: the engine's clock is the latest event time seen, so a replay of the same
 file gives the same decisions.
@@ -31,6 +38,9 @@ Handler = Callable[[dict[str, Any]], None]
 DISBURSEMENT_MARKETPLACE_TYPES = frozenset({
     "merchant.onboarded", "merchant.updated", "settlement.paid", "order.refunded", "order.cancelled",
 })
+# Of those, the ones that only matter to a merchant who has borrowed: with no loan ever taken there are no
+# financed orders, nothing owed and no instruction to refresh, so disbursement would only mark them processed.
+BORROWER_ONLY_TYPES = frozenset({"settlement.paid", "order.refunded", "order.cancelled"})
 
 
 class InProcessBus:
@@ -40,6 +50,7 @@ class InProcessBus:
         self._queue: deque[tuple[str, str, dict[str, Any]]] = deque()
         self._subs: dict[str, list[Handler]] = defaultdict(list)
         self._watchers: list[Callable[[str, dict[str, Any]], None]] = []
+        self._idle: list[Callable[[], None]] = []
         self.record = record
         self.counts: dict[str, int] = defaultdict(int)
 
@@ -49,19 +60,29 @@ class InProcessBus:
     def watch(self, watcher: Callable[[str, dict[str, Any]], None]) -> None:
         self._watchers.append(watcher)
 
+    def on_idle(self, hook: Callable[[], None]) -> None:
+        """Called whenever the queues run empty; a hook may publish more (a consumer's batch commit)."""
+        self._idle.append(hook)
+
     def publish(self, topic: str, key: str, event: dict[str, Any]) -> None:
         self._queue.append((topic, key, event))
 
     def drain(self) -> None:
-        while self._queue:
-            topic, _key, event = self._queue.popleft()
-            self.counts[topic] += 1
-            if self.record is not None and topic in EMITTED_TOPICS:
-                self.record.write(json.dumps({"topic": topic, **event}, separators=(",", ":")) + "\n")
-            for watcher in self._watchers:
-                watcher(topic, event)
-            for handler in self._subs.get(topic, ()):
-                handler(event)
+        queue, counts, record, watchers, subs = self._queue, self.counts, self.record, self._watchers, self._subs
+        while True:
+            while queue:
+                topic, _key, event = queue.popleft()
+                counts[topic] += 1
+                if record is not None and topic in EMITTED_TOPICS:
+                    record.write(json.dumps({"topic": topic, **event}, separators=(",", ":")) + "\n")
+                for watcher in watchers:
+                    watcher(topic, event)
+                for handler in subs.get(topic, ()):
+                    handler(event)
+            for hook in self._idle:
+                hook()
+            if not queue:
+                return
 
 
 class BusSink:
@@ -154,6 +175,7 @@ class Tally:
     daily: list[dict[str, Any]] = field(default_factory=list)
     timelines: dict[str, list[tuple[str, str, int, str]]] = field(default_factory=lambda: defaultdict(list))
     currency: str = ""
+    open_loans: set[str] = field(default_factory=set)  # disbursed or delinquent: what outstanding sums
 
     def watch(self, topic: str, event: dict[str, Any]) -> None:
         etype, data, mid = event["type"], event.get("data") or {}, event.get("subject", "")
@@ -179,6 +201,7 @@ class Tally:
             self.fees += fee
             self.loans[data["loan_id"]] = {"merchant": mid, "principal": principal, "fee": fee,
                                            "remaining": principal + fee, "state": "disbursed"}
+            self.open_loans.add(data["loan_id"])
             self.timelines[mid].append((event["time"], etype, principal, data["loan_id"]))
         elif etype == "loan.repayment_applied":
             loan = self.loans.get(data["loan_id"])
@@ -190,6 +213,7 @@ class Tally:
             loan = self.loans.get(data["loan_id"])
             if loan is not None:
                 loan["state"], loan["remaining"] = "repaid", 0
+            self.open_loans.discard(data["loan_id"])
         elif etype == "loan.delinquent":
             loan = self.loans.get(data["loan_id"])
             if loan is not None and loan["state"] != "charged_off":
@@ -198,6 +222,7 @@ class Tally:
         elif etype == "loan.charged_off":
             self.charged_off += 1
             loan = self.loans.get(data["loan_id"])
+            self.open_loans.discard(data["loan_id"])
             if loan is not None:
                 loan["state"] = "charged_off"
                 # Principal share of what was written off; the fee part was never lent.
@@ -205,13 +230,14 @@ class Tally:
                 self.timelines[loan["merchant"]].append((event["time"], etype, data["amount"]["amount"], ""))
 
     def outstanding(self) -> int:
-        return sum(v["remaining"] for v in self.loans.values() if v["state"] in ("disbursed", "delinquent"))
+        loans = self.loans
+        return sum(loans[k]["remaining"] for k in self.open_loans if loans[k]["state"] in ("disbursed", "delinquent"))
 
     def snapshot(self, day: str) -> None:
         self.daily.append({
             "day": day, "limits": sum(self.limits.values()), "offers": self.offers, "accepted": self.accepted,
             "disbursed": self.disbursed, "outstanding": self.outstanding(),
-            "delinquent": sum(1 for v in self.loans.values() if v["state"] == "delinquent"),
+            "delinquent": sum(1 for k in self.open_loans if self.loans[k]["state"] == "delinquent"),
             "charged_off": self.charged_off,
         })
 
@@ -224,6 +250,9 @@ class EngineOptions:
     emitted: IO[str] | None = None
     metrics_registry: Any = None
     registry_path: Path | None = None
+    # Merchants accept through the disbursement HTTP app (FastAPI, in-process) instead of calling the
+    # application service the HTTP handler calls; the same checks, slower.
+    accept_over_http: bool = False
 
 
 class EmbeddedEngine:
@@ -255,7 +284,12 @@ class EmbeddedEngine:
         self.disbursement = disbursement_bootstrap(
             db_url=f"sqlite:///{options.db_path}", bus=self.bus, transport=self.fleet.deliver,
             clock=lambda: self.now, registry=reg)
-        self.api = _acceptance_client(self.disbursement)
+        self.api = _acceptance_client(self.disbursement) if options.accept_over_http else None
+        # Events for disbursement wait here until the bus runs idle, then go in one transaction.
+        self._to_disbursement: list[dict[str, Any]] = []
+        self._to_underwriter: list[dict[str, Any]] = []
+        # Merchants who ever tried to accept an offer: only their settlements/refunds/cancellations can matter.
+        self.borrowers: set[str] = set()
         # merchant -> (owed, withhold bps, financed order ids) from the latest collection.instruction
         self.owed: dict[str, tuple[int, int, frozenset[str]]] = {}
         self.line_errors: list[tuple[int, str, list[dict[str, str]]]] = []
@@ -271,23 +305,32 @@ class EmbeddedEngine:
     def _wire(self) -> None:
         # Disbursement acts on these marketplace events only; the engine ages loans itself (tick), so the
         # rest need not advance its event clock.
-        wanted = DISBURSEMENT_MARKETPLACE_TYPES
+        wanted, borrower_only = DISBURSEMENT_MARKETPLACE_TYPES, BORROWER_ONLY_TYPES
         bus = self.bus
+        pending = self._to_disbursement
+        borrowers = self.borrowers
+        if callable(getattr(self.underwriter, "handle_batch", None)):
+            to_underwriter: Handler = self._to_underwriter.append
+        else:  # a core without batches: one event at a time
+            handle = self.underwriter.handle
 
-        def to_underwriter(event: dict[str, Any]) -> None:
-            for out in self.underwriter.handle(event):
-                bus.publish(_topic_of(out["type"]), out["subject"], out)
+            def to_underwriter(event: dict[str, Any]) -> None:
+                for out in handle(event):
+                    bus.publish(_topic_of(out["type"]), out["subject"], out)
 
         def to_disbursement(event: dict[str, Any]) -> None:
-            self._outbox_dirty = True
-            self.disbursement.handle(event)
+            pending.append(event)
 
         def marketplace_to_disbursement(event: dict[str, Any]) -> None:
-            if event["type"] == "merchant.onboarded":
+            etype = event["type"]
+            if etype not in wanted:
+                return
+            if etype == "merchant.onboarded":
+                self._flush_disbursement()  # registration is its own transaction: keep the order
                 self._register(event)
-            if event["type"] in wanted:
-                self._outbox_dirty = True
-                self.disbursement.handle(event)
+            if etype in borrower_only and event["subject"] not in borrowers and not _withheld(event):
+                return
+            pending.append(event)
 
         def collections(event: dict[str, Any]) -> None:
             data = event["data"]
@@ -301,6 +344,30 @@ class EmbeddedEngine:
         bus.subscribe(topics.LOAN_OFFERS, to_disbursement)
         bus.subscribe(topics.COLLECTIONS, collections)
         bus.watch(self.tally.watch)
+        bus.on_idle(self._flush_underwriter)
+        bus.on_idle(self._flush_disbursement)
+
+    def _flush_underwriter(self) -> None:
+        """The underwriter's consumer takes what arrived as one batch (each merchant scored once per batch)."""
+        if not self._to_underwriter:
+            return
+        batch = self._to_underwriter[:]
+        self._to_underwriter.clear()
+        out, errors = self.underwriter.handle_batch(batch)
+        for event in out:
+            self.bus.publish(_topic_of(event["type"]), event["subject"], event)
+        if errors:
+            index, exc = errors[0]
+            raise RuntimeError(f"underwriter could not apply {batch[index].get('type')} "
+                               f"{batch[index].get('id')}: {exc}") from exc
+
+    def _flush_disbursement(self) -> None:
+        """Disbursement's consumer commits what it was given in one transaction, then relays its outbox."""
+        if self._to_disbursement:
+            batch = self._to_disbursement[:]
+            self._to_disbursement.clear()
+            self._outbox_dirty = True
+            self.disbursement.handle_many(batch)
 
     def _register(self, event: dict[str, Any]) -> None:
         mid = event["subject"]
@@ -403,14 +470,29 @@ class EmbeddedEngine:
         while self.fleet.to_accept:
             mid, offer_id = self.fleet.to_accept.popleft()
             merchant = self.fleet.merchants[mid]
-            resp = self.api.post(
-                f"/v1/offers/{offer_id}/accept",
-                headers={"Authorization": f"Bearer {merchant.api_key}", "Idempotency-Key": f"accept-{offer_id}"},
-            )
-            if resp.status_code not in (200, 201, 202):
-                code = (resp.json().get("error") or {}).get("code", str(resp.status_code))
-                self.tally.refused_accepts[code] += 1
+            self.borrowers.add(mid)
+            status, code = self._accept(merchant, offer_id, f"accept-{offer_id}")
+            if status not in (200, 201, 202):
+                self.tally.refused_accepts[code or str(status)] += 1
             self.bus.drain()
+
+    def _accept(self, merchant: SimulatedMerchant, offer_id: str, idempotency_key: str) -> tuple[int, str | None]:
+        """POST /v1/offers/{id}/accept: over the HTTP app, or straight into the application service it
+        calls (authenticate the API key, then accept) when the HTTP layer is not what is being run."""
+        if self.api is not None:
+            resp = self.api.post(f"/v1/offers/{offer_id}/accept", headers={
+                "Authorization": f"Bearer {merchant.api_key}", "Idempotency-Key": idempotency_key})
+            if resp.status_code in (200, 201, 202):
+                return resp.status_code, None
+            return resp.status_code, (resp.json().get("error") or {}).get("code")
+        from services.disbursement.service import AcceptOffer
+
+        svc = self.disbursement
+        merchant_id = svc.authenticate(merchant.api_key)
+        if merchant_id is None:
+            return 401, "unauthenticated"
+        result = svc.accept(AcceptOffer(offer_id, merchant_id, idempotency_key, svc.clock()))
+        return result.status_code, result.code
 
     def finish(self) -> None:
         self.now += timedelta(seconds=1)
@@ -425,6 +507,14 @@ class EmbeddedEngine:
         if check is None:
             return sum(self.disbursement.balances().values()) == 0
         return bool(check(self.disbursement))
+
+
+def _withheld(event: dict[str, Any]) -> bool:
+    """A payout the marketplace already withheld from goes to disbursement whoever the merchant is."""
+    if event["type"] != "settlement.paid":
+        return False
+    withheld = (event.get("data") or {}).get("withheld") or {}
+    return bool(withheld.get("amount"))
 
 
 def _accepts_overrides(fn: Callable[..., Any]) -> bool:

@@ -49,8 +49,12 @@ class Outcome:
     refused: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     # Decision points: merchant-days with eligible (unfinanced) receivables and the policy's minimum history.
     # merchant -> [eligible days, of which an offer was made or open, of which an advance was outstanding,
-    # of which an offer was made or open while no advance was outstanding]
-    points: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0, 0]))
+    # of which an offer was made or open while no advance was outstanding, of which the merchant held an approved
+    # limit (>= the smallest offer, not frozen by a delinquency)]
+    points: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0, 0, 0]))
+    # merchant -> day -> (limit in effect at the end of the day, frozen by a delinquency)
+    daily: dict[str, dict[int, tuple[int, bool]]] = field(default_factory=lambda: defaultdict(dict))
+    history_from: dict[str, int] = field(default_factory=dict)  # merchant -> first day with the minimum history
     offer_days: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
     open_offers: dict[str, str] = field(default_factory=dict)  # merchant -> offer id not yet accepted/withdrawn
     loans: dict[str, dict[str, Any]] = field(default_factory=dict)  # loan id -> merchant, principal, fee, state
@@ -97,9 +101,15 @@ class Backtest:
     def _sample(self, day: int) -> None:
         """Count day `day` as a decision point for every merchant eligible at its end (see `is_eligible`)."""
         as_of = (day + 1) * DAY - 1
+        p = self.uw.policy
         for mid, raw in self.uw.store.items():
             state = raw if isinstance(raw, MerchantState) else MerchantState.from_bytes(raw)
-            if not is_eligible(state, as_of, self.uw.policy):
+            limit, frozen = (int(state.last[0]) if state.last else 0), state.delinquent()
+            self.out.daily[mid][day] = (limit, frozen)
+            history, eligible = eligibility(state, as_of, p)
+            if history:
+                self.out.history_from.setdefault(mid, day)
+            if not eligible:
                 continue
             pts = self.out.points[mid]
             offered = day in self.out.offer_days.get(mid, ()) or mid in self.out.open_offers
@@ -108,6 +118,7 @@ class Backtest:
             pts[1] += offered
             pts[2] += outstanding
             pts[3] += offered and not outstanding
+            pts[4] += limit >= p.min_offer_minor and not frozen
 
     def finish(self) -> None:
         """Score what is still pending and count the last day."""
@@ -185,13 +196,18 @@ def is_eligible(state: MerchantState, as_of: int, p: PolicySettings) -> bool:
     """A decision point: an active merchant with the policy's minimum history (tenure, settled orders) and
     eligible receivables not yet financed. Risk, guards, delinquency and caps are what the approval rate
     measures, so they do not make a point ineligible."""
+    return eligibility(state, as_of, p)[1]
+
+
+def eligibility(state: MerchantState, as_of: int, p: PolicySettings) -> tuple[bool, bool]:
+    """(active with the policy's minimum history, and also a decision point: see `is_eligible`)."""
     if not state.currency or state.status != "active":
-        return False
+        return False, False
     f = compute_features(state, datetime.fromtimestamp(as_of, UTC))
     if f[INDEX["tenure_days"]] < p.min_tenure_days or f[INDEX["settled_orders_90d"]] < p.min_settled_orders:
-        return False
+        return False, False
     receivables = eligible_receivables(state, as_of, p, f[INDEX["settlement_lag_days_90d"]])
-    return any(not r.financed for r in receivables)
+    return True, any(not r.financed for r in receivables)
 
 
 def build(model_version: str | None, registry: str, scorer: Any = None) -> Backtest:
@@ -231,7 +247,7 @@ def summarise(out: Outcome, truth: dict[str, Any] | None = None) -> dict[str, An
     arche = {m: r["archetype"] for m, r in (truth or {}).get("merchants", {}).items()}
     groups: dict[str, dict[str, Any]] = defaultdict(lambda: {
         "eligible": 0, "offered": 0, "points": 0, "points_offered": 0, "points_outstanding": 0,
-        "points_clear_offered": 0, "loans": 0,
+        "points_clear_offered": 0, "points_approved": 0, "loans": 0,
         "principal": 0, "resolved_principal": 0, "charged_off": 0, "fees": 0, "open_loans": 0})
 
     def add(key: str, fn: Any) -> None:
@@ -242,8 +258,8 @@ def summarise(out: Outcome, truth: dict[str, Any] | None = None) -> dict[str, An
         def upd_points(g: dict[str, Any], pts: list[int] = pts, ever: bool = m in out.merchants_offered) -> None:
             g["eligible"] += 1
             g["offered"] += int(ever)
-            for key, n in zip(("points", "points_offered", "points_outstanding", "points_clear_offered"), pts,
-                              strict=True):
+            for key, n in zip(("points", "points_offered", "points_outstanding", "points_clear_offered",
+                               "points_approved"), pts, strict=True):
                 g[key] += n
         add(arche.get(m, "unknown"), upd_points)
     for loan in out.loans.values():
@@ -264,6 +280,10 @@ def summarise(out: Outcome, truth: dict[str, Any] | None = None) -> dict[str, An
         rp = g["resolved_principal"]
         report[key] = {**g,
                        "approval_rate": g["points_offered"] / g["points"] if g["points"] else 0.0,
+                       # share of eligible merchants approved: eligible merchant-days on which the merchant held an
+                       # approved limit (at least the smallest offer, not frozen), i.e. the daily share of eligible
+                       # merchants with credit available to them, averaged over the days
+                       "eligible_approved_rate": g["points_approved"] / g["points"] if g["points"] else 0.0,
                        "merchants_offered_rate": g["offered"] / g["eligible"] if g["eligible"] else 0.0,
                        # points with neither an offer nor an advance outstanding at the end of the day: declines
                        # that are not explained by the merchant already drawing on its limit
@@ -289,25 +309,53 @@ def daily_limits(series: list[tuple[int, int]], first: int, last: int) -> dict[i
     return out
 
 
-def brushing_row(placed: dict[int, int], limits: list[tuple[int, int]], c: int, end: int) -> dict[str, Any]:
-    """One brushing merchant, campaign starting on day `c`: the baseline is the 30 days before it (placed GMV;
-    the limit in effect the day before, else the highest limit of those 30 days). The window runs from `c`
-    to the first day whose trailing 30-day placed GMV reaches 3x the baseline, or to the end of the history
-    when it never does; limit growth = highest limit in the window / baseline limit."""
+MIN_BASE_DAYS = 7  # a brushing merchant needs this many baseline days with the minimum history
+
+
+def _mean(values: list[int]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def brushing_row(placed: dict[int, int], limits: list[tuple[int, int]], c: int, end: int,
+                 frozen: set[int] | None = None, history_from: int | None = None) -> dict[str, Any]:
+    """One brushing merchant, campaign starting on day `c`.
+
+    Placed GMV: baseline = the 30 days before `c`; the window runs from `c` to the first day whose trailing 30-day
+    placed GMV reaches 3x the baseline (the end of the history when it never does).
+
+    Limit (the measure of the goal): baseline = mean daily limit over the 30 days before `c`, counting only days on
+    which the merchant had the policy's minimum history (`history_from`) and its limit was not frozen by a
+    delinquency (a frozen limit is a stale number, nothing can be drawn on it); at least `MIN_BASE_DAYS` such days,
+    else there is no baseline (`no_baseline`). Window level = mean daily limit over the same 30-day span the
+    placed-GMV figure covers (the 30 days ending at the window's end, from `c` on), unfrozen days only.
+    limit_growth = window level / baseline level: both figures are 30-day levels, like placed GMV.
+    Also reported, for comparison with earlier runs: peak_limit_growth = highest limit in the window / the limit
+    the day before `c` (else the highest of the 30 days before): noisy, as limits move with the weekly payouts."""
+    frozen = frozen or set()
     base_gmv = sum(placed.get(d, 0) for d in range(c - 30, c))
     lim = daily_limits(limits, c - 30, end)
-    base_limit = lim.get(c - 1, 0) or max(lim.get(d, 0) for d in range(c - 30, c))
     trailing = {d: sum(placed.get(k, 0) for k in range(d - 29, d + 1)) for d in range(c, end + 1)}
     tripled = next((d for d in range(c, end + 1) if base_gmv and trailing[d] >= 3 * base_gmv), None)
     stop = tripled if tripled is not None else end
-    peak_limit = max(lim[d] for d in range(c, stop + 1)) if stop >= c else 0
     peak_gmv = trailing[stop] if tripled is not None else max(trailing.values(), default=0)
+
+    def usable(d: int) -> bool:
+        return d not in frozen and (history_from is None or d >= history_from)
+
+    base_days = [d for d in range(c - 30, c) if usable(d)]
+    base_level = _mean([lim[d] for d in base_days]) if len(base_days) >= MIN_BASE_DAYS else None
+    window_level = _mean([lim[d] for d in range(max(c, stop - 29), stop + 1) if usable(d)])
+    old_base = lim.get(c - 1, 0) or max(lim.get(d, 0) for d in range(c - 30, c))
+    peak_limit = max(lim[d] for d in range(c, stop + 1)) if stop >= c else 0
     row: dict[str, Any] = {
         "campaign_day": c, "window_end_day": stop, "tripled": tripled is not None,
+        "history_from_day": history_from, "base_days": len(base_days), "no_baseline": base_level is None,
         "base_placed_gmv_30d": base_gmv, "placed_gmv_30d_at_end": peak_gmv,
         "gmv_growth": peak_gmv / base_gmv if base_gmv else None,
-        "base_limit": base_limit, "peak_limit": peak_limit,
-        "limit_growth": peak_limit / base_limit if base_limit else None,
+        "base_limit_level": base_level, "window_limit_level": window_level,
+        "limit_growth": window_level / base_level if base_level and window_level is not None else None,
+        "base_limit": old_base, "peak_limit": peak_limit,
+        "peak_limit_growth": peak_limit / old_base if old_base else None,
         "peak_limit_whole_history": max((lim[d] for d in range(c, end + 1)), default=0),
     }
     row["goal_met"] = bool(row["limit_growth"] is not None and row["limit_growth"] <= 1.2)
@@ -315,20 +363,36 @@ def brushing_row(placed: dict[int, int], limits: list[tuple[int, int]], c: int, 
 
 
 def brushing_limits(out: Outcome, truth: dict[str, Any] | None) -> dict[str, Any]:
-    """Per brushing merchant and in aggregate: limit growth over the window in which placed GMV tripled
-    (goal: <= 1.2x), versus placed-GMV growth (see `brushing_row`)."""
+    """Per brushing merchant and in aggregate: the 30-day limit level while placed GMV tripled against the level
+    before the campaign (goal: <= 1.2x), versus placed-GMV growth (see `brushing_row`). Aggregate = sum of window
+    levels / sum of baseline levels over the merchants with a baseline."""
     if not truth:
         return {}
     start = int(parse_rfc3339(truth["start"]).timestamp()) // DAY
     end = out.last_ts // DAY
-    rows = {m: brushing_row(out.placed.get(m, {}), out.limits.get(m, []), start + r["first_campaign_day"], end)
-            for m, r in sorted(truth["merchants"].items())
-            if r["archetype"] == "brushing" and "first_campaign_day" in r and start + r["first_campaign_day"] < end}
+    rows = {}
+    for m, r in sorted(truth["merchants"].items()):
+        if r["archetype"] != "brushing" or "first_campaign_day" not in r or start + r["first_campaign_day"] >= end:
+            continue
+        frozen = {d for d, (_, f) in out.daily.get(m, {}).items() if f}
+        rows[m] = brushing_row(out.placed.get(m, {}), out.limits.get(m, []), start + r["first_campaign_day"], end,
+                               frozen, out.history_from.get(m, end + 1))
     measured = [r for r in rows.values() if r["limit_growth"] is not None and r["gmv_growth"] is not None]
-    base_l, peak_l = sum(r["base_limit"] for r in measured), sum(r["peak_limit"] for r in measured)
+    tripled = [r for r in measured if r["tripled"]]
+    base_l = sum(r["base_limit_level"] for r in measured)
+    peak_l = sum(r["window_limit_level"] for r in measured)
     base_g, peak_g = sum(r["base_placed_gmv_30d"] for r in measured), sum(r["placed_gmv_30d_at_end"] for r in measured)
-    return {"merchants": len(rows), "measured": len(measured),
-            "tripled": sum(r["tripled"] for r in measured), "goal_met": sum(r["goal_met"] for r in measured),
+    growths = sorted(r["limit_growth"] for r in measured)
+    old = [r for r in rows.values() if r["peak_limit_growth"] is not None and r["gmv_growth"] is not None]
+    return {"merchants": len(rows), "measured": len(measured), "no_baseline": sum(r["no_baseline"] for r in rows.values()),
+            "tripled": len(tripled), "goal_met": sum(r["goal_met"] for r in measured),
+            "goal_met_of_tripled": sum(r["goal_met"] for r in tripled),
             "aggregate_limit_growth": peak_l / base_l if base_l else None,
+            "aggregate_limit_growth_tripled": (sum(r["window_limit_level"] for r in tripled)
+                                               / sum(r["base_limit_level"] for r in tripled))
+            if tripled and sum(r["base_limit_level"] for r in tripled) else None,
+            "median_limit_growth": growths[len(growths) // 2] if growths else None,
             "aggregate_gmv_growth": peak_g / base_g if base_g else None,
+            "aggregate_peak_limit_growth": sum(r["peak_limit"] for r in old) / sum(r["base_limit"] for r in old)
+            if old and sum(r["base_limit"] for r in old) else None,
             "per_merchant": rows}

@@ -7,7 +7,8 @@ import json
 import os
 from typing import Any
 
-METRICS = (("approval_rate", "approval rate"), ("loss_rate", "loss rate (charged-off / resolved principal)"),
+METRICS = (("eligible_approved_rate", "approval of eligible merchants (approved limit, per eligible merchant-day)"),
+           ("approval_rate", "offer rate at the decision point"), ("loss_rate", "loss rate (charged-off / resolved principal)"),
            ("fee_yield", "fee yield"))
 
 
@@ -37,7 +38,7 @@ def write(summary: dict[str, Any], folder: str) -> list[str]:
     labels = _groups(summary)
     charts = []
     for key, title in METRICS:
-        values = [float(summary[g].get(key, 0.0)) for g in labels]
+        values = [float(summary[g].get(key) or 0.0) for g in labels]
         svg = svg_bars(title, labels, values)
         path = os.path.join(folder, f"{key}.svg")
         with open(path, "w", encoding="utf-8") as fh:
@@ -57,11 +58,12 @@ def write(summary: dict[str, Any], folder: str) -> list[str]:
             plt.close(fig)
         except ImportError:
             pass
-    cols = ["eligible", "offered", "approval_rate", "loans", "principal", "charged_off", "loss_rate", "fee_yield",
+    cols = ["eligible", "offered", "eligible_approved_rate", "approval_rate", "loans", "principal", "charged_off", "loss_rate", "fee_yield",
             "open_loans"]
     rows = "".join(
         "<tr><td>" + html.escape(g) + "</td>" + "".join(
-            f"<td>{summary[g][c]:.2%}</td>" if isinstance(summary[g][c], float) else f"<td>{summary[g][c]:,}</td>"
+            f"<td>{summary[g].get(c, 0.0):.2%}</td>" if isinstance(summary[g].get(c, 0.0), float)
+            else f"<td>{summary[g][c]:,}</td>"
             for c in cols) + "</tr>" for g in labels)
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>Floatbridge backtest</title><style>"
             "body{font-family:sans-serif;margin:2em}td,th{padding:4px 8px;text-align:right}td:first-child{text-align:left}"

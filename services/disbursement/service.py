@@ -57,6 +57,39 @@ CLOCK_KEY = "event_clock"
 KILL_KEY = "kill_switch"
 
 
+# Hot statements built once with bind parameters: building a select per call cost more than running it.
+_MERCHANT = sa.select(merchants).where(merchants.c.merchant_id == sa.bindparam("p_merchant"))
+_LOAN = sa.select(loans).where(loans.c.loan_id == sa.bindparam("p_loan"))
+_LATEST_LIMIT = (sa.select(credit_limits).where(credit_limits.c.merchant_id == sa.bindparam("p_merchant"))
+                 .order_by(credit_limits.c.event_time.desc(), credit_limits.c.id.desc()).limit(1))
+_ACCEPTED_SINCE = sa.select(sa.func.coalesce(sa.func.sum(loans.c.principal), 0)).where(
+    loans.c.merchant_id == sa.bindparam("p_merchant"), loans.c.limit_id == sa.bindparam("p_limit"))
+_BAD_LOANS = sa.select(sa.func.count()).select_from(loans).where(
+    loans.c.merchant_id == sa.bindparam("p_merchant"),
+    loans.c.state.in_([LoanState.DELINQUENT.value, LoanState.CHARGED_OFF.value]))
+_OFFER_TAKEN = sa.select(sa.func.count()).select_from(loans).where(loans.c.offer_id == sa.bindparam("p_offer"))
+_STORED = sa.select(idempotency_keys).where(idempotency_keys.c.merchant_id == sa.bindparam("p_merchant"),
+                                            idempotency_keys.c.key == sa.bindparam("p_key"))
+_FINANCED_OPEN = (sa.select(financed_orders.c.order_id).where(
+    financed_orders.c.merchant_id == sa.bindparam("p_merchant"), financed_orders.c.state == "open",
+    financed_orders.c.loan_id.in_(sa.bindparam("p_loans", expanding=True))).order_by(financed_orders.c.order_id)
+    .limit(1000))
+_FINANCED_IN = sa.select(financed_orders.c.loan_id, financed_orders.c.order_id).where(
+    financed_orders.c.merchant_id == sa.bindparam("p_merchant"),
+    financed_orders.c.order_id.in_(sa.bindparam("p_orders", expanding=True)), financed_orders.c.state == "open")
+_SETTLE_FINANCED = sa.update(financed_orders).where(
+    financed_orders.c.merchant_id == sa.bindparam("p_merchant"),
+    financed_orders.c.order_id.in_(sa.bindparam("p_orders", expanding=True)),
+    financed_orders.c.state == "open").values(state="settled")
+_SET_DPD = sa.update(loans).where(loans.c.loan_id == sa.bindparam("p_loan")).values(dpd=sa.bindparam("p_dpd"))
+_SET_INSTRUCTION = sa.update(merchants).where(merchants.c.merchant_id == sa.bindparam("p_merchant")).values(
+    last_instruction=sa.bindparam("p_instruction"))
+
+
+class ApiKeyInUse(ValueError):
+    """The API key already identifies another merchant (keys are unique: they name the caller)."""
+
+
 class EventRejected(ValueError):
     """An event this service cannot apply (missing or malformed field)."""
 
@@ -149,6 +182,8 @@ class DisbursementService:
         if currency is not None:
             values["currency"] = currency
         with self._tx() as conn:
+            if api_key is not None:
+                self._refuse_key_of_another(conn, merchant_id, values["api_key_hash"])
             if not repo.insert_ignore(conn, merchants, {"merchant_id": merchant_id, "status": "active", **values}):
                 conn.execute(sa.update(merchants).where(merchants.c.merchant_id == merchant_id).values(**values))
         return secret
@@ -164,11 +199,19 @@ class DisbursementService:
                          .values(webhook_secrets=[secret, *kept]))
         return secret
 
+    @staticmethod
+    def _refuse_key_of_another(conn: sa.Connection, merchant_id: str, key_hash: str) -> None:
+        # Checked before the insert: ON CONFLICT DO NOTHING would otherwise swallow the clash silently.
+        holder = conn.execute(sa.select(merchants.c.merchant_id).where(merchants.c.api_key_hash == key_hash)).scalar()
+        if holder is not None and holder != merchant_id:
+            raise ApiKeyInUse("this API key is already assigned to another merchant")
+
     def set_api_key(self, merchant_id: str, api_key: str) -> None:
         if len(api_key) < 16:
             raise ValueError("an API key must be at least 16 characters")
         with self._tx() as conn:
             self._merchant(conn, merchant_id)
+            self._refuse_key_of_another(conn, merchant_id, hash_api_key(api_key))
             conn.execute(sa.update(merchants).where(merchants.c.merchant_id == merchant_id)
                          .values(api_key_hash=hash_api_key(api_key)))
 
@@ -199,7 +242,7 @@ class DisbursementService:
         return self.settings.kill_switch or repo.get_control(conn, KILL_KEY) == "1"
 
     def _merchant(self, conn: sa.Connection, merchant_id: str) -> Any:
-        row = conn.execute(sa.select(merchants).where(merchants.c.merchant_id == merchant_id)).first()
+        row = conn.execute(_MERCHANT, {"p_merchant": merchant_id}).first()
         if row is None:
             raise KeyError(f"unknown merchant {merchant_id!r}")
         return row
@@ -237,25 +280,58 @@ class DisbursementService:
     # ----------------------------------------------------------------- events in
     def handle(self, event: dict[str, Any]) -> None:
         """Apply one consumed event exactly once (dedupe by event id in the same transaction)."""
+        with self._tx() as conn:
+            etype = self._apply(conn, event)
+        if etype is not None:
+            self.metrics.events.labels(etype).inc()
+        self._after_commit()
+
+    def handle_many(self, events: list[dict[str, Any]]) -> None:
+        """Apply consumed events in order in one transaction, each exactly once: the same effects as
+        handle() on each in turn, for a fraction of the commits. If any event fails, nothing of the
+        batch is kept and the events are applied one by one, so the good ones before it commit and the
+        failure is raised exactly as handle() raises it."""
+        if not events:
+            return
+        try:
+            with self._tx() as conn:
+                latest: list[datetime] = []  # the event clock only moves forward: advanced once, to the latest
+                applied = [etype for event in events if (etype := self._apply(conn, event, latest)) is not None]
+                if latest:
+                    self._advance_clock(conn, latest[0])
+        except Exception:
+            for event in events:
+                self.handle(event)
+            return
+        for etype in applied:
+            self.metrics.events.labels(etype).inc()
+        self._after_commit()
+
+    def _apply(self, conn: sa.Connection, event: dict[str, Any], latest: list[datetime] | None = None) -> str | None:
+        """One event in the caller's transaction; its type when applied, None when already processed.
+        With `latest` (a batch), the event clock is not written here: latest[0] keeps the batch's maximum."""
         try:
             etype, eid, subject = event["type"], event["id"], event["subject"]
             at = parse_rfc3339(event["time"])
         except (KeyError, TypeError, ValueError) as exc:
             raise EventRejected(f"event envelope incomplete: {exc}") from None
         handler = self._handlers().get(etype)
-        with self._tx() as conn:
-            if not repo.insert_ignore(conn, processed_events,
-                                      {"event_id": eid, "event_type": etype, "processed_at": self.clock()}):
-                return
-            if etype in topics_marketplace_types():
+        if not repo.insert_ignore(conn, processed_events,
+                                  {"event_id": eid, "event_type": etype, "processed_at": self.clock()}):
+            return None
+        if etype in _MARKETPLACE_TYPES:
+            if latest is None:
                 self._advance_clock(conn, at)
-            if handler is not None:
-                try:
-                    handler(conn, event, subject, at)
-                except (KeyError, TypeError) as exc:
-                    raise EventRejected(f"{etype} {eid}: missing or malformed field {exc}") from None
-        self.metrics.events.labels(etype).inc()
-        self._after_commit()
+            elif not latest:
+                latest.append(at)
+            elif at > latest[0]:
+                latest[0] = at
+        if handler is not None:
+            try:
+                handler(conn, event, subject, at)
+            except (KeyError, TypeError) as exc:
+                raise EventRejected(f"{etype} {eid}: missing or malformed field {exc}") from None
+        return str(etype)
 
     def _handlers(self) -> dict[str, Any]:
         return {
@@ -355,8 +431,7 @@ class DisbursementService:
         return _error(409, "offer_already_accepted", "this offer has already been accepted")
 
     def _stored_answer(self, conn: sa.Connection, cmd: AcceptOffer) -> AcceptResult | None:
-        row = conn.execute(sa.select(idempotency_keys).where(
-            idempotency_keys.c.merchant_id == cmd.merchant_id, idempotency_keys.c.key == cmd.idempotency_key)).first()
+        row = conn.execute(_STORED, {"p_merchant": cmd.merchant_id, "p_key": cmd.idempotency_key}).first()
         if row is None:
             return None
         if row.offer_id != cmd.offer_id:
@@ -387,11 +462,8 @@ class DisbursementService:
 
     def _facts(self, conn: sa.Connection, offer: Any, now: datetime) -> AcceptanceFacts:
         merchant = self._merchant(conn, offer.merchant_id)
-        delinquent = conn.execute(sa.select(sa.func.count()).select_from(loans).where(
-            loans.c.merchant_id == offer.merchant_id,
-            loans.c.state.in_([LoanState.DELINQUENT.value, LoanState.CHARGED_OFF.value]))).scalar_one()
-        taken = conn.execute(sa.select(sa.func.count()).select_from(loans).where(
-            loans.c.offer_id == offer.offer_id)).scalar_one()
+        delinquent = conn.execute(_BAD_LOANS, {"p_merchant": offer.merchant_id}).scalar_one()
+        taken = conn.execute(_OFFER_TAKEN, {"p_offer": offer.offer_id}).scalar_one()
         state = OfferState.ACCEPTED if taken else OfferState(offer.state)
         return AcceptanceFacts(
             offer_state=state, offer_amount=Money(offer.amount, offer.currency), expires_at=offer.expires_at,
@@ -401,12 +473,10 @@ class DisbursementService:
 
     def _available(self, conn: sa.Connection, merchant_id: str) -> tuple[Money | None, int | None]:
         """Latest available limit minus principal accepted since that limit arrived."""
-        lim = conn.execute(sa.select(credit_limits).where(credit_limits.c.merchant_id == merchant_id)
-                           .order_by(credit_limits.c.event_time.desc(), credit_limits.c.id.desc()).limit(1)).first()
+        lim = conn.execute(_LATEST_LIMIT, {"p_merchant": merchant_id}).first()
         if lim is None:
             return None, None
-        since = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(loans.c.principal), 0)).where(
-            loans.c.merchant_id == merchant_id, loans.c.limit_id == lim.id)).scalar_one()
+        since = conn.execute(_ACCEPTED_SINCE, {"p_merchant": merchant_id, "p_limit": lim.id}).scalar_one()
         return Money(lim.available_amount - int(since), lim.currency), int(lim.id)
 
     def _open_loan(self, conn: sa.Connection, offer: Any, now: datetime) -> Any:
@@ -425,7 +495,7 @@ class DisbursementService:
         self._outbox().new(conn, topic=topics.LOANS, etype="loan_offer.accepted", merchant_id=offer.merchant_id,
                            data={"offer_id": offer.offer_id, "loan_id": loan_id, "accepted_at": format_rfc3339(now)},
                            time=now, event_id=deterministic_id("loan_offer.accepted", offer.offer_id))
-        return conn.execute(sa.select(loans).where(loans.c.loan_id == loan_id)).one()
+        return conn.execute(_LOAN, {"p_loan": loan_id}).one()
 
     def _finance_orders(self, conn: sa.Connection, loan_id: str, offer: Any, owed: Money) -> None:
         """Record what each financed order is expected to bring back (given amounts, else an equal share)."""
@@ -442,7 +512,7 @@ class DisbursementService:
     def _drive_payout(self, loan_id: str) -> bool:
         """Pay a loan still in `accepted` (same idempotency key on every retry); True once disbursed."""
         with self.engine.connect() as conn:
-            loan = conn.execute(sa.select(loans).where(loans.c.loan_id == loan_id)).one()
+            loan = conn.execute(_LOAN, {"p_loan": loan_id}).one()
         if loan.state != LoanState.ACCEPTED.value:
             return True
         try:
@@ -466,7 +536,7 @@ class DisbursementService:
                 "loan_id": loan_id, "offer_id": loan.offer_id, "principal": repo.money(loan.principal, loan.currency),
                 "fee": repo.money(loan.fee, loan.currency), "due_at": format_rfc3339(loan.due_at),
                 "payout_id": payout_id, "order_ids": list(loan.order_ids)}, time=now, event_id=deterministic_id("loan.disbursed", loan_id))
-            view = repo.loan_view(conn.execute(sa.select(loans).where(loans.c.loan_id == loan_id)).one())
+            view = repo.loan_view(conn.execute(_LOAN, {"p_loan": loan_id}).one())
             conn.execute(sa.update(idempotency_keys).where(idempotency_keys.c.offer_id == loan.offer_id,
                                                            idempotency_keys.c.status_code == 202)
                          .values(status_code=200, response=view))
@@ -510,14 +580,11 @@ class DisbursementService:
         order_ids = [o["order_id"] for o in data.get("orders", [])]
         priority: set[str] = set()
         if order_ids:
-            rows = conn.execute(sa.select(financed_orders.c.loan_id, financed_orders.c.order_id).where(
-                financed_orders.c.merchant_id == mid, financed_orders.c.order_id.in_(order_ids),
-                financed_orders.c.state == "open")).all()
+            params = {"p_merchant": mid, "p_orders": order_ids}
+            rows = conn.execute(_FINANCED_IN, params).all()
             priority = {r.loan_id for r in rows}
             if rows:
-                conn.execute(sa.update(financed_orders).where(
-                    financed_orders.c.merchant_id == mid, financed_orders.c.order_id.in_(order_ids),
-                    financed_orders.c.state == "open").values(state="settled"))
+                conn.execute(_SETTLE_FINANCED, params)
         open_ = repo.open_loans(conn, mid, lock=True)
         order = AllocationOrder(self.settings.allocation_order)
         alloc = coll.allocate(withheld, [ln for ln in open_ if ln.remaining.currency == withheld.currency],
@@ -534,7 +601,7 @@ class DisbursementService:
 
     def _apply_repayment(self, conn: sa.Connection, mid: str, loan_id: str, settlement_id: str,
                          fee: Money, principal: Money, at: datetime) -> None:
-        loan = conn.execute(sa.select(loans).where(loans.c.loan_id == loan_id)).one()
+        loan = conn.execute(_LOAN, {"p_loan": loan_id}).one()
         repo.post_entry(conn, ledger.repayment(f"repayment:{loan_id}:{settlement_id}", loan_id, fee, principal), mid, at)
         p_due, f_due = loan.principal_due - principal.amount, loan.fee_due - fee.amount
         target = LoanState.REPAID if p_due == 0 and f_due == 0 else (
@@ -585,14 +652,12 @@ class DisbursementService:
         data = {"owed": ins.owed.to_json(), "withhold_rate_bps": ins.withhold_rate_bps, "loan_ids": list(ins.loan_ids)}
         if ins.loan_ids:
             # Receivables still financed: the marketplace withholds their payouts first, in full (up to owed).
-            financed = conn.execute(sa.select(financed_orders.c.order_id).where(
-                financed_orders.c.merchant_id == mid, financed_orders.c.state == "open",
-                financed_orders.c.loan_id.in_(list(ins.loan_ids))).order_by(financed_orders.c.order_id)
-                .limit(1000)).scalars().all()
+            financed = conn.execute(_FINANCED_OPEN, {"p_merchant": mid, "p_loans": list(ins.loan_ids)}
+                                    ).scalars().all()
             data["financed_order_ids"] = list(financed)
         if merchant.last_instruction == data or (merchant.last_instruction is None and ins.owed.is_zero()):
             return
-        conn.execute(sa.update(merchants).where(merchants.c.merchant_id == mid).values(last_instruction=data))
+        conn.execute(_SET_INSTRUCTION, {"p_merchant": mid, "p_instruction": data})
         self._outbox().new(conn, topic=topics.COLLECTIONS, etype="collection.instruction", merchant_id=mid,
                            data=data, time=at, event_id=deterministic_id("collection.instruction", mid, cause))
 
@@ -638,7 +703,7 @@ class DisbursementService:
         name = aging.bucket(dpd)
         if name is None or name == loan.bucket:
             if dpd != loan.dpd:
-                conn.execute(sa.update(loans).where(loans.c.loan_id == loan.loan_id).values(dpd=dpd))
+                conn.execute(_SET_DPD, {"p_loan": loan.loan_id, "p_dpd": dpd})
             return False
         transition(LoanState(loan.state), LoanState.DELINQUENT)
         conn.execute(sa.update(loans).where(loans.c.loan_id == loan.loan_id).values(
@@ -677,3 +742,6 @@ def topics_marketplace_types() -> frozenset[str]:
     from schemas.codec import MARKETPLACE_TYPES
 
     return frozenset(MARKETPLACE_TYPES)
+
+
+_MARKETPLACE_TYPES = topics_marketplace_types()

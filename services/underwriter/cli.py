@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 
@@ -12,7 +13,8 @@ def register(subparsers: Any) -> None:
     sub = p.add_subparsers(dest="underwriter_command", metavar="SUBCOMMAND")
     w = sub.add_parser("worker", help="run a Faust worker (settings from FLOATBRIDGE_UNDERWRITER_*)",
                        description="Consume marketplace.events.v1 and loans.v1, emit credit.limits.v1 and loan.offers.v1.")
-    w.add_argument("--loglevel", default="warning", help="Faust log level (default warning)")
+    w.add_argument("--loglevel", default=os.environ.get("FLOATBRIDGE_UNDERWRITER_LOGLEVEL", "warning"),
+                   help="Faust log level (default FLOATBRIDGE_UNDERWRITER_LOGLEVEL or warning)")
     w.set_defaults(func=_worker)
     b = sub.add_parser("bench", help="measure throughput, latency and memory per merchant")
     b.add_argument("--events", type=int, default=60_000, help="events for the throughput run")

@@ -11,6 +11,12 @@ cancellation, merchant or loan event) at once; other events (orders placed, paid
 at most every `debounce_seconds` of event time. The rest wait in `pending` until `flush(now)` scores every
 merchant whose first pending event is `debounce_seconds` old, so the limit reflects the latest event within
 `debounce_seconds` of event time (the worker's timer calls flush every `flush_interval_seconds`).
+
+Batches (the Faust worker): `handle_batch` applies a batch in order and scores each merchant of it at most
+once, after its last event of the batch, as of its latest event time. The worker hands over a batch when
+it holds `batch_max` records, and a timer hands over whatever is collected every `batch_within_seconds`, so
+batching adds at most `batch_within_seconds` plus the processing time of the batch (and of the one before
+it) of wall-clock delay to the bound above; the decision then reflects every event of the batch. Replays are exact: with input positions, a restored state skips the records it already holds.
 """
 
 from __future__ import annotations
@@ -22,12 +28,11 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from schemas.codec import deterministic_id, new_event
-from services.common.timeutil import parse_rfc3339
 from services.underwriter.domain.decisions import Action, Portfolio, decide_actions
 from services.underwriter.domain.features import compute_features
 from services.underwriter.domain.policy import PolicySettings, base_rate_bps, decide_limit, merge_reasons
 from services.underwriter.domain.scoring import Score, Scorer
-from services.underwriter.domain.state import HANDLED, LOAN_EVENTS, MerchantState
+from services.underwriter.domain.state import HANDLED, LOAN_EVENTS, MerchantState, StateError
 from services.underwriter.settings import UnderwriterSettings
 
 MATERIAL = frozenset({
@@ -106,43 +111,99 @@ class Underwriter:
         return MerchantState.from_bytes(raw.to_bytes() if isinstance(raw, MerchantState) else raw)
 
     def handle(self, event: dict[str, Any]) -> list[dict[str, Any]]:
-        """Apply one marketplace or loans.v1 event; returns the CloudEvents to emit (maybe none)."""
-        started = time.perf_counter()
-        etype = str(event.get("type"))
-        merchant_id = event.get("subject")
-        if etype not in HANDLED or not isinstance(merchant_id, str) or not merchant_id:
-            self.metrics.event(etype if etype in HANDLED else "other", "ignored")
-            return []
-        state = self._load(merchant_id)
-        try:
-            applied = state.apply(event)
-        except Exception:
-            self._hot.pop(merchant_id, None)  # the cached object may be half-updated: reload next time
-            self.metrics.event(etype, "error")
-            raise
-        if not applied:
-            self.metrics.event(etype, "duplicate")
-            return []
-        self.metrics.event(etype, "applied")
-        ts = int(parse_rfc3339(event["time"]).timestamp())
-        self.metrics.lag(time.time() - ts)
-        self._portfolio_effects(state, event)
-        out: list[dict[str, Any]] = []
-        due = etype in MATERIAL or ts - state.last_scored >= self.settings.debounce_seconds
-        if due:
-            # Decide as of the merchant's latest event time: a late event must not rewind the view.
-            self.pending.pop(merchant_id, None)
-            out = self._decide(state, state.latest, str(event["id"]), "material" if etype in MATERIAL else "event")
-        else:
-            entry = self.pending.get(merchant_id)
-            if entry is None:
-                self.pending[merchant_id] = [ts, ts, event["id"]]
-            elif ts >= entry[1]:
-                entry[1], entry[2] = ts, event["id"]
-        self._save(state)
-        if out:
-            self.metrics.processed(time.perf_counter() - started)
+        """Apply one marketplace or loans.v1 event; returns the CloudEvents to emit (maybe none).
+
+        Raises StateError (and the other errors of a malformed event) after leaving the state as it was."""
+        out, errors = self.handle_batch([event])
+        if errors:
+            raise errors[0][1]
         return out
+
+    def handle_batch(
+        self, events: list[dict[str, Any]], positions: list[tuple[str, int]] | None = None,
+    ) -> tuple[list[dict[str, Any]], list[tuple[int, Exception]]]:
+        """Apply a batch of events in order; score each merchant at most once, after its last event.
+
+        Returns the CloudEvents to emit and the events that could not be applied as (index, error) (each
+        left the state as it was; the rest of the batch still applies). A merchant is due for a decision
+        when any of its events in the batch would have made it due on its own (material, or debounce_seconds
+        of event time since its last score); the one decision is taken as of the merchant's latest event
+        time, after all its events of the batch, and names the merchant's latest event (by event time) as trigger.
+        Each merchant's state is loaded and saved once per batch. A batch of one is exactly `handle`.
+
+        `positions` (one (source, offset) per event, e.g. ("topic:partition", offset)) makes a replay exact:
+        the state remembers the last position applied per source, and a record at or before it is skipped
+        (outcome "replayed"). That is what a worker needs when it restores a state from the changelog that
+        is ahead of the input offsets committed for it (a worker killed between the two).
+        """
+        started = time.perf_counter()
+        errors: list[tuple[int, Exception]] = []
+        # merchant id -> [state, due, material, first ts, latest ts, latest event id]
+        touched: dict[str, list[Any]] = {}
+        states: dict[str, MerchantState] = {}  # every state loaded in this batch (one object per merchant)
+        moved: set[str] = set()  # merchants whose position advanced on a duplicate only: saved, not scored
+        metrics = self.metrics
+        debounce = self.settings.debounce_seconds
+        for index, event in enumerate(events):
+            etype = str(event.get("type"))
+            merchant_id = event.get("subject")
+            if etype not in HANDLED or not isinstance(merchant_id, str) or not merchant_id:
+                metrics.event(etype if etype in HANDLED else "other", "ignored")
+                continue
+            entry = touched.get(merchant_id)
+            state = states.get(merchant_id) or states.setdefault(merchant_id, self._load(merchant_id))
+            position = positions[index] if positions is not None else None
+            if position is not None and state.already_applied(*position):
+                metrics.event(etype, "replayed")
+                continue
+            try:
+                ts = state.apply_ts(event)
+            except Exception as exc:
+                self._hot.pop(merchant_id, None)  # the cached object may be half-updated: reload next time
+                if entry is None and merchant_id not in moved:
+                    states.pop(merchant_id, None)
+                metrics.event(etype, "error")
+                if not isinstance(exc, (StateError, KeyError, TypeError, ValueError)):
+                    raise
+                errors.append((index, exc))
+                continue
+            if position is not None:
+                state.advance(*position)
+            if ts is None:
+                metrics.event(etype, "duplicate")
+                if position is not None:
+                    moved.add(merchant_id)  # keep the advanced position
+                continue
+            metrics.event(etype, "applied")
+            metrics.lag(time.time() - ts)
+            self._portfolio_effects(state, event)
+            material = etype in MATERIAL
+            due = material or ts - state.last_scored >= debounce
+            if entry is None:
+                touched[merchant_id] = [state, due, material, ts, ts, event["id"]]
+            else:
+                entry[1] = entry[1] or due
+                entry[2] = entry[2] or material
+                if ts >= entry[4]:
+                    entry[4], entry[5] = ts, event["id"]
+        out: list[dict[str, Any]] = []
+        for merchant_id, (state, due, material, first_ts, latest_ts, last_id) in touched.items():
+            if due:
+                # Decide as of the merchant's latest event time: a late event must not rewind the view.
+                self.pending.pop(merchant_id, None)
+                out.extend(self._decide(state, state.latest, str(last_id), "material" if material else "event"))
+            else:
+                pending = self.pending.get(merchant_id)
+                if pending is None:
+                    self.pending[merchant_id] = [first_ts, latest_ts, last_id]
+                elif latest_ts >= pending[1]:
+                    pending[1], pending[2] = latest_ts, last_id
+            self._save(state)
+        for merchant_id in moved - touched.keys():
+            self._save(states[merchant_id])
+        if out:
+            metrics.processed(time.perf_counter() - started)
+        return out, errors
 
     def flush(self, now: datetime) -> list[dict[str, Any]]:
         """Score every pending merchant whose first pending event is at least debounce_seconds older than now."""

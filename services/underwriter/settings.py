@@ -29,6 +29,8 @@ class UnderwriterSettings:
     challenger: str = field(default="", metadata={"doc": "registry version to shadow-score beside the champion (empty: none)"})
     debounce_seconds: int = field(default=30, metadata={"doc": "rescore a merchant at most this often (event time) unless the event is material"})
     flush_interval_seconds: float = field(default=1.0, metadata={"doc": "worker timer that scores debounced merchants"})
+    batch_max: int = field(default=1000, metadata={"doc": "worker: records taken per batch (each merchant of a batch is saved and scored once)"})
+    batch_within_seconds: float = field(default=0.02, metadata={"doc": "worker: records not yet in a full batch are processed at least this often (bounds the added delay)"})
     metrics_port: int = field(default=9102, metadata={"doc": "port of the /metrics endpoint (0: none)"})
     web_port: int = field(default=6066, metadata={"doc": "Faust web port"})
     psi_window: int = field(default=5000, metadata={"doc": "recent scored PDs the score PSI gauge compares with the training reference"})
@@ -43,6 +45,8 @@ class UnderwriterSettings:
             raise ValueError("psi_window must be >= 1")
         if self.partitions < 1:
             raise ValueError("partitions must be >= 1")
+        if self.batch_max < 1 or self.batch_within_seconds <= 0:
+            raise ValueError("batch_max must be >= 1 and batch_within_seconds > 0")
 
 
 def load(**overrides: object) -> UnderwriterSettings:

@@ -12,7 +12,6 @@ import pytest
 
 from floatbridge.audit.sources import audit, read_topic
 from floatbridge.audit.traffic import Marketplace, chunks, interleave
-from floatbridge.soak import consumer_lag
 from floatbridge.stack import Stack
 from schemas import topics as t
 from tests.e2e.test_faults_kill import INGEST_KEY, histories, make_stack
@@ -29,17 +28,33 @@ def _final_limits(kafka: str, prefix: str) -> dict[str, tuple[int, int]]:
     return out
 
 
+def _input_lag(kafka: str, group: str, topics: list[str], partitions: int) -> int:
+    """Records of the input topics not yet committed by `group`, over EVERY partition: a partition the group
+    never committed counts in full (a killed worker's partitions stay uncommitted until the survivor takes
+    them over; the group's committed offsets alone would not show them)."""
+    from floatbridge.observability.lag import KafkaOffsetSource
+
+    source = KafkaOffsetSource(kafka)
+    try:
+        committed = source.committed(group)
+        end = source.end_offsets([(topic, p) for topic in topics for p in range(partitions)])
+    finally:
+        source.close()
+    return sum(max(0, n - committed.get(tp, 0)) for tp, n in end.items())
+
+
 def _quiesce(stack: Stack, timeout: float = 90) -> None:
-    """Until the underwriter group has no lag and the limits topic stopped growing (bounded)."""
+    """Until the underwriter group has committed every input record and the limits topic stopped growing."""
     cfg = stack.cfg
-    deadline, last, stable = time.monotonic() + timeout, -1, 0
+    inputs = [cfg.topic_prefix + t.MARKETPLACE_EVENTS, cfg.topic_prefix + t.LOANS]
+    deadline, last, stable, lag = time.monotonic() + timeout, -1, 0, -1
     while time.monotonic() < deadline and stable < 3:
         n = len(read_topic(cfg.kafka, cfg.topic_prefix + t.CREDIT_LIMITS)[0])
-        lag = consumer_lag(cfg.kafka, [cfg.topic_prefix + cfg.app_id])
+        lag = _input_lag(cfg.kafka, cfg.topic_prefix + cfg.app_id, inputs, cfg.topic_partitions)
         stable = stable + 1 if (n == last and lag == 0) else 0
         last = n
         time.sleep(2)
-    assert stable >= 3, f"underwriter did not settle within {timeout}s"
+    assert stable >= 3, f"underwriter did not settle within {timeout}s (input lag {lag})"
 
 
 def _sibling_schema(url: str) -> str:

@@ -49,3 +49,31 @@ def test_racing_replicas_claim_each_id_exactly_once(pg_schema_url: str) -> None:
     assert sorted(claimed) == sorted(ids)
     for s in stores:
         s.close()
+
+
+def test_a_connection_the_server_dropped_is_replaced_without_failing_the_batch(pg_schema_url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    store = SqlDedupeStore(pg_schema_url, LEASE)
+    assert store.claim([ClaimRequest("a", "h")], "o1", NOW) == {"a": Claim.NEW}
+    with store.engine.connect() as conn:  # the one pooled connection (the store is used from one thread)
+        pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    killer = create_engine(pg_schema_url)
+    with killer.begin() as conn:  # drop it, as a server restart would
+        assert conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar_one()
+    killer.dispose()
+    got = store.claim([ClaimRequest("a", "h"), ClaimRequest("b", "h")], "o2", NOW)
+    assert got == {"a": Claim.PENDING, "b": Claim.NEW}
+    store.mark_done(["a", "b"], "o2")
+    assert store.state("a") == "done" and store.state("b") == "done"
+    store.close()
+
+
+def test_a_repeated_claim_by_the_same_owner_is_its_own_not_someone_elses(pg_schema_url: str) -> None:
+    # A claim whose commit reached the server but whose answer was lost is retried with the same owner:
+    # the rows it already holds count as claimed by it, not as another replica's pending claims.
+    store = SqlDedupeStore(pg_schema_url, LEASE)
+    assert store.claim([ClaimRequest("a", "h")], "o1", NOW) == {"a": Claim.NEW}
+    assert store.claim([ClaimRequest("a", "h")], "o1", NOW) == {"a": Claim.NEW}
+    assert store.claim([ClaimRequest("a", "h")], "o2", NOW) == {"a": Claim.PENDING}
+    store.close()

@@ -136,3 +136,26 @@ def test_failed_webhook_backs_off_then_dead_letters_and_disables_endpoint(env: d
         enabled = conn.execute(sa.select(merchants.c.webhook_enabled)).scalar_one()
     assert enabled is False
     assert svc.dispatch_webhooks(now + timedelta(days=1)) == 0
+
+
+def test_one_dispatch_pass_records_each_outcome_in_delivery_order(env: dict[str, Any]) -> None:
+    svc = env["svc"]
+    svc.register_merchant("m1", "https://m1.example/hooks", KEY1)
+    svc.register_merchant("m2", "https://m2.example/hooks", "key-m2-0123456789abcdef")
+    answers = {"m1": [500, 200], "m2": [500, 500]}
+
+    def transport(url: str, headers: Any, body: bytes) -> int:
+        return answers["m1" if "m1.example" in url else "m2"].pop(0)
+
+    svc.transport = transport
+    for i in range(2):
+        svc.handle(limit("m1", 100_000 + i, at=T0 + timedelta(minutes=i)))
+        svc.handle(limit("m2", 200_000 + i, at=T0 + timedelta(minutes=i)))
+    assert svc.dispatch_webhooks(T0 + timedelta(minutes=5)) == 4
+    with svc.engine.connect() as conn:
+        states = sorted((r.merchant_id, r.state, r.attempts, r.last_status)
+                        for r in conn.execute(sa.select(webhook_deliveries)).all())
+        failures = dict(conn.execute(sa.select(merchants.c.merchant_id, merchants.c.webhook_failures)).all())
+    assert states == [("m1", "delivered", 1, 200), ("m1", "pending", 1, 500),
+                      ("m2", "pending", 1, 500), ("m2", "pending", 1, 500)]
+    assert failures == {"m1": 0, "m2": 2}, "a success resets the count, failures add up"

@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
 from services.disbursement.adapters.payout_rails import SandboxRail
@@ -260,3 +261,59 @@ def test_in_process_bus_may_call_back_into_the_service(tmp_path: Any) -> None:
     svc.handle(offer("m1", "of2", 5_000, at=T0 + timedelta(minutes=3)))
     result = svc.accept(AcceptOffer("of2", "m1", "k2", T0 + timedelta(minutes=4)))
     assert result.code == "limit_exceeded"  # the limit published from inside the relay was applied
+
+
+def _state(svc: DisbursementService) -> dict[str, Any]:
+    """What a consumer's work leaves behind: loans, ledger, instructions, pending webhooks."""
+    from services.disbursement.adapters.orm import loans, merchants, webhook_deliveries
+
+    with svc.engine.connect() as conn:
+        return {
+            "loans": sorted((r.loan_id, r.state, r.principal_due, r.fee_due)
+                            for r in conn.execute(sa.select(loans)).all()),
+            "instructions": sorted((r.merchant_id, json.dumps(r.last_instruction, sort_keys=True))
+                                   for r in conn.execute(sa.select(merchants)).all()),
+            "webhooks": sorted((r.msg_id, r.event_type) for r in conn.execute(sa.select(webhook_deliveries)).all()),
+            "balances": svc.balances(),
+            "event_clock": svc.event_clock(),
+        }
+
+
+def test_a_batch_of_events_in_one_transaction_leaves_what_one_by_one_leaves(tmp_path: Any) -> None:
+    first = [onboarded("m1"), limit("m1", 1_000_000), offer("m1", "of-1", 50_000, 500, order_ids=("o1", "o2"))]
+    later = [settlement("m1", "s1", 20_000, T0 + timedelta(days=1), orders=(("o1", 30_000),)),
+             ev("order.refunded", "m1", {"order_id": "o2", "amount": {"amount": 5_000, "currency": "BRL"}},
+                T0 + timedelta(days=2)),
+             settlement("m1", "s2", 40_000, T0 + timedelta(days=3))]
+    later.append(dict(later[0]))  # a redelivered event inside the batch is applied once
+
+    def run(name: str, batched: bool) -> tuple[dict[str, Any], list[str]]:
+        bus = Bus()
+        svc = bootstrap(DisbursementSettings(), db_url=f"sqlite:///{tmp_path}/{name}.db", bus=bus,
+                        transport=Transport(), clock=Clock(), registry=CollectorRegistry())
+        svc.register_merchant("m1", "https://m1.example/hooks", "key-m1-0123456789abcdef")
+        for events in (first, later):
+            if batched:
+                svc.handle_many(events)
+            else:
+                for event in events:
+                    svc.handle(event)
+            if events is first:
+                assert svc.accept(AcceptOffer("of-1", "m1", "idem-1", T0 + timedelta(minutes=1))).status_code == 200
+        return _state(svc), [e["id"] for _, _, e in bus.sent]
+
+    one_by_one, batched = run("single", False), run("batch", True)
+    assert batched == one_by_one
+    assert any(state == "repaid" for _, state, _, _ in batched[0]["loans"])
+    assert sum(batched[0]["balances"].values()) == 0
+
+
+def test_a_batch_with_a_bad_event_keeps_the_good_ones_before_it_and_raises_like_handle(env: dict[str, Any]) -> None:
+    from services.disbursement.service import EventRejected
+
+    svc = env["svc"]
+    broken = ev("loan_offer.created", "m1", {"offer_id": "of-x"}, T0)  # no amount
+    with pytest.raises(EventRejected):
+        svc.handle_many([limit("m1", 1_000_000), broken, offer("m1", "of-2", 10_000)])
+    assert [t for _, t in _state(svc)["webhooks"]].count("credit_limit.updated") == 1, "the limit before it stays"
+    assert svc.get_offer("m1", "of-2") is None, "events after the failure are not applied"

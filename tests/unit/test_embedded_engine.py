@@ -44,11 +44,20 @@ def test_replay_reports_invalid_lines_with_their_numbers_and_processes_the_rest(
     assert any(e["type"] == "credit_limit.updated" for e in emitted)
     assert all(not validate({k: v for k, v in e.items() if k != "topic"}) for e in emitted)
     assert result.engine.tally.accepted == 0, "--accept none: nobody borrows"
+    from services.disbursement.adapters.orm import processed_events
+
+    with result.engine.disbursement.engine.connect() as conn:
+        handled = {r.event_type for r in conn.execute(processed_events.select()).all()}
+    assert "credit_limit.updated" in handled and "merchant.onboarded" in handled
+    assert "settlement.paid" not in handled, "payouts of merchants who never borrowed are not disbursement's work"
 
 
-def test_embedded_engine_lends_against_receivables_and_collects_from_the_next_payout(tmp_path: Path) -> None:
+@pytest.mark.parametrize("over_http", [False, True], ids=["service", "http"])
+def test_embedded_engine_lends_against_receivables_and_collects_from_the_next_payout(
+        tmp_path: Path, over_http: bool) -> None:
     histories = [healthy_merchant(f"m{i}", END, days=45, seed=i) for i in range(3)]
-    engine = EmbeddedEngine(EngineOptions(db_path=tmp_path / "d.sqlite"))
+    engine = EmbeddedEngine(EngineOptions(db_path=tmp_path / "d.sqlite", accept_over_http=over_http))
+    assert (engine.api is not None) == over_http
     events = sorted((e for h in histories for e in h.events), key=lambda e: e["time"])
     engine.feed(list(enumerate(events, 1)))
     engine._advance(END + timedelta(hours=3))

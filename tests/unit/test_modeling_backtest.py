@@ -35,15 +35,38 @@ def test_a_model_that_refuses_everyone_has_eligible_points_but_zero_approval(sam
     assert summary["points_offered"] == 0 and summary["approval_rate"] == 0.0 and summary["offered"] == 0
 
 
-def test_brushing_limit_growth_is_measured_until_placed_gmv_triples():
+def test_approval_of_eligible_merchants_counts_days_with_an_approved_limit(sample):
+    approving = backtest.summarise(backtest.run(sample, None, "unused", scorer=FixedScorer(0.01)))["all"]
+    refusing = backtest.summarise(backtest.run(sample, None, "unused", scorer=FixedScorer(0.99)))["all"]
+    assert 0 < approving["points_approved"] <= approving["points"]
+    assert approving["eligible_approved_rate"] == approving["points_approved"] / approving["points"]
+    # A limit is approved whether or not it is drawn that day: higher than the offer-at-the-point rate.
+    assert approving["eligible_approved_rate"] > approving["approval_rate"]
+    assert refusing["points"] > 0 and refusing["points_approved"] == 0 and refusing["eligible_approved_rate"] == 0.0
+
+
+def test_backtest_report_writes_charts_for_approval_loss_and_yield(sample, tmp_path):
+    from floatbridge.modeling import report
+
+    summary = backtest.summarise(backtest.run(sample, None, "unused", scorer=FixedScorer(0.01)))
+    paths = report.write(summary, str(tmp_path))
+    for key in ("eligible_approved_rate", "approval_rate", "loss_rate", "fee_yield"):
+        assert "<rect" in (tmp_path / f"{key}.svg").read_text()
+    page = (tmp_path / "report.html").read_text()
+    assert "eligible_approved_rate" in page and paths[0].endswith("report.json")
+
+
+def test_brushing_limit_growth_compares_30_day_limit_levels_until_placed_gmv_triples():
     c = 100
     placed = {d: 1_000 for d in range(c - 30, c)} | {d: 5_000 for d in range(c, c + 60)}
     limits = [((c - 40) * DAY, 10_000), ((c + 3) * DAY, 11_000), ((c + 40) * DAY, 50_000)]
-    row = backtest.brushing_row(placed, limits, c, c + 59)
+    row = backtest.brushing_row(placed, limits, c, c + 59, history_from=c - 40)
     # Trailing 30-day GMV reaches 3x 30,000 once 15 campaign days (75,000) + 15 earlier days (15,000) are in it.
     assert row["tripled"] and row["window_end_day"] == c + 14
     assert row["gmv_growth"] == pytest.approx(3.0)
-    assert row["base_limit"] == 10_000 and row["limit_growth"] == pytest.approx(1.1) and row["goal_met"]
+    # Level: 3 days at 10,000 and 12 at 11,000 in the window, against 30 days at 10,000 before.
+    assert row["base_limit_level"] == 10_000 and row["limit_growth"] == pytest.approx(1.08) and row["goal_met"]
+    assert row["peak_limit_growth"] == pytest.approx(1.1)  # the old peak-over-day-before figure, kept for comparison
     assert row["peak_limit_whole_history"] == 50_000  # the later rise is outside the tripling window
 
 
@@ -51,7 +74,36 @@ def test_brushing_without_tripling_is_measured_over_the_whole_campaign():
     c = 50
     placed = {d: 1_000 for d in range(c - 30, c + 60)}
     limits = [((c - 10) * DAY, 10_000), ((c + 20) * DAY, 13_000)]
-    row = backtest.brushing_row(placed, limits, c, c + 59)
+    row = backtest.brushing_row(placed, limits, c, c + 59, history_from=c - 10)
     assert not row["tripled"] and row["window_end_day"] == c + 59
     assert row["gmv_growth"] == pytest.approx(1.0)
-    assert row["limit_growth"] == pytest.approx(1.3) and not row["goal_met"]
+    # Baseline: the 10 days with the minimum history; window: the last 30 days, all at 13,000.
+    assert row["base_days"] == 10 and row["limit_growth"] == pytest.approx(1.3) and not row["goal_met"]
+
+
+def test_brushing_baseline_skips_frozen_days_and_needs_a_week_of_history():
+    c = 60
+    placed = {d: 1_000 for d in range(c - 30, c)} | {d: 2_000 for d in range(c, c + 40)}
+    limits = [((c - 30) * DAY, 20_000), ((c - 15) * DAY, 5_000), ((c + 1) * DAY, 20_000)]
+    frozen = set(range(c - 15, c))  # a delinquency froze a stale limit for the last 15 days before the campaign
+    row = backtest.brushing_row(placed, limits, c, c + 39, frozen=frozen, history_from=c - 30)
+    assert row["base_days"] == 15 and row["base_limit_level"] == 20_000 and row["limit_growth"] == pytest.approx(1.0)
+    assert row["peak_limit_growth"] == pytest.approx(4.0)  # the stale frozen limit as a baseline would show 4x
+    thin = backtest.brushing_row(placed, limits, c, c + 39, history_from=c - 3)
+    assert thin["no_baseline"] and thin["limit_growth"] is None and not thin["goal_met"]
+
+
+def test_rule_based_advance_policy_lends_a_fixed_rate_whatever_the_pd_and_the_guards():
+    from floatbridge.modeling.rule_backtest import rule_env
+    from services.common import settings as common
+    from services.underwriter.domain.features import FEATURE_NAMES, INDEX
+    from services.underwriter.domain.policy import PolicySettings, base_rate_bps, guards
+
+    p = common.load(PolicySettings, "FLOATBRIDGE_UNDERWRITER_", environ=rule_env(2800))
+    assert base_rate_bps(0.0, p) == base_rate_bps(0.99, p) == 2800
+    f = [0.0] * len(FEATURE_NAMES)
+    for name, value in (("tenure_days", 200), ("placed_orders_30d", 100), ("top_buyer_share_30d", 0.9),
+                        ("repeat_buyer_share_30d", 0.9), ("distinct_buyers_30d", 3), ("refund_rate_30d", 0.5),
+                        ("cancel_rate_30d", 0.5), ("placed_gmv_7d", 1e6), ("placed_gmv_30d", 1e6)):
+        f[INDEX[name]] = value
+    assert guards(f, p) == [] and guards(f, PolicySettings())  # the same merchant trips the real policy's guards

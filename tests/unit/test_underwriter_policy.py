@@ -271,3 +271,55 @@ def test_receivables_financed_by_a_disbursed_loan_back_no_second_offer() -> None
     financed = {r.order_id for r in d.receivables if r.financed}
     assert financed == set(first["order_ids"]) & {r.order_id for r in d.receivables}
     assert financed, "the financed receivables are still open and marked"
+
+
+def test_unsettled_placed_gmv_from_many_buyers_does_not_raise_the_limit() -> None:
+    """Fake orders spread over many buyers slip past the buyer guards; they never settle, so receivables count only
+    in proportion to the GMV that does settle (PLACED_AHEAD_OF_SETTLED) and the limit does not grow from them."""
+    honest = history("m1", START, 100, Profile(orders_per_day=4))
+    campaign = START + timedelta(days=70)
+    fake = history("m1", campaign, 30, Profile(orders_per_day=8, buyers=400, cancel_rate=0.0, refund_rate=0.0),
+                   onboard=False, order_prefix="fake")
+    fake = [e for e in fake if e["type"] in ("order.placed", "order.paid", "order.shipped")]
+    events = sorted(honest + fake, key=lambda e: (e["time"], e["id"]))
+    state = MerchantState("m1")
+    off = PolicySettings(settled_conversion_ratio=0)
+    no_pace = PolicySettings(receivables_pace_bps=10**9)  # isolate the discount from the settled-pace cap
+    before: list[int] = []
+    during: list[tuple[int, int, str, float]] = []
+    for e in events:
+        state.apply(e)
+        if e["type"] != "settlement.paid" or ts(e) < campaign - timedelta(days=30):
+            continue
+        d, f = decision_at(state)
+        if ts(e) < campaign:
+            before.append(d.limit)
+            assert "PLACED_AHEAD_OF_SETTLED" not in d.codes  # an honest history is never discounted
+        else:
+            alone = decision_at(state, no_pace)[0].limit
+            without = decision_at(state, PolicySettings(receivables_pace_bps=10**9, settled_conversion_ratio=0))[0].limit
+            during.append((d.limit, alone, without, d.codes, f[INDEX["placed_gmv_30d"]] / f[INDEX["settled_gmv_30d"]]))
+    base = sum(before) / len(before)
+    _, last_alone, last_without, codes, gap = during[-1]
+    assert gap > 2.0  # placed GMV ran well ahead of settled GMV
+    assert "PLACED_AHEAD_OF_SETTLED" in codes
+    assert last_alone * 2 < last_without  # without the settled-pace cap, the discount alone holds the limit back
+    assert decision_at(state, off)[0].limit <= last_without
+    assert max(limit for limit, *_ in during) <= 1.2 * base, (base, during)
+
+
+def test_settled_conversion_discount_needs_a_full_settled_window_and_can_be_switched_off() -> None:
+    state = MerchantState("m1")
+    for e in history("m1", START, 30, Profile(orders_per_day=4)):
+        state.apply(e)
+    f = compute_features(state, datetime.fromtimestamp(state.latest, UTC))
+    f[INDEX["placed_gmv_30d"]] = 10 * max(f[INDEX["settled_gmv_30d"]], 1.0)
+    from services.underwriter.domain.policy import settled_conversion_keep
+
+    assert settled_conversion_keep(f, PolicySettings())[0] == 1.0  # 30 days of tenure: too thin to compare
+    f[INDEX["tenure_days"]] = 60
+    keep, gap, days = settled_conversion_keep(f, PolicySettings())
+    assert days == 30 and keep == pytest.approx(1.3 / gap) and keep < 0.2
+    assert settled_conversion_keep(f, PolicySettings(settled_conversion_ratio=0))[0] == 1.0
+    with pytest.raises(ValueError):
+        PolicySettings(settled_conversion_ratio=0.5).validate()

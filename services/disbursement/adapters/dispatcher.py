@@ -80,38 +80,65 @@ def _claim(svc: DisbursementService, now: datetime, limit: int) -> Sequence[Any]
 
 
 def dispatch(svc: DisbursementService, now: datetime, limit: int = 100) -> int:
+    """Claim due deliveries, send them (outside any transaction: a receiver may call back), then record
+    every outcome in one transaction, in delivery order (the same final state as one write per attempt)."""
     rows = _claim(svc, now, limit)
-    for row in rows:
-        _deliver(svc, row, now)
+    if not rows:
+        return 0
+    endpoints = _endpoints(svc, {row.merchant_id for row in rows})
+    outcomes = [_attempt(svc, row, endpoints.get(row.merchant_id), now) for row in rows]
+    with svc._tx() as conn:
+        _record(conn, svc, rows, outcomes, now)
     return len(rows)
 
 
-def _deliver(svc: DisbursementService, row: Any, now: datetime) -> None:
+def _endpoints(svc: DisbursementService, merchant_ids: set[str]) -> dict[str, Any]:
     with svc.engine.connect() as conn:
-        m = conn.execute(sa.select(merchants.c.webhook_url, merchants.c.webhook_secrets)
-                         .where(merchants.c.merchant_id == row.merchant_id)).one()
+        found = conn.execute(sa.select(merchants.c.merchant_id, merchants.c.webhook_url, merchants.c.webhook_secrets)
+                             .where(merchants.c.merchant_id.in_(sorted(merchant_ids)))).all()
+    return {m.merchant_id: m for m in found}
+
+
+def _attempt(svc: DisbursementService, row: Any, m: Any, now: datetime) -> tuple[int | None, str]:
+    """One signed delivery: (HTTP status or None, error text)."""
     body = row.payload.encode("utf-8")
     status: int | None = None
     error = ""
     started = time.perf_counter()
     try:
+        if m is None:
+            raise LookupError(f"merchant {row.merchant_id} not found")
         hdrs = headers(m.webhook_secrets or [], row.msg_id, int(now.timestamp()), body)
         status = int(svc.transport(m.webhook_url, hdrs, body))
     except Exception as exc:  # any transport failure is one failed attempt, never a crashed loop
         error = f"{exc.__class__.__name__}: {exc}"[:500]
     svc.metrics.webhook_latency.observe(time.perf_counter() - started)
     svc.metrics.webhook_attempts.inc()
-    ok = status is not None and 200 <= status < 300
-    with svc._tx() as conn:
-        if ok:
-            conn.execute(sa.update(webhook_deliveries).where(webhook_deliveries.c.id == row.id).values(
-                state="delivered", attempts=row.attempts + 1, last_status=status, last_error=None, finished_at=now))
-            conn.execute(sa.update(merchants).where(merchants.c.merchant_id == row.merchant_id)
-                         .values(webhook_failures=0))
-            return
+    return status, error
+
+
+_DELIVERED = (
+    sa.update(webhook_deliveries).where(webhook_deliveries.c.id == sa.bindparam("row_id"))
+    .values(state="delivered", attempts=sa.bindparam("row_attempts"), last_status=sa.bindparam("row_status"),
+            last_error=None, finished_at=sa.bindparam("row_finished"))
+)
+
+
+def _record(conn: sa.Connection, svc: DisbursementService, rows: Sequence[Any],
+            outcomes: Sequence[tuple[int | None, str]], now: datetime) -> None:
+    s = svc.settings
+    delivered: list[dict[str, Any]] = []
+    # merchant -> [consecutive failures (None: not read yet), webhook_enabled to write (None: unchanged)]
+    endpoint: dict[str, list[Any]] = {}
+    for row, (status, error) in zip(rows, outcomes, strict=True):
+        state = endpoint.setdefault(row.merchant_id, [None, None])
+        if status is not None and 200 <= status < 300:
+            delivered.append({"row_id": row.id, "row_attempts": row.attempts + 1, "row_status": status,
+                              "row_finished": now})
+            state[0] = 0
+            continue
         svc.metrics.webhook_failures.inc()
         attempts = row.attempts + 1
-        s = svc.settings
         dead = attempts >= s.webhook_max_attempts
         delay = backoff_seconds(attempts, s.webhook_backoff_base_seconds, s.webhook_backoff_cap_seconds,
                                 random.random())
@@ -119,12 +146,26 @@ def _deliver(svc: DisbursementService, row: Any, now: datetime) -> None:
             state="dead" if dead else "pending", attempts=attempts, last_status=status,
             last_error=error or f"HTTP {status}", next_attempt_at=now + timedelta(seconds=delay),
             finished_at=now if dead else None))
-        failures = conn.execute(sa.select(merchants.c.webhook_failures).where(
-            merchants.c.merchant_id == row.merchant_id)).scalar_one() + 1
-        disable = failures >= s.webhook_disable_after_failures
-        conn.execute(sa.update(merchants).where(merchants.c.merchant_id == row.merchant_id).values(
-            webhook_failures=failures, webhook_enabled=not disable))
+        if state[0] is None:
+            state[0] = conn.execute(sa.select(merchants.c.webhook_failures).where(
+                merchants.c.merchant_id == row.merchant_id)).scalar_one()
+        state[0] += 1
+        disable = state[0] >= s.webhook_disable_after_failures
+        state[1] = not disable
         if dead:
             svc.metrics.webhook_dead.inc()
         if disable:
-            log.warning("webhook endpoint of merchant %s disabled after %d failures", row.merchant_id, failures)
+            log.warning("webhook endpoint of merchant %s disabled after %d failures", row.merchant_id, state[0])
+    if delivered:
+        conn.execute(_DELIVERED, delivered)
+    healthy = sorted(m for m, (failures, enabled) in endpoint.items() if failures == 0 and enabled is None)
+    if healthy:  # every attempt succeeded: reset the failure count, in one statement
+        conn.execute(sa.update(merchants).where(merchants.c.merchant_id.in_(healthy),
+                                                merchants.c.webhook_failures != 0).values(webhook_failures=0))
+    for merchant_id, (failures, enabled) in endpoint.items():
+        if failures == 0 and enabled is None:
+            continue
+        values: dict[str, Any] = {"webhook_failures": failures}
+        if enabled is not None:
+            values["webhook_enabled"] = enabled
+        conn.execute(sa.update(merchants).where(merchants.c.merchant_id == merchant_id).values(**values))

@@ -8,10 +8,10 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from services.common.ratelimit import FailedAuthLimiter
-from services.disbursement.service import AcceptOffer, DisbursementService
+from services.disbursement.service import AcceptOffer, ApiKeyInUse, DisbursementService
 
 
 def _bearer(authorization: str | None) -> str:
@@ -35,7 +35,13 @@ class ApiKeyIn(BaseModel):
 
 
 class KillSwitchIn(BaseModel):
-    on: bool
+    # Strict: a lax bool would read "yes" or 1 as true and switch lending off (or on) by accident.
+    on: StrictBool
+
+
+def _key_in_use() -> HTTPException:
+    # API keys are unique (they identify the merchant); say so without telling whose key it is.
+    return HTTPException(409, {"code": "api_key_in_use", "message": "this API key is already assigned; use another"})
 
 
 def create_app(svc: DisbursementService, limiter: FailedAuthLimiter | None = None) -> FastAPI:
@@ -123,6 +129,8 @@ def create_app(svc: DisbursementService, limiter: FailedAuthLimiter | None = Non
         try:
             secret = svc.register_merchant(body.merchant_id, body.webhook_url, body.api_key, body.webhook_secret,
                                            body.currency, tuple(body.event_types))
+        except ApiKeyInUse:
+            raise _key_in_use() from None
         except ValueError as exc:
             raise HTTPException(422, {"code": "invalid_merchant", "message": str(exc)}) from None
         return {"merchant_id": body.merchant_id, "webhook_secret": secret}
@@ -140,6 +148,10 @@ def create_app(svc: DisbursementService, limiter: FailedAuthLimiter | None = Non
             svc.set_api_key(merchant_id, body.api_key)
         except KeyError:
             raise HTTPException(404, {"code": "merchant_not_found", "message": "no such merchant"}) from None
+        except ApiKeyInUse:
+            raise _key_in_use() from None
+        except ValueError as exc:
+            raise HTTPException(422, {"code": "invalid_api_key", "message": str(exc)}) from None
         return Response(status_code=204)
 
     @app.put("/admin/kill-switch", dependencies=[Depends(admin)])

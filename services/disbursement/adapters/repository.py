@@ -33,26 +33,45 @@ WEBHOOK_TYPES = frozenset({
 })
 
 
+_INSERT_IGNORE: dict[tuple[str, sa.Table], Any] = {}
+
+
+def _insert_ignore_stmt(dialect: str, table: sa.Table) -> Any:
+    # One statement object per (dialect, table), values passed as parameters: SQLAlchemy's compiled cache
+    # then serves every call (building `.values(**values)` each time cost more than the SQL itself).
+    key = (dialect, table)
+    stmt = _INSERT_IGNORE.get(key)
+    if stmt is None:
+        if dialect == "postgresql":
+            stmt = postgresql.insert(table).on_conflict_do_nothing()
+        elif dialect == "sqlite":
+            stmt = sqlite.insert(table).on_conflict_do_nothing()
+        else:  # pragma: no cover - only PostgreSQL and SQLite are supported
+            raise RuntimeError(f"unsupported database {dialect}")
+        _INSERT_IGNORE[key] = stmt
+    return stmt
+
+
 def insert_ignore(conn: sa.Connection, table: sa.Table, values: dict[str, Any]) -> bool:
     """INSERT ... ON CONFLICT DO NOTHING; True when the row was new."""
-    dialect = conn.dialect.name
-    if dialect == "postgresql":
-        stmt: Any = postgresql.insert(table).values(**values).on_conflict_do_nothing()
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(table).values(**values).on_conflict_do_nothing()
-    else:  # pragma: no cover - only PostgreSQL and SQLite are supported
-        raise RuntimeError(f"unsupported database {dialect}")
-    return bool(conn.execute(stmt).rowcount)
+    return bool(conn.execute(_insert_ignore_stmt(conn.dialect.name, table), values).rowcount)
+
+
+# Hot statements built once with bind parameters (building a select per call cost more than running it).
+_GET_CONTROL = sa.select(control.c.value).where(control.c.key == sa.bindparam("p_key"))
+_SET_CONTROL = sa.update(control).where(control.c.key == sa.bindparam("p_key")).values(value=sa.bindparam("p_value"))
+_WEBHOOK_TARGET = sa.select(merchants.c.webhook_url, merchants.c.event_types).where(
+    merchants.c.merchant_id == sa.bindparam("p_merchant"))
 
 
 def get_control(conn: sa.Connection, key: str) -> str | None:
-    value = conn.execute(sa.select(control.c.value).where(control.c.key == key)).scalar()
+    value = conn.execute(_GET_CONTROL, {"p_key": key}).scalar()
     return None if value is None else str(value)
 
 
 def set_control(conn: sa.Connection, key: str, value: str) -> None:
     if not insert_ignore(conn, control, {"key": key, "value": value}):
-        conn.execute(sa.update(control).where(control.c.key == key).values(value=value))
+        conn.execute(_SET_CONTROL, {"p_key": key, "p_value": value})
 
 
 def money(amount: int, currency: str) -> dict[str, Any]:
@@ -84,9 +103,7 @@ class Outbox:
         return event
 
     def _webhook(self, conn: sa.Connection, event: dict[str, Any], payload: str) -> None:
-        m = conn.execute(
-            sa.select(merchants.c.webhook_url, merchants.c.event_types).where(merchants.c.merchant_id == event["subject"])
-        ).first()
+        m = conn.execute(_WEBHOOK_TARGET, {"p_merchant": event["subject"]}).first()
         if m is None or not m.webhook_url:
             return
         types = m.event_types or []
@@ -123,24 +140,31 @@ def account_balances(conn: sa.Connection) -> dict[tuple[str, str], int]:
     return {(a, c): int(s) for a, c, s in rows}
 
 
-def open_loans(conn: sa.Connection, merchant_id: str, lock: bool = False) -> list[OpenLoan]:
+def _open_loans_stmt() -> Any:
     expected = (
         sa.select(sa.func.coalesce(sa.func.sum(financed_orders.c.expected), 0))
         .where(financed_orders.c.loan_id == loans.c.loan_id, financed_orders.c.state == "open")
         .scalar_subquery()
     )
-    q = (
+    return (
         sa.select(loans.c.loan_id, loans.c.currency, loans.c.principal_due, loans.c.fee_due, loans.c.disbursed_at,
                   expected.label("expected"))
-        .where(loans.c.merchant_id == merchant_id, loans.c.state.in_([s.value for s in OPEN_STATES]))
+        .where(loans.c.merchant_id == sa.bindparam("p_merchant"),
+               loans.c.state.in_([s.value for s in OPEN_STATES]))
         .order_by(loans.c.disbursed_at, loans.c.loan_id)
     )
-    if lock and conn.dialect.name == "postgresql":
-        q = q.with_for_update(of=loans)
+
+
+_OPEN_LOANS = _open_loans_stmt()
+_OPEN_LOANS_LOCKED = _OPEN_LOANS.with_for_update(of=loans)
+
+
+def open_loans(conn: sa.Connection, merchant_id: str, lock: bool = False) -> list[OpenLoan]:
+    q = _OPEN_LOANS_LOCKED if lock and conn.dialect.name == "postgresql" else _OPEN_LOANS
     return [
         OpenLoan(r.loan_id, r.disbursed_at, Money(r.principal_due, r.currency), Money(r.fee_due, r.currency),
                  Money(int(r.expected), r.currency))
-        for r in conn.execute(q)
+        for r in conn.execute(q, {"p_merchant": merchant_id})
     ]
 
 

@@ -41,6 +41,7 @@ class KafkaSink:
         self.observe_latency = observe_latency
         self._producer: Any = None
         self._lock = threading.Lock()
+        self._partitions: dict[str, tuple[int, list[int], dict[bytes, int]]] = {}
 
     def _get(self) -> Any:
         with self._lock:
@@ -61,9 +62,14 @@ class KafkaSink:
         producer = self._get()
         futures = []
         try:
+            partitioners: dict[str, Callable[[bytes], int | None]] = {}
             for rec in records:
+                key = rec.key.encode("utf-8")
+                pick = partitioners.get(rec.kind)
+                if pick is None:  # per batch and only for the topics it writes to
+                    pick = partitioners[rec.kind] = self._partitioner(producer, self.topics[rec.kind])
                 futures.append((rec.event_id, producer.send(
-                    self.topics[rec.kind], value=rec.payload, key=rec.key.encode("utf-8"),
+                    self.topics[rec.kind], value=rec.payload, key=key, partition=pick(key),
                     headers=list(rec.headers))))
         except KafkaError as exc:
             self._wait(futures, start)  # whatever was sent may still be acknowledged
@@ -77,6 +83,30 @@ class KafkaSink:
             raise SinkUnavailable(f"Kafka did not acknowledge {len(failed)} records: {failed[0]}", delivered)
         if self.observe_latency is not None:
             self.observe_latency(time.perf_counter() - start)
+
+    def _partitioner(self, producer: Any, topic: str) -> Callable[[bytes], int | None]:
+        """The partition kafka-python's DefaultPartitioner picks for a key (murmur2 of the key modulo the
+        sorted partition list, as the Java client does), remembered per merchant key: the default
+        partitioner recomputes it (pure-Python murmur2, a sorted copy of the partition list) for every
+        record. The memo is per partition count and bounded; a new partition count starts a new one."""
+        from kafka.partitioner.default import murmur2
+
+        partitions = producer.partitions_for(topic)
+        if not partitions:  # no metadata: let send() wait for it and partition as usual
+            return lambda key: None
+        memo = self._partitions.get(topic)
+        if memo is None or memo[0] != len(partitions) or len(memo[2]) > 200_000:
+            memo = (len(partitions), sorted(partitions), {})
+            self._partitions[topic] = memo
+        _, ordered, known = memo
+
+        def pick(key: bytes) -> int | None:
+            part = known.get(key)
+            if part is None:
+                part = known[key] = ordered[(murmur2(key) & 0x7FFFFFFF) % len(ordered)]
+            return part
+
+        return pick
 
     def _reset(self, producer: Any) -> None:
         """Drop a producer that failed: after a broker outage an idempotent producer can stay wedged
@@ -93,6 +123,11 @@ class KafkaSink:
         deadline = start + self.timeout_s
         failed = []
         for _, fut in futures:
+            if fut.is_done:  # acknowledged (or failed) already: no wait, no clock read
+                exc = fut.exception
+                if exc is not None:
+                    failed.append(f"{type(exc).__name__}: {exc}"[:200])
+                continue
             try:
                 fut.get(timeout=max(deadline - time.perf_counter(), 0.001))
             except KafkaError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import time
 from collections.abc import Callable, Sequence
@@ -42,17 +43,24 @@ class IngestMetrics:
 
     def record(self, results: Sequence[EventResult], intake: str) -> None:
         self.batch_size.observe(len(results))
-        for res in results:
-            t = type_label(res.event_type)
-            self.received.labels(t, intake).inc()
-            if res.status is Status.ACCEPTED:
-                self.accepted.labels(t).inc()
-            elif res.status is Status.DUPLICATE:
-                self.duplicate.labels(t).inc()
-            elif res.status is Status.REJECTED:
-                self.rejected.labels(t, res.reason.value if res.reason else "schema").inc()
+        # Count first, then one labelled increment per (status, type, reason): a labels() lookup takes a
+        # lock and hashes the label tuple, which per event cost more than the rest of this method.
+        tally: collections.Counter[tuple[Status, str | None, str]] = collections.Counter(
+            (res.status, res.event_type, res.reason.value if res.reason else "schema") for res in results)
+        received: collections.Counter[str] = collections.Counter()
+        for (status, etype, reason), n in tally.items():
+            t = type_label(etype)
+            received[t] += n
+            if status is Status.ACCEPTED:
+                self.accepted.labels(t).inc(n)
+            elif status is Status.DUPLICATE:
+                self.duplicate.labels(t).inc(n)
+            elif status is Status.REJECTED:
+                self.rejected.labels(t, reason).inc(n)
             else:
-                self.retry.labels(t).inc()
+                self.retry.labels(t).inc(n)
+        for t, n in received.items():
+            self.received.labels(t, intake).inc(n)
 
     def watch_dedupe_size(self, size: Callable[[], int], every_s: float = 15.0) -> None:
         """Count rows at most every `every_s` seconds, on scrape (COUNT(*) is not free)."""

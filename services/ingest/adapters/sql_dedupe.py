@@ -1,13 +1,17 @@
 """Dedupe store on PostgreSQL (shared by replicas, survives restarts) or SQLite (embedded mode).
 
 One table: event_id primary key, sha256 of the canonical event, state pending/done, the claim's
-owner and time, and first_seen for the retention window. Claims for a batch take one
+owner and time, and first_seen for the retention window.
+
+On PostgreSQL a batch's claim is ONE statement (two arrays bound as parameters: a CTE inserts
+the new ids with ON CONFLICT DO NOTHING and the same statement reads the rows of the ids already
+known), and mark-done is one `UPDATE ... WHERE event_id = ANY(ids)`. SQLite takes one
 INSERT ... ON CONFLICT DO NOTHING RETURNING plus one SELECT for the ids already known.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,7 +30,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from services.ingest.domain.ports import Claim, ClaimRequest, DedupeUnavailable
 
@@ -59,6 +63,10 @@ class SqlDedupeStore:
             if url_or_engine.startswith("postgresql"):
                 kwargs["connect_args"] = {"connect_timeout": 3}
                 kwargs["pool_size"] = 8
+                # No ping per checkout (a round trip per statement): a connection the server dropped
+                # fails its statement, is invalidated by SQLAlchemy, and the statement is retried once
+                # on a fresh connection (see _in_tx).
+                kwargs["pool_pre_ping"] = False
             elif url_or_engine in ("sqlite://", "sqlite:///:memory:"):
                 from sqlalchemy.pool import StaticPool
 
@@ -75,6 +83,23 @@ class SqlDedupeStore:
         # recompiled a 3,000-parameter statement on every call: a third of the HTTP path's CPU.
         self._claim_stmt = self._insert(self.table).on_conflict_do_nothing(
             index_elements=["event_id"]).returning(self.table.c.event_id)
+        self._pg = self.engine.dialect.name == "postgresql"
+        if self._pg:
+            name = self.engine.dialect.identifier_preparer.format_table(self.table)
+            # Sorted inserts: two replicas claiming overlapping batches lock the ids in the same order
+            # (no deadlock). Rows inserted by the CTE are invisible to the outer SELECT (one snapshot),
+            # so `t` only shows ids that were already known; an id committed by a racing replica after
+            # this statement's snapshot shows neither and is answered PENDING (the client retries).
+            self._pg_claim_sql = (
+                "WITH req AS (SELECT * FROM unnest(%(ids)s::text[], %(hashes)s::text[]) AS r(event_id, sha)), "
+                f"ins AS (INSERT INTO {name} (event_id, content_sha256, state, owner, claimed_at_ms, first_seen_ms) "
+                "SELECT event_id, sha, 'pending', %(owner)s, %(now)s, %(now)s FROM req ORDER BY event_id "
+                "ON CONFLICT (event_id) DO NOTHING RETURNING event_id) "
+                "SELECT req.event_id, ins.event_id IS NOT NULL, t.content_sha256, t.state, t.claimed_at_ms, t.owner "
+                f"FROM req LEFT JOIN ins ON ins.event_id = req.event_id LEFT JOIN {name} t "
+                "ON t.event_id = req.event_id AND ins.event_id IS NULL"
+            )
+            self._pg_done_sql = f"UPDATE {name} SET state = 'done' WHERE event_id = ANY(%(ids)s::text[])"
         if create:
             self.create()
 
@@ -100,6 +125,8 @@ class SqlDedupeStore:
     def claim(self, requests: Sequence[ClaimRequest], owner: str, now: datetime) -> dict[str, Claim]:
         if not requests:
             return {}
+        if self._pg:
+            return self._pg_claim(requests, owner, _ms(now))
         now_ms = _ms(now)
         t = self.table
         rows = [{"event_id": r.event_id, "content_sha256": r.content_hash, "state": "pending", "owner": owner,
@@ -134,8 +161,59 @@ class SqlDedupeStore:
         # Anything else is held by a live claim (or vanished in a race): the client retries.
         return {eid: out.get(eid, Claim.PENDING) for eid in wanted}
 
+    def _pg_claim(self, requests: Sequence[ClaimRequest], owner: str, now_ms: int) -> dict[str, Claim]:
+        params = {"ids": [r.event_id for r in requests], "hashes": [r.content_hash for r in requests],
+                  "owner": owner, "now": now_ms}
+        wanted = {r.event_id: r.content_hash for r in requests}
+        out: dict[str, Claim] = {}
+        stale: list[str] = []
+
+        def run(conn: Any) -> None:
+            out.clear()
+            stale.clear()
+            for eid, new, digest, state, claimed, held_by in conn.exec_driver_sql(self._pg_claim_sql, params):
+                if new:
+                    out[eid] = Claim.NEW
+                elif digest is None:
+                    continue  # committed by a racing replica after this statement's snapshot: PENDING
+                elif digest != wanted[eid]:
+                    out[eid] = Claim.CONFLICT
+                elif state == "done":
+                    out[eid] = Claim.DONE
+                elif held_by == owner:
+                    out[eid] = Claim.NEW  # this call's own claim, committed by an attempt whose answer was lost
+                elif now_ms - claimed >= self.lease_ms:
+                    stale.append(eid)
+            if stale:
+                t = self.table
+                takeover = update(t).where(
+                    t.c.event_id.in_(stale), t.c.state == "pending", t.c.claimed_at_ms <= now_ms - self.lease_ms,
+                ).values(owner=owner, claimed_at_ms=now_ms).returning(t.c.event_id)
+                for (eid,) in conn.execute(takeover):
+                    out[eid] = Claim.TAKEN_OVER
+
+        self._in_tx(run)
+        return {eid: out.get(eid, Claim.PENDING) for eid in wanted}
+
+    def _in_tx(self, work: Callable[[Any], None]) -> None:
+        """Run `work` in one transaction; once more on a fresh connection if the pooled one was dead."""
+        for attempt in (1, 2):
+            try:
+                with self.engine.begin() as conn:
+                    work(conn)
+                return
+            except DBAPIError as exc:
+                if attempt == 1 and exc.connection_invalidated:
+                    continue
+                raise DedupeUnavailable(_short(exc)) from None
+            except SQLAlchemyError as exc:
+                raise DedupeUnavailable(_short(exc)) from None
+
     def mark_done(self, event_ids: Sequence[str], owner: str) -> None:
-        if event_ids:
+        if event_ids and self._pg:
+            params = {"ids": list(event_ids)}
+            self._in_tx(lambda conn: conn.exec_driver_sql(self._pg_done_sql, params))
+        elif event_ids:
             self._run(update(self.table).where(self.table.c.event_id.in_(list(event_ids))).values(state="done"))
 
     def release(self, event_ids: Sequence[str], owner: str) -> None:
@@ -160,11 +238,7 @@ class SqlDedupeStore:
             raise DedupeUnavailable(_short(exc)) from None
 
     def ping(self) -> None:
-        try:
-            with self.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        except SQLAlchemyError as exc:
-            raise DedupeUnavailable(_short(exc)) from None
+        self._in_tx(lambda conn: conn.execute(text("SELECT 1")))
 
     def state(self, event_id: str) -> str | None:
         with self.engine.connect() as conn:
@@ -174,11 +248,7 @@ class SqlDedupeStore:
         self.engine.dispose()
 
     def _run(self, stmt: Any) -> None:
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(stmt)
-        except SQLAlchemyError as exc:
-            raise DedupeUnavailable(_short(exc)) from None
+        self._in_tx(lambda conn: conn.execute(stmt))
 
 
 def _short(exc: BaseException) -> str:

@@ -8,7 +8,6 @@ passes the receipt time, the validator and the encoder.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -52,8 +51,25 @@ class NormaliseContext:
     # loans, collections) must never enter through the marketplace's door.
     accepted_types: frozenset[str] = frozenset()
 
+    # HMAC-SHA256 with the key's inner and outer pads hashed once (RFC 2104); each buyer id then costs
+    # two copies of a SHA-256 state instead of a new HMAC object. Same digest as hmac.new(key, id, sha256).
+    _pads: tuple[Any, Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        key = self.buyer_hash_key
+        if len(key) > 64:  # SHA-256's block size
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(64, b"\0")
+        inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+        object.__setattr__(self, "_pads", (inner, outer))
+
     def hash_buyer(self, buyer_id: str) -> str:
-        return BUYER_PREFIX + hmac.new(self.buyer_hash_key, buyer_id.encode("utf-8"), hashlib.sha256).hexdigest()
+        inner, outer = self._pads[0].copy(), self._pads[1].copy()
+        inner.update(buyer_id.encode("utf-8"))
+        outer.update(inner.digest())
+        digest: str = outer.hexdigest()
+        return BUYER_PREFIX + digest
 
 
 def valid_id(value: Any) -> str | None:
@@ -74,7 +90,15 @@ class _Walker:
         if isinstance(obj, dict):
             if "currency" in obj and ("amount" in obj or "value" in obj):
                 return self.money(obj, ptr)
-            return {k: self.member(k, v, f"{ptr}/{_escape(k)}") for k, v in obj.items()}
+            out = {}
+            for k, v in obj.items():
+                # A plain scalar member is copied as is; only members that may be rewritten or hold
+                # nested values get their JSON pointer built (it is needed only to report issues).
+                if k == "buyer_id" or isinstance(v, dict | list) or (isinstance(v, str) and k.endswith("_at")):
+                    out[k] = self.member(k, v, f"{ptr}/{_escape(k)}")
+                else:
+                    out[k] = v
+            return out
         if isinstance(obj, list):
             return [self.value(v, f"{ptr}/{i}") for i, v in enumerate(obj)]
         return obj
@@ -90,6 +114,11 @@ class _Walker:
         return self.value(val, ptr)
 
     def timestamp(self, val: str, ptr: str, bounded: bool, now: datetime | None = None) -> str:
+        dt = _canonical_utc(val)
+        if dt is not None:  # already "YYYY-MM-DDTHH:MM:SSZ": format_rfc3339 would give `val` back
+            if bounded and now is not None:
+                self.bounds(dt, ptr, now)
+            return val
         try:
             dt = parse_rfc3339(val, self.ctx.naive_zone)
         except TimeError as exc:
@@ -97,13 +126,16 @@ class _Walker:
             self.add(Reason.TIME, ptr, f"{exc}{hint}")
             return val
         if bounded and now is not None:
-            skew = self.ctx.max_future_skew
-            if skew is not None and dt > now + skew:
-                self.add(Reason.TIME, ptr, f"time is {int((dt - now).total_seconds())} s in the future "
-                         f"(more than the allowed {int(skew.total_seconds())} s)")
-            if dt < self.ctx.min_time:
-                self.add(Reason.TIME, ptr, f"time is before {format_rfc3339(self.ctx.min_time)}")
+            self.bounds(dt, ptr, now)
         return format_rfc3339(dt)
+
+    def bounds(self, dt: datetime, ptr: str, now: datetime) -> None:
+        skew = self.ctx.max_future_skew
+        if skew is not None and dt > now + skew:
+            self.add(Reason.TIME, ptr, f"time is {int((dt - now).total_seconds())} s in the future "
+                     f"(more than the allowed {int(skew.total_seconds())} s)")
+        if dt < self.ctx.min_time:
+            self.add(Reason.TIME, ptr, f"time is before {format_rfc3339(self.ctx.min_time)}")
 
     def money(self, obj: dict[str, Any], ptr: str) -> dict[str, Any]:
         out = {k: v for k, v in obj.items() if k != "value"}
@@ -153,6 +185,21 @@ class _Walker:
             return None
 
 
+_CANONICAL_UTC = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z\Z")
+
+
+def _canonical_utc(val: str) -> datetime | None:
+    """The instant of a timestamp already in the canonical form (whole seconds, `Z`, year >= 1000);
+    None for anything else, which takes the general parser (and its error messages)."""
+    if len(val) != 20 or not _CANONICAL_UTC.match(val) or val[0] == "0":
+        return None
+    try:
+        return datetime(int(val[0:4]), int(val[5:7]), int(val[8:10]), int(val[11:13]), int(val[14:16]),
+                        int(val[17:19]), tzinfo=UTC)
+    except ValueError:
+        return None
+
+
 def _escape(key: str) -> str:
     return key.replace("~", "~0").replace("/", "~1")
 
@@ -172,12 +219,10 @@ def normalise(raw: Any, ctx: NormaliseContext, now: datetime) -> NormalisedEvent
         return Rejection(Reason.MALFORMED, (Issue("", f"malformed JSON: {raw.error}"),))
     if not isinstance(raw, dict):
         return Rejection(Reason.SCHEMA, (Issue("", f"event must be a JSON object, got {_json_type(raw)}"),))
-    ident = (valid_id(raw.get("id")), raw.get("type") if isinstance(raw.get("type"), str) else None,
-             valid_id(raw.get("subject")))
     size = len(ctx.encode(raw))
     if size > ctx.max_event_bytes:
         issue = Issue("", f"event is {size} bytes, more than the limit of {ctx.max_event_bytes} bytes")
-        return Rejection(Reason.SIZE, (issue,), *ident)
+        return Rejection(Reason.SIZE, (issue,), *_ident(raw))
     walker = _Walker(ctx)
     event = dict(raw)
     if isinstance(raw.get("time"), str):
@@ -188,16 +233,23 @@ def normalise(raw: Any, ctx: NormaliseContext, now: datetime) -> NormalisedEvent
     if ctx.accepted_types and isinstance(etype, str) and etype not in ctx.accepted_types:
         walker.add(Reason.SCHEMA, "/type", f"{etype[:64]!r} is not an event type a marketplace may send "
                    f"(one of: {', '.join(sorted(ctx.accepted_types))})")
-    own = [i for reason in (Reason.MONEY, Reason.TIME, Reason.SCHEMA) for i in walker.issues[reason]]
+    found = ctx.validator(event)
+    by_reason = walker.issues
+    if not found and not (by_reason[Reason.MONEY] or by_reason[Reason.TIME] or by_reason[Reason.SCHEMA]):
+        payload = ctx.encode(event)
+        return NormalisedEvent(event["id"], event["type"], event["subject"], event, payload,
+                               hashlib.sha256(payload).hexdigest())
+    own = [i for reason in (Reason.MONEY, Reason.TIME, Reason.SCHEMA) for i in by_reason[reason]]
     known = {i.pointer for i in own}
-    schema = [Issue(p, m) for p, m in ctx.validator(event) if not _covered(p, known)]
-    issues = tuple(own + schema)
-    if issues:
-        reason = next((r for r in (Reason.MONEY, Reason.TIME) if walker.issues[r]), Reason.SCHEMA)
-        return Rejection(reason, issues, *ident)
-    payload = ctx.encode(event)
-    return NormalisedEvent(event["id"], event["type"], event["subject"], event, payload,
-                           hashlib.sha256(payload).hexdigest())
+    schema = [Issue(p, m) for p, m in found if not _covered(p, known)]
+    reason = next((r for r in (Reason.MONEY, Reason.TIME) if by_reason[r]), Reason.SCHEMA)
+    return Rejection(reason, tuple(own + schema), *_ident(raw))
+
+
+def _ident(raw: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """What a rejection can still say about the event: a well-formed id, its type, its merchant."""
+    etype = raw.get("type")
+    return valid_id(raw.get("id")), etype if isinstance(etype, str) else None, valid_id(raw.get("subject"))
 
 
 MAX_RAW_DEPTH = 64  # deeper JSON (hostile input) is cut off in the dead letter instead of overflowing the stack

@@ -8,19 +8,21 @@ so portfolio caps are approximate across workers). A timer flushes debounced mer
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import time
+import weakref
 from collections.abc import Iterator, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
+from faust.streams import _current_event  # the context Faust tables read the current partition from
 from faust.types import EventT
 
 from schemas import codec, topics
 from services.underwriter.bootstrap import bootstrap
-from services.underwriter.domain.state import StateError
 from services.underwriter.settings import UnderwriterSettings
 
 log = logging.getLogger("floatbridge.underwriter")
@@ -29,9 +31,11 @@ log = logging.getLogger("floatbridge.underwriter")
 class TableStore(MutableMapping[str, bytes]):
     """The state-store port over a Faust table.
 
-    Writes inside the agent go through the table (changelog partition = the current event's). The flush timer
-    runs outside any event, so it writes to the table's data and sends the changelog record itself, to the
-    partition remembered from that merchant's last event.
+    Every write goes through the table (its store and its changelog) in the context of an event of the
+    merchant's own input partition, remembered by `remember` when the merchant's event was consumed: the
+    table's store (RocksDB keeps one database per partition) and its changelog partition both follow the
+    current event, and a batch holds events of several partitions while the flush timer runs outside any
+    event. The changelog partition of a merchant is therefore always the partition of its input events.
     """
 
     # Values are base64 text in the table: Faust's changelog recovery decodes raw values as UTF-8.
@@ -39,7 +43,13 @@ class TableStore(MutableMapping[str, bytes]):
     def __init__(self, table: Any) -> None:
         self.table = table
         self.partition_of: dict[str, int] = {}
+        self._event_of_partition: dict[int, EventT[Any]] = {}  # any one consumed event of each input partition
         self._last: dict[str, tuple[Any, bytes]] = {}  # keeps decoded identity stable for the core's cache
+
+    def remember(self, key: str, event: EventT[Any]) -> None:
+        partition = event.message.partition
+        self.partition_of[key] = partition
+        self._event_of_partition[partition] = event
 
     def __getitem__(self, key: str) -> bytes:
         value = self.get(key)
@@ -62,17 +72,16 @@ class TableStore(MutableMapping[str, bytes]):
 
     def __setitem__(self, key: str, raw: bytes) -> None:
         value = base64.b64encode(raw).decode("ascii")
-        self._last[key] = (value, raw)
-        event = faust.current_event()
-        if event is not None:
-            self.partition_of[key] = event.message.partition
-            self.table[key] = value
-            return
         partition = self.partition_of.get(key)
-        if partition is None:
-            raise RuntimeError(f"no known changelog partition for merchant {key!r}")
-        self.table.data[key] = value
-        self.table.send_changelog(partition, key, value)
+        event = self._event_of_partition.get(partition) if partition is not None else faust.current_event()
+        if event is None:
+            raise RuntimeError(f"no known input partition for merchant {key!r}")
+        token = _current_event.set(weakref.ref(event))
+        try:
+            self.table[key] = value
+        finally:
+            _current_event.reset(token)
+        self._last[key] = (value, raw)
 
     def __delitem__(self, key: str) -> None:
         del self.table[key]
@@ -114,10 +123,46 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
             await topic.send(key=ev["subject"].encode("utf-8"), value=codec.encode(ev), key_serializer="raw",
                              value_serializer="raw")
 
+    # Batches: the agent collects records (manual acks) and hands a batch to the core whenever it holds
+    # batch_max records; the batch timer (every batch_within_seconds) hands over whatever is there. The
+    # agent's loop runs without pausing while records are queued, so under a backlog batches are full, and
+    # the timer takes the rest as soon as the queue runs dry. One lock keeps batches (and the debounce
+    # flush), their output and their acks in order. A record is acked only after its state went to the
+    # table (changelog) and its decisions to the producer, and Faust flushes the producer before it commits,
+    # so an offset is never committed ahead of the state; the reverse (state ahead of the committed offsets
+    # after a kill) is made exact by the input positions.
+    pending: list[EventT[Any]] = []
+    streams: list[Any] = []
+    lock = asyncio.Lock()
+
+    async def run_batch(commit: bool) -> None:
+        async with lock:
+            if not pending:
+                return
+            batch = pending[:]
+            pending.clear()
+            await emit(process_batch(uw, store, batch, clock))
+            for event in batch:
+                await streams[0].ack(event)
+            if commit:
+                # The queue ran dry: commit now rather than on Faust's commit timer. A rebalance between
+                # the acks and the next timer tick drops the acked offsets of partitions that stay
+                # assigned, and they would stay uncommitted until new records arrive there.
+                await app.consumer.commit()
+
     @app.agent(source)
     async def underwrite(stream: Any) -> None:
-        async for event in stream.events():
-            await emit(process(uw, event, clock))
+        manual = stream.noack()
+        streams[:] = [manual]
+        async for event in manual.events():
+            pending.append(event)
+            if len(pending) >= settings.batch_max:
+                await run_batch(commit=False)
+
+    @app.timer(interval=settings.batch_within_seconds)
+    async def batch_due() -> None:
+        if pending:
+            await run_batch(commit=True)
 
     @app.timer(interval=settings.flush_interval_seconds)
     async def flush_pending() -> None:
@@ -125,30 +170,57 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
             return
         # Event-time "now": the latest event time seen, advanced by the wall time since it was consumed.
         now = datetime.fromtimestamp(clock["event"] + (time.time() - clock["wall"]), UTC)
-        await emit(uw.flush(now))
+        async with lock:  # after the batch in progress, so a merchant's decisions stay in order
+            await emit(uw.flush(now))
 
     app.underwriter = uw  # type: ignore[attr-defined]
     return app, uw
 
 
-def process(uw: Any, event: EventT, clock: dict[str, float]) -> list[dict[str, Any]]:
-    """Decode and handle one record; undecodable or inapplicable records are logged and skipped."""
-    try:
-        ev = codec.decode(event.value)
-        allowed = topics.types_on(event.message.topic)
-        if allowed is not None and isinstance(ev, dict) and ev.get("type") not in allowed:
-            raise ValueError(f"type {str(ev.get('type'))[:64]!r} does not belong on {event.message.topic}")
-        out: list[dict[str, Any]] = uw.handle(ev)
-    except (codec.EventInvalid, StateError, KeyError, TypeError, ValueError) as exc:
-        log.warning("skipping record at %s[%s]@%s: %s", event.message.topic, event.message.partition,
-                    event.message.offset, exc)
-        return []
-    try:
-        ts = datetime.fromisoformat(ev["time"].replace("Z", "+00:00")).timestamp()
-    except (KeyError, ValueError, AttributeError):
-        return out
-    if ts >= clock["event"]:
-        clock["event"], clock["wall"] = ts, time.time()
+def process(uw: Any, event: EventT[Any], clock: dict[str, float], store: TableStore | None = None) -> list[dict[str, Any]]:
+    """Decode and handle one record (a batch of one)."""
+    return process_batch(uw, store, [event], clock)
+
+
+def process_batch(uw: Any, store: TableStore | None, batch: list[EventT[Any]],
+                  clock: dict[str, float]) -> list[dict[str, Any]]:
+    """Decode and handle a batch of records; undecodable or inapplicable records are logged and skipped.
+
+    Each record's input position ("topic:partition", offset) goes with it, so records that the restored
+    state already holds are skipped exactly (see Underwriter.handle_batch)."""
+    evs: list[dict[str, Any]] = []
+    kept: list[EventT[Any]] = []
+    positions: list[tuple[str, int]] = []
+    for event in batch:
+        msg = event.message
+        try:
+            ev = codec.decode(event.value)
+            allowed = topics.types_on(msg.topic)
+            if allowed is not None and isinstance(ev, dict) and ev.get("type") not in allowed:
+                raise ValueError(f"type {str(ev.get('type'))[:64]!r} does not belong on {msg.topic}")
+        except (codec.EventInvalid, KeyError, TypeError, ValueError) as exc:
+            log.warning("skipping record at %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, exc)
+            continue
+        subject = ev.get("subject") if isinstance(ev, dict) else None
+        if store is not None and isinstance(subject, str) and subject:
+            store.remember(subject, event)
+        evs.append(ev)
+        kept.append(event)
+        positions.append((f"{msg.topic}:{msg.partition}", msg.offset))
+    out: list[dict[str, Any]]
+    out, errors = uw.handle_batch(evs, positions)
+    for index, error in errors:
+        msg = kept[index].message
+        log.warning("skipping record at %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, error)
+    latest = None
+    for ev in evs:
+        try:
+            ts = datetime.fromisoformat(ev["time"].replace("Z", "+00:00")).timestamp()
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+        latest = ts if latest is None else max(latest, ts)
+    if latest is not None and latest >= clock["event"]:
+        clock["event"], clock["wall"] = latest, time.time()
     return out
 
 
@@ -172,4 +244,4 @@ def run_worker(settings: UnderwriterSettings, loglevel: str = "warning") -> int:
     return 0
 
 
-__all__ = ["TableStore", "attach_faust_sensor", "create_app", "process", "run_worker"]
+__all__ = ["TableStore", "attach_faust_sensor", "create_app", "process", "process_batch", "run_worker"]

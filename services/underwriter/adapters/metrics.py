@@ -49,6 +49,10 @@ class UnderwriterMetrics:
                                  "1 while the underwriter's kill switch pauses new offers", registry=r)
         self._rolling: RollingPSI | None = None
         self._psi_child: Any = None
+        # Label children cached by label value: .labels() costs more than the increment itself.
+        self._event_children: dict[tuple[str, str], Any] = {}
+        self._score_children: dict[str, Any] = {}
+        self._decision_children: dict[str, Any] = {}
 
     def track_psi(self, model_version: str, reference: Mapping[str, Any], window: int = 5000,
                   every: int = PSI_EVERY) -> None:
@@ -62,7 +66,10 @@ class UnderwriterMetrics:
 
     # The service calls these; kept tiny so a fake is trivial.
     def event(self, etype: str, outcome: str) -> None:
-        self.events.labels(etype, outcome).inc()
+        child = self._event_children.get((etype, outcome))
+        if child is None:
+            child = self._event_children[(etype, outcome)] = self.events.labels(etype, outcome)
+        child.inc()
 
     def lag(self, seconds: float) -> None:
         self.event_lag.observe(max(0.0, seconds))
@@ -71,7 +78,10 @@ class UnderwriterMetrics:
         self.processing.observe(seconds)
 
     def scored(self, trigger: str, pd: float, limit: int) -> None:
-        self.scores.labels(trigger).inc()
+        child = self._score_children.get(trigger)
+        if child is None:
+            child = self._score_children[trigger] = self.scores.labels(trigger)
+        child.inc()
         self.pd.observe(pd)
         self.limits.observe(limit)
         # Only merchants granted a limit: the reference is the training rows, which are credit decision
@@ -82,7 +92,10 @@ class UnderwriterMetrics:
                 self._psi_child.set(value)
 
     def decision(self, kind: str) -> None:
-        self.decisions.labels(kind).inc()
+        child = self._decision_children.get(kind)
+        if child is None:
+            child = self._decision_children[kind] = self.decisions.labels(kind)
+        child.inc()
 
     def model_info(self, champion: str, challenger: str) -> None:
         self.model.info({"champion": champion, "challenger": challenger or "none"})

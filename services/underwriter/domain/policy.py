@@ -81,6 +81,7 @@ class PolicySettings:
     settled_gap_ratio: float = field(default=1.5, metadata={"doc": "30-day placed GMV above this x 30-day settled GMV cuts the rate (orders that do not settle)"})
     settled_gap_keep_bps: int = field(default=5000, metadata={"doc": "share of the advance rate kept when placed sales run ahead of settled sales"})
     settled_guard_min_tenure_days: int = field(default=45, metadata={"doc": "placed-vs-settled guards need this tenure (a full 30-day settled window)"})
+    settled_conversion_ratio: float = field(default=1.3, metadata={"doc": "receivables count in proportion once placed GMV runs above this x settled GMV (30 or 90 days, the higher): placed sales that do not settle never raise the limit; 0 turns it off"})
 
     def validate(self) -> None:
         if len(self.pd_tiers) != len(self.advance_rates_bps):
@@ -105,6 +106,8 @@ class PolicySettings:
             raise ValueError("repeat_allowed_share must be within 0..1")
         if self.receivables_pace_bps <= 0 or self.settled_gap_ratio <= 1 or self.spike_ratio <= 1:
             raise ValueError("receivables_pace_bps must be > 0, settled_gap_ratio and spike_ratio > 1")
+        if self.settled_conversion_ratio != 0 and self.settled_conversion_ratio < 1:
+            raise ValueError("settled_conversion_ratio must be 0 (off) or >= 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +240,30 @@ def _sales_guards(f: list[float], p: PolicySettings) -> list[tuple[int, Reason]]
     return out
 
 
+def settled_conversion_keep(f: list[float], p: PolicySettings) -> tuple[float, float, int]:
+    """(share of receivables that count, placed/settled GMV ratio, its window in days). Fake orders are placed but
+    never settle, so receivables count only in proportion to the GMV that does settle: once placed GMV over 30 or 90
+    days (the higher ratio) runs above `settled_conversion_ratio` x settled GMV, the excess adds nothing.
+
+    Settlements trail orders by the merchant's settlement lag, so a window compares like with like only once the
+    merchant has sold for the window plus that lag (and never before `settled_guard_min_tenure_days`): a younger
+    merchant's settled window is still filling and would look like unsettled sales."""
+    tenure = f[INDEX["tenure_days"]]
+    if p.settled_conversion_ratio <= 0 or tenure < p.settled_guard_min_tenure_days:
+        return 1.0, 0.0, 0
+    lag = max(float(p.min_days_to_settle), f[INDEX["settlement_lag_days_90d"]])
+    gap, days = 0.0, 0
+    for window, placed, settled in ((30, "placed_gmv_30d", "settled_gmv_30d"), (90, "placed_gmv_90d", "settled_gmv_90d")):
+        if tenure < window + lag:
+            continue
+        ratio = f[INDEX[placed]] / max(f[INDEX[settled]], 1.0)
+        if ratio > gap:
+            gap, days = ratio, window
+    if gap <= p.settled_conversion_ratio:
+        return 1.0, gap, days
+    return p.settled_conversion_ratio / gap, gap, days
+
+
 def counted_receivables(
     state: MerchantState, f: list[float], eligible: int, as_of: int, p: PolicySettings
 ) -> tuple[int, list[Reason]]:
@@ -248,6 +275,12 @@ def counted_receivables(
     counted = int(eligible * share)
     if counted < eligible * 0.95:
         reasons.append(Reason("BUYER_DIVERSITY", f"only {share:.0%} of receivables count: few buyers place many orders"))
+    keep, gap, days = settled_conversion_keep(f, p)
+    if keep < 1.0:
+        counted = int(counted * keep)
+        reasons.append(Reason("PLACED_AHEAD_OF_SETTLED",
+                              f"only {keep:.0%} of receivables count: orders placed in {days} days are {gap:.1f}x "
+                              "the sales settled"))
     lag_days = max(1.0, f[INDEX["settlement_lag_days_90d"]])
     pace = int(f[INDEX["settled_gmv_30d"]] / 30 * lag_days * p.receivables_pace_bps / 10_000)
     if counted > pace:

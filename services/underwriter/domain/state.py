@@ -12,6 +12,7 @@ import hashlib
 import json
 import zlib
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 from services.common.timeutil import parse_rfc3339
@@ -60,6 +61,27 @@ class StateError(ValueError):
     """An event that cannot be applied (missing subject, wrong merchant, malformed data)."""
 
 
+def event_ts(value: str) -> int:
+    """Epoch seconds of an RFC 3339 event time. The usual "YYYY-MM-DDTHH:MM:SSZ" shape takes a fast path with
+    the same result; anything else goes through the full parser (and its errors)."""
+    if (type(value) is str and len(value) == 20 and value[19] == "Z" and value[10] == "T"
+            and value[4] == value[7] == "-" and value[13] == value[16] == ":"
+            and (value[:4] + value[5:7] + value[8:10] + value[11:13] + value[14:16] + value[17:19]).isdigit()
+            and value.isascii()):
+        return (date(int(value[:4]), int(value[5:7]), int(value[8:10])).toordinal() - _EPOCH_ORDINAL) * DAY \
+            + _hms(int(value[11:13]), int(value[14:16]), int(value[17:19]))
+    return int(parse_rfc3339(value).timestamp())
+
+
+def _hms(h: int, m: int, s: int) -> int:
+    if h > 23 or m > 59 or s > 59:
+        raise ValueError(f"not an RFC 3339 time of day: {h:02d}:{m:02d}:{s:02d}")
+    return h * 3600 + m * 60 + s
+
+
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
 def short_hash(value: str, size: int = 6) -> int:
     """A small stable integer for ids we only need to compare (buyers, event ids, closed orders)."""
     return int.from_bytes(hashlib.blake2b(value.encode("utf-8"), digest_size=size).digest(), "big")
@@ -88,6 +110,10 @@ class MerchantState:
     last: list[Any] = field(default_factory=list)
     last_scored: int = 0
     seen: list[int] = field(default_factory=list)
+    # Input position last applied, by source ("topic:partition" -> offset): a worker that restores this state
+    # from the changelog and re-reads records the state already holds (its input offsets were committed
+    # after the state was written) skips them, however many there are; `seen` only remembers MAX_SEEN ids.
+    positions: dict[str, int] = field(default_factory=dict)
 
     # ----- serialisation ---------------------------------------------------------------------------------
 
@@ -99,7 +125,7 @@ class MerchantState:
             "u": self.buyers, "r": self.receivables, "x": self.closed,
             "l": self.loans, "h": self.loan_history, "w": [self.worst_dpd, self.worst_dpd_ts],
             "o": self.offer, "d": self.last, "q": self.last_scored, "e": self.seen,
-        }
+        } | ({"p": self.positions} if self.positions else {})
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> MerchantState:
@@ -111,6 +137,7 @@ class MerchantState:
                 buyers=obj["u"], receivables=obj["r"], closed=obj["x"],
                 loans=obj["l"], loan_history=obj["h"], worst_dpd=obj["w"][0], worst_dpd_ts=obj["w"][1],
                 offer=obj["o"], last=obj["d"], last_scored=obj["q"], seen=obj["e"],
+                positions=dict(obj.get("p") or {}),
             )
         except (KeyError, IndexError, TypeError) as exc:
             raise StateError(f"malformed merchant state: {exc!r}") from None
@@ -124,6 +151,14 @@ class MerchantState:
         return cls.from_dict(json.loads(zlib.decompress(raw)))
 
     # ----- dedupe ----------------------------------------------------------------------------------------
+
+    def already_applied(self, source: str, position: int) -> bool:
+        """True when the record at `position` of `source` (or a later one) was already applied to this state."""
+        return self.positions.get(source, -1) >= position
+
+    def advance(self, source: str, position: int) -> None:
+        if position > self.positions.get(source, -1):
+            self.positions[source] = position
 
     def mark_seen(self, event_id: str) -> bool:
         """Record an event id; False when it was already seen (the event must be ignored)."""
@@ -142,18 +177,22 @@ class MerchantState:
 
     def apply(self, event: dict[str, Any]) -> bool:
         """Apply one CloudEvent; returns False for duplicates and types the underwriter ignores."""
+        return self.apply_ts(event) is not None
+
+    def apply_ts(self, event: dict[str, Any]) -> int | None:
+        """`apply`, returning the event time applied (epoch seconds), or None for a duplicate or ignored type."""
         etype = event.get("type")
         if etype not in HANDLED:
-            return False
+            return None
         if event.get("subject") != self.merchant_id:
             raise StateError(f"event {event.get('id')!r} is for {event.get('subject')!r}, not {self.merchant_id!r}")
         h = short_hash(str(event.get("id")))
         if h in self.seen:
-            return False
+            return None
         # Handlers read and check all their inputs before changing anything, and the id is remembered only
         # once the event applied: a rejected event leaves the state as it was (the core keeps live objects).
         try:
-            ts = int(parse_rfc3339(event["time"]).timestamp())
+            ts = event_ts(event["time"])
             data = event.get("data") or {}
             _HANDLERS[etype](self, data, ts)
         except (KeyError, TypeError, ValueError) as exc:
@@ -165,7 +204,7 @@ class MerchantState:
             if ts // DAY != self.latest // DAY:
                 self._prune(ts)
             self.latest = ts
-        return True
+        return ts
 
     def _prune(self, now: int) -> None:
         first_day = now // DAY - WINDOW_DAYS
@@ -250,10 +289,12 @@ class MerchantState:
     def _sample_buyer(self, day: int, order_id: str, buyer_id: str) -> None:
         """Keep the BUYERS_PER_DAY orders of each day with the smallest order-id hash: a sample that does
         not depend on arrival order, and that later days never change."""
-        bisect.insort(self.buyers, [day, short_hash(order_id, 3), short_hash(buyer_id, 3)])
-        same_day = [i for i in range(len(self.buyers)) if self.buyers[i][0] == day]
-        if len(same_day) > BUYERS_PER_DAY:
-            del self.buyers[same_day[-1]]
+        buyers = self.buyers
+        bisect.insort(buyers, [day, short_hash(order_id, 3), short_hash(buyer_id, 3)])
+        # Sorted by day first: the day's entries are the contiguous run [first, end).
+        first, end = bisect.bisect_left(buyers, [day]), bisect.bisect_left(buyers, [day + 1])
+        if end - first > BUYERS_PER_DAY:
+            del buyers[end - 1]
         if len(self.buyers) > MAX_BUYER_SAMPLE:
             del self.buyers[0]
 
