@@ -46,3 +46,17 @@ def test_kill_switch_takes_only_a_real_boolean(client: TestClient, value: Any) -
     answer = client.put("/admin/kill-switch", json={"on": value}, headers=ADMIN)
     assert answer.status_code == 422
     assert client.put("/admin/kill-switch", json={"on": False}, headers=ADMIN).json() == {"on": False}
+
+
+def test_committed_openapi_spec_matches_the_app_and_declares_error_answers() -> None:
+    import json
+    from pathlib import Path
+
+    from services.disbursement.adapters.http_api import openapi_spec
+
+    path = Path(__file__).resolve().parents[2] / "services/disbursement/openapi.json"
+    generated = json.loads(json.dumps(openapi_spec()))
+    assert json.loads(path.read_text()) == generated, "regenerate services/disbursement/openapi.json"
+    accept = generated["paths"]["/v1/offers/{offer_id}/accept"]["post"]["responses"]
+    assert {"200", "202", "400", "401", "404", "409", "422", "429", "503"} <= set(accept)
+    assert accept["409"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
