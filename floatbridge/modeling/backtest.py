@@ -67,18 +67,22 @@ class Outcome:
 class Backtest:
     def __init__(self, underwriter: Any, disbursement: Any, bus: _Bus, clock: list[datetime]) -> None:
         self.uw, self.ds, self.bus, self._clock = underwriter, disbursement, bus, clock
-        self.instruction: dict[str, tuple[int, int]] = {}  # merchant -> (owed, withhold bps)
+        # merchant -> (owed, withhold bps, financed order ids) from the latest collection.instruction
+        self.instruction: dict[str, tuple[int, int, frozenset[str]]] = {}
         self.out = Outcome()
         self._day = -1
+        self._to_accept: dict[str, str] = {}  # merchant -> latest offer id, accepted once the cores are idle
 
-    # The marketplace's settlement system: withhold per the latest instruction, never more than owed.
+    # The marketplace's settlement system, per the latest collection.instruction (collections.v1): the payouts of
+    # the financed orders (`financed_order_ids`) go to the loans first, in full; the rest of the payout at the
+    # withhold rate; never more than owed.
     def _withhold(self, event: dict[str, Any]) -> dict[str, Any]:
-        owed, bps = self.instruction.get(event["subject"], (0, 0))
+        owed, bps, financed = self.instruction.get(event["subject"], (0, 0, frozenset()))
         if not owed:
             return event
         data = dict(event["data"])
+        withheld = withhold_amount(data, owed, bps, financed)
         available = data["gross"]["amount"] - data["fees"]["amount"]
-        withheld = max(0, min(owed, available * bps // 10_000))
         cur = data["gross"]["currency"]
         data["withheld"] = {"amount": withheld, "currency": cur}
         data["net"] = {"amount": available - withheld, "currency": cur}
@@ -143,8 +147,6 @@ class Backtest:
         self._drain()
 
     def _dispatch(self, emitted: list[dict[str, Any]]) -> None:
-        from services.disbursement.service import AcceptOffer
-
         for e in emitted:
             self.ds.handle(e)
             mid, data = e["subject"], e["data"]
@@ -154,27 +156,45 @@ class Backtest:
                     self.out.merchants_eligible.add(mid)
                 self.out.limits[mid].append((int(parse_rfc3339(e["time"]).timestamp()), data["limit"]["amount"]))
             elif e["type"] == "loan_offer.withdrawn":
-                self.out.open_offers.pop(mid, None)
+                if self.out.open_offers.get(mid) == data["offer_id"]:
+                    self.out.open_offers.pop(mid)
+                if self._to_accept.get(mid) == data["offer_id"]:
+                    self._to_accept.pop(mid)
             elif e["type"] == "loan_offer.created":
                 self.out.offers += 1
                 self.out.merchants_offered.add(mid)
                 self.out.offer_days[mid].add(int(parse_rfc3339(e["time"]).timestamp()) // DAY)
                 self.out.open_offers[mid] = data["offer_id"]
-                res = self.ds.accept(AcceptOffer(offer_id=data["offer_id"], merchant_id=mid,
-                                                 idempotency_key=f"bt-{data['offer_id']}", now=self._clock[0]))
-                self.out.open_offers.pop(mid, None)  # accepted, or refused and so no longer usable
-                if res.ok:
-                    self.out.accepted += 1
-                else:
-                    self.out.refused[res.code or str(res.status_code)] += 1
+                self._to_accept[mid] = data["offer_id"]
+
+    def _accept_pending(self) -> None:
+        """The merchant accepts the offer it is shown: the latest one once both cores have taken in what
+        happened at this instant. Accepting each offer inside the event that created it, while the underwriter
+        still had queued loan events of the same instant to read (repayments of one payout), let it replace an
+        offer that had already been accepted and finance the same orders twice."""
+        from services.disbursement.service import AcceptOffer
+
+        pending, self._to_accept = self._to_accept, {}
+        for mid, offer_id in pending.items():
+            res = self.ds.accept(AcceptOffer(offer_id=offer_id, merchant_id=mid,
+                                             idempotency_key=f"bt-{offer_id}", now=self._clock[0]))
+            self.out.open_offers.pop(mid, None)  # accepted, or refused and so no longer usable
+            if res.ok:
+                self.out.accepted += 1
+            else:
+                self.out.refused[res.code or str(res.status_code)] += 1
 
     def _drain(self) -> None:
-        while self.bus.queue:
+        while self.bus.queue or self._to_accept:
+            if not self.bus.queue:
+                self._accept_pending()
+                continue
             batch, self.bus.queue = self.bus.queue, []
             for e in batch:
                 etype, mid, data = e["type"], e["subject"], e["data"]
                 if etype == "collection.instruction":
-                    self.instruction[mid] = (data["owed"]["amount"], data["withhold_rate_bps"])
+                    self.instruction[mid] = (data["owed"]["amount"], data["withhold_rate_bps"],
+                                             frozenset(data.get("financed_order_ids", ())))
                 elif etype in LOAN_TYPES:
                     self._track(e)
                     self._dispatch(self.uw.handle(e))
@@ -184,12 +204,25 @@ class Backtest:
         loan = self.out.loans.get(data.get("loan_id", ""))
         if e["type"] == "loan.disbursed":
             self.out.loans[data["loan_id"]] = {"merchant": e["subject"], "principal": data["principal"]["amount"],
-                                               "fee": data["fee"]["amount"], "state": "open", "charged_off": 0}
+                                               "fee": data["fee"]["amount"], "state": "open", "charged_off": 0,
+                                               "order_ids": tuple(data.get("order_ids", ())), "delinquent": False}
+        elif loan is not None and e["type"] == "loan.delinquent":
+            loan["delinquent"] = True
         elif loan is not None and e["type"] == "loan.repaid":
             loan["state"] = "repaid"
         elif loan is not None and e["type"] == "loan.charged_off":
             loan["state"] = "charged_off"
             loan["charged_off"] = data["amount"]["amount"]
+
+
+def withhold_amount(data: dict[str, Any], owed: int, bps: int, financed: frozenset[str]) -> int:
+    """What the settlement system withholds from one `settlement.paid` payout: the financed orders' share of
+    the net (gross - fees) in full, the rest at `bps`, at most `owed` and the net."""
+    gross, net = int(data["gross"]["amount"]), int(data["gross"]["amount"]) - int(data["fees"]["amount"])
+    financed_gross = sum(int(o["amount"]["amount"]) for o in data.get("orders", ()) if o["order_id"] in financed)
+    financed_net = financed_gross * net // gross if gross else 0
+    take = financed_net + (net - financed_net) * max(0, min(bps, 10_000)) // 10_000
+    return max(0, min(owed, take, net))
 
 
 def is_eligible(state: MerchantState, as_of: int, p: PolicySettings) -> bool:
@@ -247,7 +280,7 @@ def summarise(out: Outcome, truth: dict[str, Any] | None = None) -> dict[str, An
     arche = {m: r["archetype"] for m, r in (truth or {}).get("merchants", {}).items()}
     groups: dict[str, dict[str, Any]] = defaultdict(lambda: {
         "eligible": 0, "offered": 0, "points": 0, "points_offered": 0, "points_outstanding": 0,
-        "points_clear_offered": 0, "points_approved": 0, "loans": 0,
+        "points_clear_offered": 0, "points_approved": 0, "loans": 0, "loans_past_due": 0,
         "principal": 0, "resolved_principal": 0, "charged_off": 0, "fees": 0, "open_loans": 0})
 
     def add(key: str, fn: Any) -> None:
@@ -265,6 +298,7 @@ def summarise(out: Outcome, truth: dict[str, Any] | None = None) -> dict[str, An
     for loan in out.loans.values():
         def upd(g: dict[str, Any], loan: dict[str, Any] = loan) -> None:
             g["loans"] += 1
+            g["loans_past_due"] += int(loan.get("delinquent", False))  # ever 1+ day past due
             g["principal"] += loan["principal"]
             if loan["state"] == "open":
                 g["open_loans"] += 1

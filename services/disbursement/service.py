@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -81,6 +82,7 @@ _SETTLE_FINANCED = sa.update(financed_orders).where(
     financed_orders.c.merchant_id == sa.bindparam("p_merchant"),
     financed_orders.c.order_id.in_(sa.bindparam("p_orders", expanding=True)),
     financed_orders.c.state == "open").values(state="settled")
+_INSERT_LOAN = sa.insert(loans)
 _SET_DPD = sa.update(loans).where(loans.c.loan_id == sa.bindparam("p_loan")).values(dpd=sa.bindparam("p_dpd"))
 _SET_INSTRUCTION = sa.update(merchants).where(merchants.c.merchant_id == sa.bindparam("p_merchant")).values(
     last_instruction=sa.bindparam("p_instruction"))
@@ -143,14 +145,26 @@ class DisbursementService:
     auto_relay: bool = False
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _relaying: bool = False
+    # Merchants known to exist in committed data (merchants are never deleted): their `_ensure_merchant`
+    # insert would be a no-op, so it is skipped. Filled only after a commit, never from a rolled-back one.
+    _known_merchants: set[str] = field(default_factory=set)
 
     # ----------------------------------------------------------------- plumbing
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sa.Connection]:
         # SQLite (embedded mode) allows one writer: serialise in-process instead of failing with "locked".
         lock = self._lock if self.engine.dialect.name == "sqlite" else contextlib.nullcontext()
-        with lock, self.engine.begin() as conn:
-            yield conn
+        with lock:
+            with self.engine.begin() as conn:
+                ensured: set[str] = set()
+                conn.info[repo.TX_MERCHANTS] = ensured
+                conn.info[repo.TX_WEBHOOK_TARGETS] = {}
+                try:
+                    yield conn
+                finally:
+                    conn.info.pop(repo.TX_MERCHANTS, None)
+                    conn.info.pop(repo.TX_WEBHOOK_TARGETS, None)
+            self._known_merchants.update(ensured)
 
     @property
     def _pg(self) -> bool:
@@ -186,6 +200,8 @@ class DisbursementService:
                 self._refuse_key_of_another(conn, merchant_id, values["api_key_hash"])
             if not repo.insert_ignore(conn, merchants, {"merchant_id": merchant_id, "status": "active", **values}):
                 conn.execute(sa.update(merchants).where(merchants.c.merchant_id == merchant_id).values(**values))
+            conn.info.get(repo.TX_WEBHOOK_TARGETS, {}).pop(merchant_id, None)
+            conn.info.get(repo.TX_MERCHANTS, set()).add(merchant_id)
         return secret
 
     def rotate_secret(self, merchant_id: str, new: str | None = None, drop_previous: bool = False) -> str:
@@ -351,8 +367,15 @@ class DisbursementService:
             repo.set_control(conn, CLOCK_KEY, format_rfc3339(at))
 
     def _ensure_merchant(self, conn: sa.Connection, merchant_id: str, currency: str | None = None) -> None:
+        if merchant_id in self._known_merchants:
+            return  # the insert below would do nothing
+        ensured = conn.info.get(repo.TX_MERCHANTS)
+        if ensured is not None and merchant_id in ensured:
+            return
         repo.insert_ignore(conn, merchants, {"merchant_id": merchant_id, "status": "active", "currency": currency,
                                              "webhook_secrets": [], "event_types": []})
+        if ensured is not None:
+            ensured.add(merchant_id)
 
     def _on_merchant(self, conn: sa.Connection, event: dict[str, Any], mid: str, at: datetime) -> None:
         data = event["data"]
@@ -415,7 +438,12 @@ class DisbursementService:
             first, loan_id = self._replay_or_conflict(cmd), None
         if loan_id is None:
             return first
-        if self._drive_payout(loan_id):
+        body = first.body
+        paid, view = self._pay_loan(loan_id, (cmd.merchant_id, int(body["principal"]["amount"]),
+                                              str(body["principal"]["currency"])))
+        if view is not None:  # this call disbursed it: the stored answer is now (200, view)
+            return AcceptResult(200, view)
+        if paid:
             with self.engine.connect() as conn:
                 stored = conn.execute(sa.select(idempotency_keys.c.status_code, idempotency_keys.c.response).where(
                     idempotency_keys.c.merchant_id == cmd.merchant_id,
@@ -454,22 +482,25 @@ class DisbursementService:
             if offer is None or offer.merchant_id != cmd.merchant_id:
                 # Same answer whether the offer does not exist or belongs to someone else.
                 return self._remember(conn, cmd, _error(404, "offer_not_found", "no such offer")), None
-            why = refusal(self._facts(conn, offer, cmd.now))
+            facts, limit_id = self._facts(conn, offer, cmd.now)
+            why = refusal(facts)
             if why is not None:
                 return self._remember(conn, cmd, _error(409, why.code, why.message)), None
-            loan = self._open_loan(conn, offer, cmd.now)
+            loan = self._open_loan(conn, offer, cmd.now, limit_id)
             return self._remember(conn, cmd, AcceptResult(202, repo.loan_view(loan))), loan.loan_id
 
-    def _facts(self, conn: sa.Connection, offer: Any, now: datetime) -> AcceptanceFacts:
+    def _facts(self, conn: sa.Connection, offer: Any, now: datetime) -> tuple[AcceptanceFacts, int | None]:
+        """The acceptance facts, and the id of the limit row `available` was read from."""
         merchant = self._merchant(conn, offer.merchant_id)
         delinquent = conn.execute(_BAD_LOANS, {"p_merchant": offer.merchant_id}).scalar_one()
         taken = conn.execute(_OFFER_TAKEN, {"p_offer": offer.offer_id}).scalar_one()
         state = OfferState.ACCEPTED if taken else OfferState(offer.state)
+        available, limit_id = self._available(conn, offer.merchant_id)
         return AcceptanceFacts(
             offer_state=state, offer_amount=Money(offer.amount, offer.currency), expires_at=offer.expires_at,
             now=now, kill_switch=self.kill_switch(conn), merchant_status=merchant.status,
-            merchant_delinquent=bool(delinquent), available=self._available(conn, offer.merchant_id)[0],
-        )
+            merchant_delinquent=bool(delinquent), available=available,
+        ), limit_id
 
     def _available(self, conn: sa.Connection, merchant_id: str) -> tuple[Money | None, int | None]:
         """Latest available limit minus principal accepted since that limit arrived."""
@@ -479,14 +510,16 @@ class DisbursementService:
         since = conn.execute(_ACCEPTED_SINCE, {"p_merchant": merchant_id, "p_limit": lim.id}).scalar_one()
         return Money(lim.available_amount - int(since), lim.currency), int(lim.id)
 
-    def _open_loan(self, conn: sa.Connection, offer: Any, now: datetime) -> Any:
+    def _open_loan(self, conn: sa.Connection, offer: Any, now: datetime, limit_id: int | None) -> Any:
+        """Insert the loan (against the limit row the acceptance checked); returns the row as written."""
         loan_id = loan_id_for(offer.offer_id)
         principal, fee = Money(offer.amount, offer.currency), Money(offer.fee, offer.currency)
-        conn.execute(sa.insert(loans).values(
-            loan_id=loan_id, offer_id=offer.offer_id, merchant_id=offer.merchant_id, state=LoanState.ACCEPTED.value,
-            currency=offer.currency, principal=offer.amount, fee=offer.fee, principal_due=offer.amount,
-            fee_due=offer.fee, apr=offer.apr, due_at=offer.due_at, accepted_at=now,
-            limit_id=self._available(conn, offer.merchant_id)[1], dpd=0, order_ids=list(offer.order_ids)))
+        row = {"loan_id": loan_id, "offer_id": offer.offer_id, "merchant_id": offer.merchant_id,
+               "state": LoanState.ACCEPTED.value, "currency": offer.currency, "principal": offer.amount,
+               "fee": offer.fee, "principal_due": offer.amount, "fee_due": offer.fee, "apr": offer.apr,
+               "due_at": offer.due_at, "accepted_at": now, "limit_id": limit_id, "dpd": 0,
+               "order_ids": list(offer.order_ids)}
+        conn.execute(_INSERT_LOAN, row)
         repo.post_entry(conn, ledger.disbursement(f"disbursement:{loan_id}", loan_id, principal, fee),
                         offer.merchant_id, now)
         self._finance_orders(conn, loan_id, offer, principal + fee)
@@ -495,7 +528,7 @@ class DisbursementService:
         self._outbox().new(conn, topic=topics.LOANS, etype="loan_offer.accepted", merchant_id=offer.merchant_id,
                            data={"offer_id": offer.offer_id, "loan_id": loan_id, "accepted_at": format_rfc3339(now)},
                            time=now, event_id=deterministic_id("loan_offer.accepted", offer.offer_id))
-        return conn.execute(_LOAN, {"p_loan": loan_id}).one()
+        return SimpleNamespace(**row, payout_id=None)
 
     def _finance_orders(self, conn: sa.Connection, loan_id: str, offer: Any, owed: Money) -> None:
         """Record what each financed order is expected to bring back (given amounts, else an equal share)."""
@@ -511,21 +544,30 @@ class DisbursementService:
     # ----------------------------------------------------------------- payout
     def _drive_payout(self, loan_id: str) -> bool:
         """Pay a loan still in `accepted` (same idempotency key on every retry); True once disbursed."""
-        with self.engine.connect() as conn:
-            loan = conn.execute(_LOAN, {"p_loan": loan_id}).one()
-        if loan.state != LoanState.ACCEPTED.value:
-            return True
+        return self._pay_loan(loan_id)[0]
+
+    def _pay_loan(self, loan_id: str, accepted: tuple[str, int, str] | None = None
+                  ) -> tuple[bool, dict[str, Any] | None]:
+        """(disbursed, the loan's view when this call disbursed it). `accepted`: (merchant, principal,
+        currency) of a loan this process has just committed in `accepted`, so it is not read back before
+        paying (the payout is idempotent per loan; the state is checked again, locked, before any write)."""
+        if accepted is None:
+            with self.engine.connect() as conn:
+                loan = conn.execute(_LOAN, {"p_loan": loan_id}).one()
+            if loan.state != LoanState.ACCEPTED.value:
+                return True, None
+            accepted = (loan.merchant_id, loan.principal, loan.currency)
+        merchant_id, principal, currency = accepted
         try:
-            payout_id = self.rail.pay(PayoutRequest(loan_id, loan.merchant_id, loan.principal, loan.currency,
-                                                    f"loan {loan_id}"))
+            payout_id = self.rail.pay(PayoutRequest(loan_id, merchant_id, principal, currency, f"loan {loan_id}"))
         except PayoutFailed as exc:
             log.warning("payout of %s failed, recovery will retry: %s", loan_id, exc)
-            return False
+            return False, None
         with self._tx() as conn:
             q = sa.select(loans).where(loans.c.loan_id == loan_id)
             loan = conn.execute(q.with_for_update() if self._pg else q).one()
             if loan.state != LoanState.ACCEPTED.value:
-                return True
+                return True, None
             now = self.clock()
             conn.execute(sa.insert(payouts).values(payout_id=payout_id, loan_id=loan_id, merchant_id=loan.merchant_id,
                                                    amount=loan.principal, currency=loan.currency, created_at=now))
@@ -536,13 +578,14 @@ class DisbursementService:
                 "loan_id": loan_id, "offer_id": loan.offer_id, "principal": repo.money(loan.principal, loan.currency),
                 "fee": repo.money(loan.fee, loan.currency), "due_at": format_rfc3339(loan.due_at),
                 "payout_id": payout_id, "order_ids": list(loan.order_ids)}, time=now, event_id=deterministic_id("loan.disbursed", loan_id))
-            view = repo.loan_view(conn.execute(_LOAN, {"p_loan": loan_id}).one())
+            view = repo.loan_view(SimpleNamespace(**{**loan._asdict(), "state": LoanState.DISBURSED.value,
+                                                     "payout_id": payout_id, "disbursed_at": now}))
             conn.execute(sa.update(idempotency_keys).where(idempotency_keys.c.offer_id == loan.offer_id,
                                                            idempotency_keys.c.status_code == 202)
                          .values(status_code=200, response=view))
             self._refresh_instruction(conn, loan.merchant_id, now, f"disbursed:{loan_id}")
         self.metrics.disbursed.labels(loan.currency).inc(loan.principal)
-        return True
+        return True, view
 
     def recover(self, now: datetime | None = None) -> int:
         """Re-drive loans stuck in `accepted` and overpayment refunds not yet paid; returns how many were paid."""
@@ -668,9 +711,12 @@ class DisbursementService:
         with self._tx() as conn:
             self._expire_offers(conn, now)
             q = sa.select(loans).where(loans.c.state.in_([s.value for s in OPEN_STATES]), loans.c.due_at < now)
+            dpd_only: list[dict[str, Any]] = []  # loans whose only change is the day count: one executemany
             for loan in conn.execute(q.with_for_update() if self._pg else q).all():
-                if self._age_loan(conn, loan, now):
+                if self._age_loan(conn, loan, now, dpd_only):
                     touched.add(loan.merchant_id)
+            if dpd_only:
+                conn.execute(_SET_DPD, dpd_only)
             for mid in sorted(touched):
                 self._refresh_instruction(conn, mid, now, f"aging:{format_rfc3339(now)}")
         self._after_commit()
@@ -684,7 +730,7 @@ class DisbursementService:
                                data={"offer_id": offer_id, "reasons": [{"code": "expired", "text": "offer expired"}]},
                                time=now, event_id=deterministic_id("loan_offer.expired", offer_id))
 
-    def _age_loan(self, conn: sa.Connection, loan: Any, now: datetime) -> bool:
+    def _age_loan(self, conn: sa.Connection, loan: Any, now: datetime, dpd_only: list[dict[str, Any]]) -> bool:
         dpd = aging.days_past_due(loan.due_at, now)
         remaining = repo.money(loan.principal_due + loan.fee_due, loan.currency)
         ob = self._outbox()
@@ -703,7 +749,7 @@ class DisbursementService:
         name = aging.bucket(dpd)
         if name is None or name == loan.bucket:
             if dpd != loan.dpd:
-                conn.execute(_SET_DPD, {"p_loan": loan.loan_id, "p_dpd": dpd})
+                dpd_only.append({"p_loan": loan.loan_id, "p_dpd": dpd})
             return False
         transition(LoanState(loan.state), LoanState.DELINQUENT)
         conn.execute(sa.update(loans).where(loans.c.loan_id == loan.loan_id).values(

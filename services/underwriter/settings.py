@@ -31,6 +31,9 @@ class UnderwriterSettings:
     flush_interval_seconds: float = field(default=1.0, metadata={"doc": "worker timer that scores debounced merchants"})
     batch_max: int = field(default=1000, metadata={"doc": "worker: records taken per batch (each merchant of a batch is saved and scored once)"})
     batch_within_seconds: float = field(default=0.02, metadata={"doc": "worker: records not yet in a full batch are processed at least this often (bounds the added delay)"})
+    fetch_max_bytes: int = field(default=1024**2, metadata={"doc": "worker: bytes fetched per input partition per request (Faust consumer_max_fetch_size)"})
+    producer_linger_seconds: float = field(default=0.005, metadata={"doc": "worker: producer waits this long to fill a request (changelog writes, decisions)"})
+    producer_batch_bytes: int = field(default=256 * 1024, metadata={"doc": "worker: producer batch size per partition, bytes"})
     metrics_port: int = field(default=9102, metadata={"doc": "port of the /metrics endpoint (0: none)"})
     web_port: int = field(default=6066, metadata={"doc": "Faust web port"})
     psi_window: int = field(default=5000, metadata={"doc": "recent scored PDs the score PSI gauge compares with the training reference"})
@@ -47,6 +50,8 @@ class UnderwriterSettings:
             raise ValueError("partitions must be >= 1")
         if self.batch_max < 1 or self.batch_within_seconds <= 0:
             raise ValueError("batch_max must be >= 1 and batch_within_seconds > 0")
+        if self.fetch_max_bytes < 1024 or self.producer_batch_bytes < 1024 or self.producer_linger_seconds < 0:
+            raise ValueError("fetch_max_bytes and producer_batch_bytes must be >= 1024, producer_linger_seconds >= 0")
 
 
 def load(**overrides: object) -> UnderwriterSettings:

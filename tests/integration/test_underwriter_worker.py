@@ -50,7 +50,7 @@ class Env:
         producer.flush(timeout=30)
         producer.close()
 
-    def start(self, n: int) -> subprocess.Popen[bytes]:
+    def start(self, n: int, extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         env = dict(os.environ)
         env.update({
             "FLOATBRIDGE_UNDERWRITER_KAFKA_BOOTSTRAP": self.kafka, "FLOATBRIDGE_UNDERWRITER_APP_ID": self.app_id,
@@ -62,6 +62,7 @@ class Env:
             "FLOATBRIDGE_UNDERWRITER_METRICS_PORT": "0", "FLOATBRIDGE_UNDERWRITER_WEB_PORT": "0",
             "FLOATBRIDGE_UNDERWRITER_DATA_DIR": str(self.tmp / f"data{n}"),
         })
+        env.update(extra or {})
         log = (self.tmp / f"worker{n}.log").open("wb")
         return subprocess.Popen([sys.executable, "-m", "floatbridge.cli", "underwriter", "worker", "--loglevel", "info"],
                                 env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp)
@@ -149,3 +150,55 @@ def test_worker_emits_limits_and_an_offer_and_restores_state_after_restart(
         old_amt, new_amt = older["data"]["amount"]["amount"], newer["data"]["amount"]["amount"]
         grew = new_amt - old_amt >= p.offer_growth_min_minor and (new_amt - old_amt) * 10_000 >= p.offer_growth_bps * old_amt
         assert gone or left <= p.offer_refresh_hours * 3600 or grew, (older["data"], newer["data"])
+
+
+def _events_counted(port: int) -> float:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return 0.0
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("floatbridge_underwriter_events_total{"))
+
+
+def test_a_rebalance_flushes_the_debounced_merchants_of_revoked_partitions_before_giving_them_up(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    from floatbridge.stack import free_port
+
+    env = Env(kafka_bootstrap, unique_name, tmp_path)
+    merchants = [f"m-reb-{i}" for i in range(8)]
+    events: list[dict[str, Any]] = []
+    for m in merchants:
+        events += history(m, START, 3, Profile(orders_per_day=3))
+        # Non-material events last: with a 400-day debounce they wait in the debounce, undecided.
+        events += [e for e in history(m, START + timedelta(days=3), 1, Profile(orders_per_day=3), onboard=False,
+                                      order_prefix="late") if e["type"] == "order.placed"]
+    env.produce(events)
+    slow = {"FLOATBRIDGE_UNDERWRITER_DEBOUNCE_SECONDS": str(400 * 86400)}
+    port = free_port()
+    first = env.start(1, slow | {"FLOATBRIDGE_UNDERWRITER_METRICS_PORT": str(port)})
+    second = None
+    try:
+        deadline = time.monotonic() + 90
+        while _events_counted(port) < len(events) and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.2)
+        assert _events_counted(port) >= len(events), "the first worker did not consume the history"
+        second = env.start(2, slow)  # joins the group: the first worker gives up one of the two partitions
+        log = tmp_path / "worker1.log"
+        deadline = time.monotonic() + 90
+        flushed = None
+        while time.monotonic() < deadline and flushed is None:
+            for line in log.read_text(errors="replace").splitlines():
+                if "revoked: flushed" in line:
+                    flushed = int(line.split("revoked: flushed ", 1)[1].split()[0])
+            time.sleep(0.5)
+    finally:
+        stop(first)
+        if second is not None:
+            stop(second)
+    assert flushed is not None, (tmp_path / "worker1.log").read_text(errors="replace")[-4000:]
+    assert flushed >= 1  # merchants of the revoked partition were decided before the partition moved

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from schemas import codec
+from services.common.timeutil import format_rfc3339
 from services.underwriter.bootstrap import bootstrap
 from services.underwriter.domain.features import INDEX, compute_features
 from services.underwriter.domain.policy import PolicySettings, decide_limit
@@ -323,3 +324,35 @@ def test_settled_conversion_discount_needs_a_full_settled_window_and_can_be_swit
     assert settled_conversion_keep(f, PolicySettings(settled_conversion_ratio=0))[0] == 1.0
     with pytest.raises(ValueError):
         PolicySettings(settled_conversion_ratio=0.5).validate()
+
+
+def test_no_new_offer_between_an_acceptance_and_its_loan_so_no_order_is_financed_twice() -> None:
+    """The acceptance is heard, then more sales, then the loan: until the loan names its orders they are not
+    marked financed, so an offer made in between could finance the same orders again."""
+    u = engine(min_offer_minor=1_000)
+    events = history("m1", START, 60, Profile(orders_per_day=6))
+    out = [o for e in events for o in u.handle(e)]
+    first = next(o for o in reversed(out) if o["type"] == "loan_offer.created")["data"]
+    assert u.state("m1").offer and u.state("m1").offer[0] == first["offer_id"]
+    t, n = START + timedelta(days=60), first["offer_id"]
+    accepted = u.handle(_loan_event("m1", "loan_offer.accepted",
+                                    {"offer_id": n, "loan_id": "L" + n, "accepted_at": format_rfc3339(t)}, t, n))
+    # A burst of new paid and shipped orders: the limit grows, and the accepted offer's orders look unfinanced.
+    more = history("m1", START + timedelta(days=60, hours=1), 1, Profile(orders_per_day=40), onboard=False,
+                   order_prefix="late")
+    between = accepted + [o for e in more if e["type"] in ("order.placed", "order.paid", "order.shipped")
+                          for o in u.handle(e)]
+    assert not [o for o in between if o["type"] == "loan_offer.created"]
+    t2 = START + timedelta(days=61, hours=1)
+    brl = {"amount": first["amount"]["amount"], "currency": "BRL"}
+    booked = u.handle(_loan_event("m1", "loan.disbursed", {
+        "loan_id": "L" + n, "offer_id": n, "principal": brl, "fee": first["fee"], "due_at": first["due_at"],
+        "payout_id": "p" + n, "order_ids": first["order_ids"]}, t2, n))
+    # Once the loan is booked its orders are financed: any later offer rests on other orders only.
+    d, _ = decision_at(u.state("m1"))
+    financed = {r.order_id for r in d.receivables if r.financed}
+    assert set(first["order_ids"]) & {r.order_id for r in d.receivables} <= financed
+    assert financed
+    for o in booked:
+        if o["type"] == "loan_offer.created":
+            assert not set(o["data"]["order_ids"]) & set(first["order_ids"])

@@ -9,8 +9,8 @@ import sqlalchemy as sa
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, Field, StrictBool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.common.ratelimit import FailedAuthLimiter
 from services.disbursement.service import AcceptOffer, ApiKeyInUse, DisbursementService

@@ -26,6 +26,10 @@ from services.disbursement.domain.collections import OpenLoan
 from services.disbursement.domain.ledger import JournalEntry, validate_entry
 from services.disbursement.domain.loans import OPEN_STATES
 
+# Keys of per-transaction caches in `Connection.info` (set and removed by the service's transaction scope).
+TX_MERCHANTS = "floatbridge.disbursement.ensured_merchants"
+TX_WEBHOOK_TARGETS = "floatbridge.disbursement.webhook_targets"
+
 # Event types merchants can subscribe to as webhooks.
 WEBHOOK_TYPES = frozenset({
     "loan_offer.created", "loan_offer.withdrawn", "loan_offer.expired", "credit_limit.updated",
@@ -70,8 +74,11 @@ def get_control(conn: sa.Connection, key: str) -> str | None:
 
 
 def set_control(conn: sa.Connection, key: str, value: str) -> None:
+    # Update first: the row nearly always exists already (one statement instead of two).
+    if conn.execute(_SET_CONTROL, {"p_key": key, "p_value": value}).rowcount:
+        return
     if not insert_ignore(conn, control, {"key": key, "value": value}):
-        conn.execute(_SET_CONTROL, {"p_key": key, "p_value": value})
+        conn.execute(_SET_CONTROL, {"p_key": key, "p_value": value})  # inserted concurrently meanwhile
 
 
 def money(amount: int, currency: str) -> dict[str, Any]:
@@ -103,10 +110,19 @@ class Outbox:
         return event
 
     def _webhook(self, conn: sa.Connection, event: dict[str, Any], payload: str) -> None:
-        m = conn.execute(_WEBHOOK_TARGET, {"p_merchant": event["subject"]}).first()
-        if m is None or not m.webhook_url:
+        # A merchant's webhook target is read once per transaction (nothing in one use case changes it).
+        targets = conn.info.get(TX_WEBHOOK_TARGETS)
+        subject = event["subject"]
+        if targets is not None and subject in targets:
+            target = targets[subject]
+        else:
+            m = conn.execute(_WEBHOOK_TARGET, {"p_merchant": subject}).first()
+            target = None if m is None else (m.webhook_url, m.event_types)
+            if targets is not None:
+                targets[subject] = target
+        if target is None or not target[0]:
             return
-        types = m.event_types or []
+        types = target[1] or []
         if types and event["type"] not in types:
             return
         insert_ignore(conn, webhook_deliveries, {

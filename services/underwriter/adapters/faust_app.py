@@ -51,6 +51,14 @@ class TableStore(MutableMapping[str, bytes]):
         self.partition_of[key] = partition
         self._event_of_partition[partition] = event
 
+    def forget(self, partitions: set[int]) -> None:
+        """Drop what is remembered of merchants of partitions this worker no longer owns."""
+        for key in [k for k, p in self.partition_of.items() if p in partitions]:
+            del self.partition_of[key]
+            self._last.pop(key, None)
+        for partition in partitions:
+            self._event_of_partition.pop(partition, None)
+
     def __getitem__(self, key: str) -> bytes:
         value = self.get(key)
         if value is None:
@@ -103,6 +111,16 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
         web_port=settings.web_port or 6066,
         web_enabled=settings.web_port > 0,
         producer_acks=-1,
+        # Throughput (faust-streaming settings): fetch and buffer whole batches rather than a few hundred
+        # records at a time, and let the producer fill bigger requests (changelog writes and decisions).
+        broker_max_poll_records=max(settings.batch_max, 500),
+        consumer_max_fetch_size=settings.fetch_max_bytes,
+        stream_buffer_maxsize=max(4 * settings.batch_max, 4096),
+        producer_linger=settings.producer_linger_seconds,
+        producer_max_batch_size=settings.producer_batch_bytes,
+        # Default, and relied upon: a rebalance waits until every record handed to the agent is acked (the
+        # batch timer keeps running meanwhile), so `pending` is empty when partitions are revoked.
+        stream_wait_empty=True,
     )
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     source = app.topic(settings.marketplace_topic, settings.loans_topic, **raw)
@@ -118,22 +136,25 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
     clock: dict[str, float] = {"event": 0.0, "wall": 0.0}
 
     async def emit(events: list[dict[str, Any]]) -> None:
+        # Topic.send only appends to the producer's buffer (no round trip per decision).
         for ev in events:
             topic = limits_topic if ev["type"] == "credit_limit.updated" else offers_topic
             await topic.send(key=ev["subject"].encode("utf-8"), value=codec.encode(ev), key_serializer="raw",
                              value_serializer="raw")
 
     # Batches: the agent collects records (manual acks) and hands a batch to the core whenever it holds
-    # batch_max records; the batch timer (every batch_within_seconds) hands over whatever is there. The
-    # agent's loop runs without pausing while records are queued, so under a backlog batches are full, and
-    # the timer takes the rest as soon as the queue runs dry. One lock keeps batches (and the debounce
-    # flush), their output and their acks in order. A record is acked only after its state went to the
-    # table (changelog) and its decisions to the producer, and Faust flushes the producer before it commits,
-    # so an offset is never committed ahead of the state; the reverse (state ahead of the committed offsets
-    # after a kill) is made exact by the input positions.
+    # batch_max records; the batch timer (every batch_within_seconds / 2) hands over what is there once the
+    # oldest record has waited batch_within_seconds, or at once when no record arrived since the previous
+    # tick (the queue ran dry). Under a backlog the agent's loop runs without pausing, batches are full (or
+    # hold what arrived within batch_within_seconds) and the core scores each merchant once per batch. One
+    # lock keeps batches (and the debounce flush), their output and their acks in order. A record is acked
+    # only after its state went to the table (changelog) and its decisions to the producer, and Faust flushes
+    # the producer before it commits, so an offset is never committed ahead of the state; the reverse (state
+    # ahead of the committed offsets after a kill) is made exact by the input positions.
     pending: list[EventT[Any]] = []
     streams: list[Any] = []
     lock = asyncio.Lock()
+    arrivals = {"first": 0.0, "count": 0, "seen": 0}  # time of pending's first record; records appended
 
     async def run_batch(commit: bool) -> None:
         async with lock:
@@ -141,13 +162,16 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
                 return
             batch = pending[:]
             pending.clear()
+            log.debug("batch of %d records (commit=%s)", len(batch), commit)
             await emit(process_batch(uw, store, batch, clock))
+            ack = streams[0].ack
             for event in batch:
-                await streams[0].ack(event)
+                await ack(event)  # no I/O: marks the offset as processed
             if commit:
-                # The queue ran dry: commit now rather than on Faust's commit timer. A rebalance between
-                # the acks and the next timer tick drops the acked offsets of partitions that stay
-                # assigned, and they would stay uncommitted until new records arrive there.
+                # The queue ran dry: commit now rather than on Faust's commit timer (broker_commit_interval).
+                # A rebalance between the acks and the next timer tick drops the acked offsets of partitions
+                # that stay assigned, and they would stay uncommitted until new records arrive there. Under
+                # load the queue is never dry, so this is not a commit per batch.
                 await app.consumer.commit()
 
     @app.agent(source)
@@ -155,14 +179,21 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
         manual = stream.noack()
         streams[:] = [manual]
         async for event in manual.events():
+            if not pending:
+                arrivals["first"] = time.monotonic()
             pending.append(event)
+            arrivals["count"] += 1
             if len(pending) >= settings.batch_max:
                 await run_batch(commit=False)
 
-    @app.timer(interval=settings.batch_within_seconds)
+    @app.timer(interval=settings.batch_within_seconds / 2)
     async def batch_due() -> None:
-        if pending:
-            await run_batch(commit=True)
+        if not pending:
+            return
+        dry = arrivals["count"] == arrivals["seen"]
+        arrivals["seen"] = arrivals["count"]
+        if dry or time.monotonic() - arrivals["first"] >= settings.batch_within_seconds:
+            await run_batch(commit=dry)
 
     @app.timer(interval=settings.flush_interval_seconds)
     async def flush_pending() -> None:
@@ -172,6 +203,36 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
         now = datetime.fromtimestamp(clock["event"] + (time.time() - clock["wall"]), UTC)
         async with lock:  # after the batch in progress, so a merchant's decisions stay in order
             await emit(uw.flush(now))
+
+    source_topics = {settings.marketplace_topic, settings.loans_topic}
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode types the receiver loosely
+    async def on_revoked(sender: Any, revoked: set[Any], *args: Any, **kwargs: Any) -> None:
+        # Faust sends this signal after it drained the streams (stream_wait_empty: every record handed to the
+        # agent was batched and acked, and committed) and flushed the producer, and before the consumer rejoins
+        # the group, so no other worker owns these partitions yet. What is left of them here is the debounce:
+        # merchants whose decision waits in uw.pending. Flushing them later (the flush timer) would write their
+        # state into a changelog partition another worker owns by then, over its newer state; dropping them
+        # would lose the decision (the new owner restores the state but not the debounce). So they are scored
+        # now, their decisions and state written, and the producer flushed before we return: the new owner's
+        # changelog recovery then starts from a state that already holds them. Records still in `pending`
+        # (only if the wait above was cut short) are processed, acked and committed first for the same reason.
+        # The group protocol is eager: every partition of this worker is revoked, also those it gets back;
+        # deciding a few merchants earlier than the debounce would is harmless, a stale write is not.
+        parts = {tp.partition for tp in revoked if tp.topic in source_topics}
+        if not parts:
+            return
+        await run_batch(commit=True)
+        async with lock:
+            gone = [m for m in uw.pending if store.partition_of.get(m) in parts]
+            out: list[dict[str, Any]] = []
+            for merchant_id in gone:
+                out.extend(uw.flush_merchant(merchant_id))
+            await emit(out)
+            store.forget(parts)
+        await app.producer.flush()
+        log.info("partitions %s revoked: flushed %d debounced merchants (%d decisions)", sorted(parts), len(gone),
+                 len(out))
 
     app.underwriter = uw  # type: ignore[attr-defined]
     return app, uw

@@ -137,7 +137,8 @@ def decide_actions(
         portfolio.release(state.category, state.currency, int(offer[1]))
         state.offer = offer = []
         _set_last(state, None, [])
-    _track_acceptance(state, accepted_pending(state))
+    pending = accepted_pending(state)
+    _track_acceptance(state, pending)
     spendable = d.available  # net of an accepted offer whose loan is not booked yet
     withdrawn: list[Action] = []
     if offer:
@@ -148,7 +149,9 @@ def decide_actions(
             state.offer = offer = []
             _set_last(state, None, [])
     new = None
-    if not (d.blocked or d.frozen or p.kill_switch or all(r.financed for r in d.receivables)):
+    # While an accepted offer's loan is not booked, its orders are not yet marked financed: a new offer now could
+    # pick the same orders and finance them twice, so none is made until the loan arrives (or the acceptance lapses).
+    if not (d.blocked or d.frozen or p.kill_switch or pending or all(r.financed for r in d.receivables)):
         new = _new_offer(state, d, pd, as_of, p, portfolio, make_id, spendable)
     if new is not None or limit_changed(state, d, p):
         _set_last(state, d, _last_offer(state))
