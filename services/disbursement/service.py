@@ -496,10 +496,14 @@ class DisbursementService:
         taken = conn.execute(_OFFER_TAKEN, {"p_offer": offer.offer_id}).scalar_one()
         state = OfferState.ACCEPTED if taken else OfferState(offer.state)
         available, limit_id = self._available(conn, offer.merchant_id)
+        financed: tuple[str, ...] = ()
+        if offer.order_ids:
+            rows = conn.execute(_FINANCED_IN, {"p_merchant": offer.merchant_id, "p_orders": list(offer.order_ids)})
+            financed = tuple(sorted({str(r.order_id) for r in rows}))
         return AcceptanceFacts(
             offer_state=state, offer_amount=Money(offer.amount, offer.currency), expires_at=offer.expires_at,
             now=now, kill_switch=self.kill_switch(conn), merchant_status=merchant.status,
-            merchant_delinquent=bool(delinquent), available=available,
+            merchant_delinquent=bool(delinquent), available=available, already_financed=financed,
         ), limit_id
 
     def _available(self, conn: sa.Connection, merchant_id: str) -> tuple[Money | None, int | None]:

@@ -317,3 +317,18 @@ def test_a_batch_with_a_bad_event_keeps_the_good_ones_before_it_and_raises_like_
         svc.handle_many([limit("m1", 1_000_000), broken, offer("m1", "of-2", 10_000)])
     assert [t for _, t in _state(svc)["webhooks"]].count("credit_limit.updated") == 1, "the limit before it stays"
     assert svc.get_offer("m1", "of-2") is None, "events after the failure are not applied"
+
+
+def test_offer_on_orders_that_already_back_an_open_loan_is_refused(env: dict[str, Any]) -> None:
+    svc, bus = env["svc"], env["bus"]
+    disburse(svc, "of1", 10_000, 100, order_ids=("o1", "o2"))
+    # A second offer (e.g. made before the underwriter saw loan.disbursed) names o2 again.
+    svc.handle(offer("m1", "of2", 5_000, 50, at=T0 + timedelta(minutes=5), order_ids=("o2", "o3")))
+    result = svc.accept(AcceptOffer("of2", "m1", "k2", T0 + timedelta(minutes=6)))
+    assert (result.status_code, result.code) == (409, "receivables_already_financed")
+    assert "o2" in result.body["error"]["message"]
+    assert len(bus.of_type("loan.disbursed")) == 1
+    # Once o2's payout has settled the first loan's claim, its receivable is free again.
+    svc.handle(settlement("m1", "s1", 10_100, T0 + timedelta(days=3), orders=(("o1", 60_000), ("o2", 40_000))))
+    svc.handle(offer("m1", "of3", 5_000, 50, at=T0 + timedelta(days=3, minutes=1), order_ids=("o2", "o3")))
+    assert svc.accept(AcceptOffer("of3", "m1", "k3", T0 + timedelta(days=3, minutes=2))).status_code == 200

@@ -35,6 +35,8 @@ class AcceptanceFacts:
     merchant_status: str
     merchant_delinquent: bool
     available: Money | None  # latest available limit minus what was disbursed since; None = no limit yet
+    # Orders of this offer that already back another open loan: one receivable never backs two loans.
+    already_financed: tuple[str, ...] = ()
 
 
 def refusal(f: AcceptanceFacts) -> Refusal | None:
@@ -62,4 +64,8 @@ def refusal(f: AcceptanceFacts) -> Refusal | None:
             "limit_exceeded",
             f"offer amount {f.offer_amount} exceeds the available limit {f.available.clamp_floor_zero()}",
         )
+    if f.already_financed:
+        shown = ", ".join(f.already_financed[:5])
+        return Refusal("receivables_already_financed",
+                       f"{len(f.already_financed)} of this offer's orders already back another loan ({shown})")
     return None
