@@ -102,6 +102,9 @@ class TableStore(MutableMapping[str, bytes]):
 
 
 def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[faust.App, Any]:
+    # The batch timer ticks every few milliseconds by design and a batch often outlasts one tick; mode then
+    # warns "Timer ... is overlapping" on each such tick (thousands per minute in the soak), drowning the log.
+    logging.getLogger("mode.timers").setLevel(logging.ERROR)
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
