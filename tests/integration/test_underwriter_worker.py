@@ -172,29 +172,35 @@ def test_a_rebalance_flushes_the_debounced_merchants_of_revoked_partitions_befor
     env = Env(kafka_bootstrap, unique_name, tmp_path)
     merchants = [f"m-reb-{i}" for i in range(8)]
     events: list[dict[str, Any]] = []
+    late: list[dict[str, Any]] = []
     for m in merchants:
         events += history(m, START, 3, Profile(orders_per_day=3))
-        # Non-material events last: with a 400-day debounce they wait in the debounce, undecided.
-        events += [e for e in history(m, START + timedelta(days=3), 1, Profile(orders_per_day=3), onboard=False,
-                                      order_prefix="late") if e["type"] == "order.placed"]
+        # Non-material events: with a 400-day debounce they wait in the debounce, undecided. Sent only after
+        # the history was handled, so no batch holds them together with material events (decided at once).
+        late += [e for e in history(m, START + timedelta(days=3), 1, Profile(orders_per_day=3), onboard=False,
+                                    order_prefix="late") if e["type"] == "order.placed"]
     env.produce(events)
     slow = {"FLOATBRIDGE_UNDERWRITER_DEBOUNCE_SECONDS": str(400 * 86400)}
     port = free_port()
     first = env.start(1, slow | {"FLOATBRIDGE_UNDERWRITER_METRICS_PORT": str(port)})
     second = None
     try:
-        deadline = time.monotonic() + 90
-        while _events_counted(port) < len(events) and time.monotonic() < deadline and first.poll() is None:
-            time.sleep(0.2)
-        assert _events_counted(port) >= len(events), "the first worker did not consume the history"
+        for expected in (len(events), len(events) + len(late)):
+            deadline = time.monotonic() + 90
+            while _events_counted(port) < expected and time.monotonic() < deadline and first.poll() is None:
+                time.sleep(0.2)
+            assert _events_counted(port) >= expected, "the first worker did not consume the history"
+            if expected == len(events):
+                env.produce(late)
         second = env.start(2, slow)  # joins the group: the first worker gives up one of the two partitions
         log = tmp_path / "worker1.log"
         deadline = time.monotonic() + 90
         flushed = None
-        while time.monotonic() < deadline and flushed is None:
-            for line in log.read_text(errors="replace").splitlines():
-                if "revoked: flushed" in line:
-                    flushed = int(line.split("revoked: flushed ", 1)[1].split()[0])
+        # Every rebalance logs a line (one at start-up may report 0); wait for the one the join causes.
+        while time.monotonic() < deadline and not flushed:
+            counts = [int(line.split("revoked: flushed ", 1)[1].split()[0])
+                      for line in log.read_text(errors="replace").splitlines() if "revoked: flushed" in line]
+            flushed = max(counts) if counts else None
             time.sleep(0.5)
     finally:
         stop(first)
