@@ -54,7 +54,8 @@ def raw_consumer_rate(bootstrap: str, topic: str, n: int) -> float:
     return (n - 1) / elapsed
 
 
-def _counted(port: int) -> float:
+def events_counted(port: int) -> float:
+    """Events a worker has handled, read from its metrics endpoint (0 while it is not up yet)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
             text = r.read().decode()
@@ -95,7 +96,7 @@ def workers_rate(bootstrap: str, rid: str, topics: dict[str, str], n: int, worke
                 if p.poll() is not None:
                     lines = [ln for ln in (work / "w0.log").read_text(errors="replace").splitlines() if ln.strip()]
                     raise RuntimeError(f"worker exited with {p.returncode}: {lines[-1] if lines else 'no output'}")
-            total = sum(_counted(port) for _, port in procs)
+            total = sum(events_counted(port) for _, port in procs)
             now = time.perf_counter()
             if total and not first:
                 first, first_count = now, total

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from floatbridge.bench.underwriter_kafka import events_counted
 from schemas import codec
 from services.underwriter.synthetic import Profile, history
 
@@ -152,18 +153,6 @@ def test_worker_emits_limits_and_an_offer_and_restores_state_after_restart(
         assert gone or left <= p.offer_refresh_hours * 3600 or grew, (older["data"], newer["data"])
 
 
-def _events_counted(port: int) -> float:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-    except OSError:
-        return 0.0
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("floatbridge_underwriter_events_total{"))
-
-
 def test_a_rebalance_flushes_the_debounced_merchants_of_revoked_partitions_before_giving_them_up(
     kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
 ) -> None:
@@ -187,9 +176,9 @@ def test_a_rebalance_flushes_the_debounced_merchants_of_revoked_partitions_befor
     try:
         for expected in (len(events), len(events) + len(late)):
             deadline = time.monotonic() + 90
-            while _events_counted(port) < expected and time.monotonic() < deadline and first.poll() is None:
+            while events_counted(port) < expected and time.monotonic() < deadline and first.poll() is None:
                 time.sleep(0.2)
-            assert _events_counted(port) >= expected, "the first worker did not consume the history"
+            assert events_counted(port) >= expected, "the first worker did not consume the history"
             if expected == len(events):
                 env.produce(late)
         second = env.start(2, slow)  # joins the group: the first worker gives up one of the two partitions
