@@ -75,7 +75,7 @@ _FINANCED_OPEN = (sa.select(financed_orders.c.order_id).where(
     financed_orders.c.merchant_id == sa.bindparam("p_merchant"), financed_orders.c.state == "open",
     financed_orders.c.loan_id.in_(sa.bindparam("p_loans", expanding=True))).order_by(financed_orders.c.order_id)
     .limit(1000))
-_FINANCED_IN = sa.select(financed_orders.c.loan_id, financed_orders.c.order_id).where(
+_FINANCED_IN = sa.select(financed_orders.c.loan_id, financed_orders.c.order_id, financed_orders.c.expected).where(
     financed_orders.c.merchant_id == sa.bindparam("p_merchant"),
     financed_orders.c.order_id.in_(sa.bindparam("p_orders", expanding=True)), financed_orders.c.state == "open")
 _SETTLE_FINANCED = sa.update(financed_orders).where(
@@ -624,18 +624,21 @@ class DisbursementService:
     def _on_settlement(self, conn: sa.Connection, event: dict[str, Any], mid: str, at: datetime) -> None:
         data = event["data"]
         settlement_id, withheld = data["settlement_id"], Money.from_json(data["withheld"])
-        order_ids = [o["order_id"] for o in data.get("orders", [])]
-        priority: set[str] = set()
-        if order_ids:
-            params = {"p_merchant": mid, "p_orders": order_ids}
+        paid_for = _order_amounts(data.get("orders", []), withheld.currency)
+        earmarks: dict[str, Money] = {}
+        if paid_for:
+            params = {"p_merchant": mid, "p_orders": list(paid_for)}
             rows = conn.execute(_FINANCED_IN, params).all()
-            priority = {r.loan_id for r in rows}
+            for r in rows:  # a financed order's payout belongs to its own loan first
+                amount = paid_for[r.order_id]
+                mark = Money(amount if amount is not None else r.expected, withheld.currency)
+                earmarks[r.loan_id] = earmarks[r.loan_id] + mark if r.loan_id in earmarks else mark
             if rows:
                 conn.execute(_SETTLE_FINANCED, params)
         open_ = repo.open_loans(conn, mid, lock=True)
         order = AllocationOrder(self.settings.allocation_order)
         alloc = coll.allocate(withheld, [ln for ln in open_ if ln.remaining.currency == withheld.currency],
-                              frozenset(priority), order)
+                              earmarks, order)
         for loan_id, split in alloc.per_loan:
             self._apply_repayment(conn, mid, loan_id, settlement_id, split.fee, split.principal, at)
         if alloc.overpayment.amount > 0:
@@ -795,3 +798,13 @@ def topics_marketplace_types() -> frozenset[str]:
 
 
 _MARKETPLACE_TYPES = topics_marketplace_types()
+
+
+def _order_amounts(orders: list[dict[str, Any]], currency: str) -> dict[str, int | None]:
+    """Order id -> what the settlement paid for it in the withheld currency (None when not stated)."""
+    out: dict[str, int | None] = {}
+    for o in orders:
+        amount = o.get("amount")
+        ok = isinstance(amount, dict) and amount.get("currency") == currency and isinstance(amount.get("amount"), int)
+        out[o["order_id"]] = amount["amount"] if ok else None  # type: ignore[index]
+    return out

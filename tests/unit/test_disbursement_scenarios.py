@@ -161,6 +161,17 @@ def test_settlement_with_financed_order_repays_that_loan_first(env: dict[str, An
     assert [(e["data"]["loan_id"], e["data"]["amount"]["amount"]) for e in applied] == [(b["loan_id"], 4_000)]
 
 
+def test_settlement_paying_two_loans_orders_gives_each_loan_its_own_orders_payout(env: dict[str, Any]) -> None:
+    svc, bus = env["svc"], env["bus"]
+    a = disburse(svc, "ofA", 10_000, 0, order_ids=("oa",))
+    env["clock"].now = T0 + timedelta(hours=1)
+    b = disburse(svc, "ofB", 10_000, 0, at=T0 + timedelta(hours=1), order_ids=("ob",))
+    svc.handle(settlement("m1", "s1", 10_000, T0 + timedelta(days=2), orders=(("oa", 3_000), ("ob", 10_000))))
+    applied = {e["data"]["loan_id"]: e["data"]["amount"]["amount"] for e in bus.of_type("loan.repayment_applied")}
+    # Oldest-first alone would have given A all 10 000 and left B's own receivables' money elsewhere.
+    assert applied == {a["loan_id"]: 3_000, b["loan_id"]: 7_000}
+
+
 def test_overpayment_booked_to_merchant_payable_and_returned(env: dict[str, Any]) -> None:
     svc = env["svc"]
     loan = disburse(svc, "of1", 10_000, 500)

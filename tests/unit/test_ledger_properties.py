@@ -42,7 +42,7 @@ def test_any_sequence_keeps_entries_balanced_and_signs_valid(ops: list[tuple[obj
         elif o[0] == "repay":
             _, cur, amount, order = o
             open_ = [ln for ln in loans.values() if ln.principal_due.currency == cur]
-            alloc = allocate(Money(int(amount), str(cur)), open_, frozenset(), order)  # type: ignore[arg-type]
+            alloc = allocate(Money(int(amount), str(cur)), open_, {}, order)  # type: ignore[arg-type]
             for lid, split in alloc.per_loan:
                 entries.append(ledger.repayment(f"r{i}{lid}", lid, split.fee, split.principal))
                 ln = loans[lid]

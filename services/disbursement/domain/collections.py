@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -51,17 +51,36 @@ class Allocation:
     overpayment: Money
 
 
-def allocate(withheld: Money, loans: Sequence[OpenLoan], priority_ids: frozenset[str],
+def allocate(withheld: Money, loans: Sequence[OpenLoan], earmarks: Mapping[str, Money],
              order: AllocationOrder) -> Allocation:
-    """Loans whose financed orders are in this settlement first, then oldest first; the rest is overpaid."""
-    ranked = sorted(loans, key=lambda ln: (ln.loan_id not in priority_ids, ln.opened_at, ln.loan_id))
+    """Repay from one settlement's withheld money.
+
+    Each loan first takes what its own financed orders paid in this settlement (`earmarks`, up to what it
+    owes), so an older loan never takes the payout of a younger loan's receivables; what is left repays
+    loans oldest first; the rest is an overpayment. One split per loan.
+    """
+    ranked = sorted(loans, key=lambda ln: (ln.opened_at, ln.loan_id))
+    dues = {ln.loan_id: (ln.fee_due, ln.principal_due) for ln in ranked}
+    paid: dict[str, Split] = {}
     left = withheld
-    out: list[tuple[str, Split]] = []
+
+    def pay(loan_id: str, cap: Money) -> None:
+        nonlocal left
+        fee_due, principal_due = dues[loan_id]
+        split = split_payment(left.min(cap), fee_due, principal_due, order)
+        if split.total.is_zero():
+            return
+        dues[loan_id] = (fee_due - split.fee, principal_due - split.principal)
+        before = paid.get(loan_id)
+        paid[loan_id] = split if before is None else Split(before.fee + split.fee, before.principal + split.principal)
+        left = left - split.total
+
+    for loan in ranked:
+        mark = earmarks.get(loan.loan_id)
+        if mark is not None and mark.currency == withheld.currency and mark.amount > 0:
+            pay(loan.loan_id, mark)
     for loan in ranked:
         if left.is_zero():
             break
-        split = split_payment(left, loan.fee_due, loan.principal_due, order)
-        if not split.total.is_zero():
-            out.append((loan.loan_id, split))
-            left = left - split.total
-    return Allocation(tuple(out), left)
+        pay(loan.loan_id, left)
+    return Allocation(tuple(paid.items()), left)
