@@ -247,6 +247,12 @@ def _values(obj: Any, path: Path, ptr: str = "/data") -> list[tuple[str, Any]]:
 
 def _plain(obj: Any, path: Path) -> list[Any]:
     """The values at `path`, without pointers: the cheap scan for events that are fine."""
+    if "*" not in path:  # no array on the way: plain lookups
+        for key in path:
+            if not (isinstance(obj, dict) and key in obj):
+                return []
+            obj = obj[key]
+        return [obj]
     values = [obj]
     for key in path:
         if key == "*":
@@ -263,17 +269,21 @@ def _plain(obj: Any, path: Path) -> list[Any]:
 
 def _money_looks_fine(data: Any, rules: _Rules) -> bool:
     """True when no integer is a float, every currency is known and there is only one."""
-    seen: set[str] = set()
     for path in rules.integers:
-        if any(isinstance(v, float) for v in _plain(data, path)):
-            return False
+        for value in _plain(data, path):
+            if isinstance(value, float):
+                return False
+    first: str | None = None
     for path in rules.currencies:
         for cur in _plain(data, path):
             if isinstance(cur, str):
                 if cur not in CURRENCY_EXPONENTS:
                     return False
-                seen.add(cur)
-    return len(seen) <= 1
+                if first is None:
+                    first = cur
+                elif cur != first:
+                    return False
+    return True
 
 
 def _money_errors(data: Any, rules: _Rules) -> list[FieldError]:
@@ -301,9 +311,8 @@ def _time_errors(ptr: str, value: Any) -> list[FieldError]:
     if not isinstance(value, str):
         return []
     if len(value) == 20 and _CANONICAL_UTC.match(value):  # the common shape: only the calendar can be wrong
-        try:
-            datetime(int(value[0:4]), int(value[5:7]), int(value[8:10]), int(value[11:13]), int(value[14:16]),
-                     int(value[17:19]))
+        try:  # exactly that shape: the C ISO parser checks the calendar
+            datetime.fromisoformat(value)
             return []
         except ValueError:
             pass  # the general parser words the error

@@ -80,3 +80,77 @@ def test_a_new_partition_count_repartitions_and_no_metadata_leaves_it_to_the_pro
     del parts["events"]
     sink.publish(records[:1])
     assert producer.sent[-1] == ("events", b"m-0", None)
+
+
+class _Accumulator:
+    """kafka-python 3.x's RecordAccumulator.append shape; a new batch per partition, then appends."""
+
+    def __init__(self) -> None:
+        self.appended: list[tuple[Any, Any, bytes, bytes, list[Any]]] = []
+        self.batches: set[Any] = set()
+
+    def append(self, tp: Any, timestamp_ms: Any, key: bytes, value: bytes, headers: list[Any], now: Any = None,
+               abort_on_new_batch: bool = False) -> tuple[_Done, bool, bool, bool]:
+        assert not abort_on_new_batch
+        self.appended.append((tp, timestamp_ms, key, value, headers))
+        new = tp not in self.batches
+        self.batches.add(tp)
+        return _Done(), False, new, False
+
+
+class _Sender:
+    def __init__(self) -> None:
+        self.wakeups = 0
+
+    def wakeup(self) -> None:
+        self.wakeups += 1
+
+
+class _DirectProducer(_Producer):
+    def __init__(self, partitions: dict[str, set[int]], max_request_size: int = 1_048_576):
+        super().__init__(partitions)
+        self._accumulator = _Accumulator()
+        self._sender = _Sender()
+        self._closed = False
+        self._transaction_manager = None
+        self.config = {"max_request_size": max_request_size}
+
+
+def test_records_go_straight_to_the_accumulator_with_the_partition_send_would_pick() -> None:
+    parts = {"events": set(range(6)), "rejected": {0, 1, 2}}
+    producer = _DirectProducer(parts)
+    keys = [f"m-{i}" for i in range(200)]
+    records = [Outgoing("event" if i % 4 else "rejected", k, f"e{i}", f'{{"i":{i}}}'.encode(),
+                        (("ce_id", f"e{i}".encode()), ("ce_type", b"order.placed"))) for i, k in enumerate(keys)]
+    _sink(producer).publish(records)
+    acc = producer._accumulator
+    assert producer.sent == []  # nothing needed send()'s generic path
+    assert len(acc.appended) == len(records)
+    default, cluster = DefaultPartitioner(), _Cluster(parts)
+    for rec, (tp, ts, key, value, headers) in zip(records, acc.appended, strict=True):
+        topic = "events" if rec.kind == "event" else "rejected"
+        assert tp.topic == topic and key == rec.key.encode() and value == rec.payload and ts is None
+        assert tp.partition == default.partition(topic, None, key, None, None, cluster)
+        assert headers == list(rec.headers)
+    assert producer._sender.wakeups == len(acc.batches) == 9  # woken for each new batch, as send() does
+
+
+def test_a_record_near_the_size_limit_a_closed_or_transactional_producer_take_send() -> None:
+    parts = {"events": {0, 1}}
+    producer = _DirectProducer(parts, max_request_size=4096)
+    small, big = Outgoing("event", "m-1", "e1", b"x" * 100), Outgoing("event", "m-2", "e2", b"x" * 3500)
+    sink = _sink(producer)
+    sink.publish([small, big])
+    assert [r[3] for r in producer._accumulator.appended] == [small.payload]
+    assert producer.sent == [("events", b"m-2", sink._router(producer, "events")("m-2")[1].partition)]
+    producer._closed = True
+    sink.publish([small])
+    assert len(producer._accumulator.appended) == 1 and len(producer.sent) == 2
+
+    class _Txn:
+        def is_transactional(self) -> bool:
+            return True
+
+    producer._closed, producer._transaction_manager = False, _Txn()
+    sink.publish([small])
+    assert len(producer._accumulator.appended) == 1 and len(producer.sent) == 3

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import threading
 import time
@@ -41,7 +43,7 @@ class KafkaSink:
         self.observe_latency = observe_latency
         self._producer: Any = None
         self._lock = threading.Lock()
-        self._partitions: dict[str, tuple[int, list[int], dict[bytes, int]]] = {}
+        self._partitions: dict[str, tuple[int, list[Any], dict[str, tuple[bytes, Any]]]] = {}
 
     def _get(self) -> Any:
         with self._lock:
@@ -62,15 +64,25 @@ class KafkaSink:
         producer = self._get()
         futures = []
         try:
-            partitioners: dict[str, Callable[[bytes], int | None]] = {}
+            append = _direct_append(producer)
+            limit = int(getattr(producer, "config", {}).get("max_request_size", 1048576)) - _RECORD_OVERHEAD
+            routes: dict[str, Callable[[str], tuple[bytes, Any]]] = {}
             for rec in records:
-                key = rec.key.encode("utf-8")
-                pick = partitioners.get(rec.kind)
-                if pick is None:  # per batch and only for the topics it writes to
-                    pick = partitioners[rec.kind] = self._partitioner(producer, self.topics[rec.kind])
-                futures.append((rec.event_id, producer.send(
-                    self.topics[rec.kind], value=rec.payload, key=key, partition=pick(key),
-                    headers=list(rec.headers))))
+                route = routes.get(rec.kind)
+                if route is None:  # per batch and only for the topics it writes to
+                    route = routes[rec.kind] = self._router(producer, self.topics[rec.kind])
+                key, tp = route(rec.key)
+                headers = list(rec.headers)
+                value = rec.payload
+                size = len(value) + len(key)
+                for name, hval in headers:
+                    size += len(name) + len(hval)
+                if append is not None and tp is not None and size <= limit:
+                    fut = append(tp, key, value, headers)
+                else:  # no metadata yet, or a record near the size limit: send() checks and raises
+                    fut = producer.send(self.topics[rec.kind], value=value, key=key,
+                                        partition=None if tp is None else tp.partition, headers=headers)
+                futures.append((rec.event_id, fut))
         except KafkaError as exc:
             self._wait(futures, start)  # whatever was sent may still be acknowledged
             delivered = frozenset(eid for eid, f in futures if f.succeeded())
@@ -84,29 +96,32 @@ class KafkaSink:
         if self.observe_latency is not None:
             self.observe_latency(time.perf_counter() - start)
 
-    def _partitioner(self, producer: Any, topic: str) -> Callable[[bytes], int | None]:
-        """The partition kafka-python's DefaultPartitioner picks for a key (murmur2 of the key modulo the
-        sorted partition list, as the Java client does), remembered per merchant key: the default
-        partitioner recomputes it (pure-Python murmur2, a sorted copy of the partition list) for every
-        record. The memo is per partition count and bounded; a new partition count starts a new one."""
+    def _router(self, producer: Any, topic: str) -> Callable[[str], tuple[bytes, Any]]:
+        """(key bytes, TopicPartition) for a merchant key: the partition kafka-python's DefaultPartitioner
+        picks (murmur2 of the key modulo the sorted partition list, as the Java client does), remembered
+        per key: the default partitioner recomputes it (pure-Python murmur2, a sorted copy of the partition
+        list) for every record. The memo is per partition count and bounded; a new partition count starts
+        a new one. Without metadata the TopicPartition is None and send() waits for it as usual."""
         from kafka.partitioner.default import murmur2
+        from kafka.structs import TopicPartition
 
         partitions = producer.partitions_for(topic)
-        if not partitions:  # no metadata: let send() wait for it and partition as usual
-            return lambda key: None
+        if not partitions:
+            return lambda key: (key.encode("utf-8"), None)
         memo = self._partitions.get(topic)
         if memo is None or memo[0] != len(partitions) or len(memo[2]) > 200_000:
-            memo = (len(partitions), sorted(partitions), {})
+            memo = (len(partitions), [TopicPartition(topic, p) for p in sorted(partitions)], {})
             self._partitions[topic] = memo
         _, ordered, known = memo
 
-        def pick(key: bytes) -> int | None:
-            part = known.get(key)
-            if part is None:
-                part = known[key] = ordered[(murmur2(key) & 0x7FFFFFFF) % len(ordered)]
-            return part
+        def route(key: str) -> tuple[bytes, Any]:
+            hit = known.get(key)
+            if hit is None:
+                raw = key.encode("utf-8")
+                hit = known[key] = (raw, ordered[(murmur2(raw) & 0x7FFFFFFF) % len(ordered)])
+            return hit
 
-        return pick
+        return route
 
     def _reset(self, producer: Any) -> None:
         """Drop a producer that failed: after a broker outage an idempotent producer can stay wedged
@@ -148,6 +163,49 @@ class KafkaSink:
             if self._producer is not None:
                 self._producer.close(timeout=5)
                 self._producer = None
+
+
+# Room left under max_request_size for a record's framing and the batch header (a few dozen bytes each):
+# records within it cannot hit send()'s size check, the rest go through send() and its exact check.
+_RECORD_OVERHEAD = 1024
+
+
+@functools.cache
+def _accumulator_fits(append: Callable[..., Any]) -> bool:
+    """The record accumulator of kafka-python 3.x: append(tp, timestamp_ms, key, value, headers, now=None,
+    abort_on_new_batch=False) returning (future, batch_is_full, new_batch_created, abort_for_new_batch)."""
+    try:
+        params = list(inspect.signature(append).parameters)
+    except (TypeError, ValueError):
+        return False
+    return params[:6] == ["self", "tp", "timestamp_ms", "key", "value", "headers"] and "abort_on_new_batch" in params
+
+
+def _direct_append(producer: Any) -> Callable[[Any, bytes, bytes, list[tuple[str, bytes]]], Any] | None:
+    """What KafkaProducer.send() does for a record with an explicit, known partition and a checked size,
+    minus its per-record generic work (argument and header checks, serializer calls, a metadata set copy
+    and partition re-check, size estimate, eager debug-message formatting): a third of send()'s CPU.
+    The record goes into the same accumulator, gets the same per-record future, and the sender is woken
+    exactly when send() would wake it; acks, idempotence and retries are the sender's and unchanged.
+    None (use send()) for a closed or transactional producer or an accumulator of another shape."""
+    acc = getattr(producer, "_accumulator", None)
+    sender = getattr(producer, "_sender", None)
+    if acc is None or sender is None or getattr(producer, "_closed", True):
+        return None
+    txn = getattr(producer, "_transaction_manager", None)
+    if txn is not None and txn.is_transactional():
+        return None
+    if not _accumulator_fits(type(acc).append):
+        return None
+    acc_append, wakeup = acc.append, sender.wakeup
+
+    def append(tp: Any, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> Any:
+        future, batch_is_full, new_batch_created, _ = acc_append(tp, None, key, value, headers)
+        if batch_is_full or new_batch_created:
+            wakeup()
+        return future
+
+    return append
 
 
 def _close_quietly(producer: Any) -> None:

@@ -79,12 +79,18 @@ def valid_id(value: Any) -> str | None:
 class _Walker:
     """Collects issues by category while building the canonical copy of `data`."""
 
+    __slots__ = ("ctx", "issues")
+
     def __init__(self, ctx: NormaliseContext):
         self.ctx = ctx
-        self.issues: dict[Reason, list[Issue]] = {Reason.MONEY: [], Reason.TIME: [], Reason.SCHEMA: []}
+        # Issues by reason, a list created on the first issue of that reason (most events have none).
+        self.issues: dict[Reason, list[Issue]] = {}
 
     def add(self, reason: Reason, pointer: str, message: str) -> None:
-        self.issues[reason].append(Issue(pointer, message))
+        found = self.issues.get(reason)
+        if found is None:
+            found = self.issues[reason] = []
+        found.append(Issue(pointer, message))
 
     def value(self, obj: Any, ptr: str) -> Any:
         if isinstance(obj, dict):
@@ -94,7 +100,9 @@ class _Walker:
             for k, v in obj.items():
                 # A plain scalar member is copied as is; only members that may be rewritten or hold
                 # nested values get their JSON pointer built (it is needed only to report issues).
-                if k == "buyer_id" or isinstance(v, dict | list) or (isinstance(v, str) and k.endswith("_at")):
+                if k == "buyer_id" and type(v) is str:  # the common case: no pointer needed
+                    out[k] = self.ctx.hash_buyer(v)
+                elif k == "buyer_id" or isinstance(v, dict | list) or (isinstance(v, str) and k.endswith("_at")):
                     out[k] = self.member(k, v, f"{ptr}/{_escape(k)}")
                 else:
                     out[k] = v
@@ -138,7 +146,9 @@ class _Walker:
             self.add(Reason.TIME, ptr, f"time is before {format_rfc3339(self.ctx.min_time)}")
 
     def money(self, obj: dict[str, Any], ptr: str) -> dict[str, Any]:
-        out = {k: v for k, v in obj.items() if k != "value"}
+        out = dict(obj)
+        if "value" in out:
+            del out["value"]
         cur = obj["currency"]
         if not isinstance(cur, str) or cur not in CURRENCY_EXPONENTS:
             self.add(Reason.MONEY, ptr + "/currency", f"unknown ISO 4217 currency {str(cur)[:8]!r}")
@@ -193,9 +203,8 @@ def _canonical_utc(val: str) -> datetime | None:
     None for anything else, which takes the general parser (and its error messages)."""
     if len(val) != 20 or not _CANONICAL_UTC.match(val) or val[0] == "0":
         return None
-    try:
-        return datetime(int(val[0:4]), int(val[5:7]), int(val[8:10]), int(val[11:13]), int(val[14:16]),
-                        int(val[17:19]), tzinfo=UTC)
+    try:  # exactly that shape, so the C parser reads it as the UTC instant (and checks the calendar)
+        return datetime.fromisoformat(val)
     except ValueError:
         return None
 
@@ -225,24 +234,26 @@ def normalise(raw: Any, ctx: NormaliseContext, now: datetime) -> NormalisedEvent
         return Rejection(Reason.SIZE, (issue,), *_ident(raw))
     walker = _Walker(ctx)
     event = dict(raw)
-    if isinstance(raw.get("time"), str):
-        event["time"] = walker.timestamp(raw["time"], "/time", bounded=True, now=now)
-    if isinstance(raw.get("data"), dict):
-        event["data"] = walker.value(raw["data"], "/data")
+    etime = raw.get("time")
+    if isinstance(etime, str):
+        event["time"] = walker.timestamp(etime, "/time", bounded=True, now=now)
+    data = raw.get("data")
+    if isinstance(data, dict):
+        event["data"] = walker.value(data, "/data")
     etype = raw.get("type")
     if ctx.accepted_types and isinstance(etype, str) and etype not in ctx.accepted_types:
         walker.add(Reason.SCHEMA, "/type", f"{etype[:64]!r} is not an event type a marketplace may send "
                    f"(one of: {', '.join(sorted(ctx.accepted_types))})")
     found = ctx.validator(event)
     by_reason = walker.issues
-    if not found and not (by_reason[Reason.MONEY] or by_reason[Reason.TIME] or by_reason[Reason.SCHEMA]):
+    if not found and not by_reason:
         payload = ctx.encode(event)
         return NormalisedEvent(event["id"], event["type"], event["subject"], event, payload,
                                hashlib.sha256(payload).hexdigest())
-    own = [i for reason in (Reason.MONEY, Reason.TIME, Reason.SCHEMA) for i in by_reason[reason]]
+    own = [i for reason in (Reason.MONEY, Reason.TIME, Reason.SCHEMA) for i in by_reason.get(reason, ())]
     known = {i.pointer for i in own}
     schema = [Issue(p, m) for p, m in found if not _covered(p, known)]
-    reason = next((r for r in (Reason.MONEY, Reason.TIME) if by_reason[r]), Reason.SCHEMA)
+    reason = next((r for r in (Reason.MONEY, Reason.TIME) if by_reason.get(r)), Reason.SCHEMA)
     return Rejection(reason, tuple(own + schema), *_ident(raw))
 
 

@@ -145,7 +145,8 @@ class IngestService:
                                out.issues[:MAX_ERRORS])
         if out.event_id not in delivered:
             return _retry(it, "the broker did not acknowledge; retry later")
-        return _final(it, Status.DUPLICATE if it.index in repeats else Status.ACCEPTED)
+        return EventResult(it.index, Status.DUPLICATE if it.index in repeats else Status.ACCEPTED, out.event_id,
+                           out.event_type)
 
     def _rejected_record(self, it: _Item, received_at: datetime, intake: str) -> Outgoing:
         rej = it.outcome
@@ -184,8 +185,16 @@ class IngestService:
         return data[:cap].decode("utf-8", errors="ignore"), True
 
 
+_TYPE_HEADERS: dict[str, tuple[str, bytes]] = {}  # one ("ce_type", bytes) per event type, built once
+
+
 def _headers(event_id: str, event_type: str) -> tuple[tuple[str, bytes], ...]:
-    return (("ce_id", event_id.encode("utf-8")), ("ce_type", event_type.encode("utf-8")))
+    type_header = _TYPE_HEADERS.get(event_type)
+    if type_header is None:
+        type_header = ("ce_type", event_type.encode("utf-8"))
+        if len(_TYPE_HEADERS) < 1024:  # types are a closed catalog; never let odd input grow this
+            _TYPE_HEADERS[event_type] = type_header
+    return (("ce_id", event_id.encode("utf-8")), type_header)
 
 
 def _ident(it: _Item) -> tuple[str | None, str | None]:
