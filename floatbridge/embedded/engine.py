@@ -30,6 +30,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
+
 from schemas import topics
 from services.common.timeutil import parse_rfc3339
 
@@ -94,7 +96,16 @@ class BusSink:
     def publish(self, records: Iterable[Any]) -> None:
         for rec in records:
             topic = topics.MARKETPLACE_EVENTS if rec.kind == "event" else topics.INGEST_REJECTED
-            self.bus.publish(topic, rec.key, json.loads(rec.payload))
+            self.bus.publish(topic, rec.key, loads(rec.payload))
+
+
+def loads(payload: bytes | str) -> Any:
+    """json.loads for payloads this process just encoded: orjson when it can (several times faster, the
+    same values), json for what orjson refuses (integers beyond 64 bits, lone surrogate escapes)."""
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return json.loads(payload)
 
 
 @dataclass
@@ -260,6 +271,7 @@ class EmbeddedEngine:
         from prometheus_client import CollectorRegistry
 
         from services.disbursement.bootstrap import bootstrap as disbursement_bootstrap
+        from services.disbursement.bootstrap import make_engine as disbursement_engine
         from services.ingest.adapters.memory import InMemoryDedupeStore
         from services.ingest.bootstrap import bootstrap as ingest_bootstrap
         from services.ingest.settings import load_settings as ingest_settings
@@ -281,9 +293,10 @@ class EmbeddedEngine:
         options.db_path.parent.mkdir(parents=True, exist_ok=True)
         if options.db_path.exists():
             options.db_path.unlink()
+        # The run's own database, deleted above and rebuilt from the events: a scratch database.
         self.disbursement = disbursement_bootstrap(
-            db_url=f"sqlite:///{options.db_path}", bus=self.bus, transport=self.fleet.deliver,
-            clock=lambda: self.now, registry=reg)
+            engine=disbursement_engine(f"sqlite:///{options.db_path}", scratch=True), bus=self.bus,
+            transport=self.fleet.deliver, clock=lambda: self.now, registry=reg)
         self.api = _acceptance_client(self.disbursement) if options.accept_over_http else None
         # Events for disbursement wait here until the bus runs idle, then go in one transaction.
         self._to_disbursement: list[dict[str, Any]] = []

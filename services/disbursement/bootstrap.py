@@ -15,8 +15,11 @@ from services.disbursement.service import DisbursementService
 from services.disbursement.settings import DisbursementSettings, load_settings
 
 
-def make_engine(db_url: str, schema: str | None = None, pool_size: int = 10) -> sa.Engine:
-    """An engine for PostgreSQL (optionally pinned to one schema) or SQLite (embedded mode)."""
+def make_engine(db_url: str, schema: str | None = None, pool_size: int = 10, scratch: bool = False) -> sa.Engine:
+    """An engine for PostgreSQL (optionally pinned to one schema) or SQLite (embedded mode).
+
+    `scratch` (SQLite files only): a throwaway database rebuilt by every run (the embedded demo and
+    replays), so commits need not survive a crash: synchronous=OFF. Never for a database that is kept."""
     if db_url.startswith("sqlite"):
         memory = db_url in ("sqlite://", "sqlite:///:memory:")
         kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
@@ -31,7 +34,10 @@ def make_engine(db_url: str, schema: str | None = None, pool_size: int = 10) -> 
             if not memory:
                 cur.execute("PRAGMA journal_mode=WAL")
                 # WAL + NORMAL: a commit survives a process crash; only an OS crash may lose the last ones.
-                cur.execute("PRAGMA synchronous=NORMAL")
+                # A scratch database is recreated on every run: OFF (no syncs at all).
+                cur.execute("PRAGMA synchronous=OFF" if scratch else "PRAGMA synchronous=NORMAL")
+                if scratch:
+                    cur.execute("PRAGMA temp_store=MEMORY")
                 cur.execute("PRAGMA busy_timeout=5000")
             cur.close()
 

@@ -84,8 +84,51 @@ _SETTLE_FINANCED = sa.update(financed_orders).where(
     financed_orders.c.state == "open").values(state="settled")
 _INSERT_LOAN = sa.insert(loans)
 _SET_DPD = sa.update(loans).where(loans.c.loan_id == sa.bindparam("p_loan")).values(dpd=sa.bindparam("p_dpd"))
+_BY_API_KEY = sa.select(merchants.c.merchant_id, merchants.c.api_key_hash).where(
+    merchants.c.api_key_hash == sa.bindparam("p_hash"))
+_SUPERSEDE_OPEN = sa.update(offers).where(offers.c.merchant_id == sa.bindparam("p_merchant"),
+                                          offers.c.state == OfferState.OPEN.value).values(
+    state=OfferState.SUPERSEDED.value)
+_WITHDRAW_OPEN = sa.update(offers).where(offers.c.offer_id == sa.bindparam("p_offer"),
+                                         offers.c.merchant_id == sa.bindparam("p_merchant"),
+                                         offers.c.state == OfferState.OPEN.value).values(
+    state=OfferState.WITHDRAWN.value)
+_OFFER = sa.select(offers).where(offers.c.offer_id == sa.bindparam("p_offer"))
+_ACCEPT_OFFER = sa.update(offers).where(offers.c.offer_id == sa.bindparam("p_offer")).values(
+    state=OfferState.ACCEPTED.value)
+_INSERT_IDEMPOTENCY = sa.insert(idempotency_keys)
+_STORED_ANSWER = sa.select(idempotency_keys.c.status_code, idempotency_keys.c.response).where(
+    idempotency_keys.c.merchant_id == sa.bindparam("p_merchant"), idempotency_keys.c.key == sa.bindparam("p_key"))
+_INSERT_FINANCED = sa.insert(financed_orders)
+_INSERT_PAYOUT = sa.insert(payouts)
+_LOAN_DISBURSED = sa.update(loans).where(loans.c.loan_id == sa.bindparam("p_loan")).values(
+    state=LoanState.DISBURSED.value, payout_id=sa.bindparam("p_payout", type_=loans.c.payout_id.type),
+    disbursed_at=sa.bindparam("p_at", type_=loans.c.disbursed_at.type))
+_ANSWER_DISBURSED = sa.update(idempotency_keys).where(idempotency_keys.c.offer_id == sa.bindparam("p_offer"),
+                                                      idempotency_keys.c.status_code == 202).values(
+    status_code=200, response=sa.bindparam("p_response", type_=idempotency_keys.c.response.type))
+_LOAN_REPAID_PART = sa.update(loans).where(loans.c.loan_id == sa.bindparam("p_loan")).values(
+    principal_due=sa.bindparam("p_principal_due", type_=loans.c.principal_due.type),
+    fee_due=sa.bindparam("p_fee_due", type_=loans.c.fee_due.type),
+    state=sa.bindparam("p_state", type_=loans.c.state.type),
+    closed_at=sa.bindparam("p_closed_at", type_=loans.c.closed_at.type))
+_FINANCED_ORDER = sa.select(financed_orders).where(
+    financed_orders.c.merchant_id == sa.bindparam("p_merchant"), financed_orders.c.order_id == sa.bindparam("p_order"),
+    financed_orders.c.state == "open")
+_SET_FINANCED = sa.update(financed_orders).where(
+    financed_orders.c.order_id == sa.bindparam("p_order"), financed_orders.c.loan_id == sa.bindparam("p_loan")).values(
+    expected=sa.bindparam("p_expected", type_=financed_orders.c.expected.type),
+    state=sa.bindparam("p_state", type_=financed_orders.c.state.type))
+_INSTRUCTION_STATE = sa.select(merchants.c.currency, merchants.c.last_instruction).where(
+    merchants.c.merchant_id == sa.bindparam("p_merchant"))
 _SET_INSTRUCTION = sa.update(merchants).where(merchants.c.merchant_id == sa.bindparam("p_merchant")).values(
     last_instruction=sa.bindparam("p_instruction"))
+
+
+_PROCESSED_IN = sa.select(processed_events.c.event_id).where(
+    processed_events.c.event_id.in_(sa.bindparam("p_ids", expanding=True)))
+# Connection.info key: in a SQLite batch, the event ids already processed (read once, then kept up to date).
+TX_PROCESSED = "floatbridge.disbursement.processed_ids"
 
 
 class ApiKeyInUse(ValueError):
@@ -145,6 +188,7 @@ class DisbursementService:
     auto_relay: bool = False
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _relaying: bool = False
+    _outbox_written: bool = True  # outbox rows may be waiting (True at start: rows left by an earlier run)
     # Merchants known to exist in committed data (merchants are never deleted): their `_ensure_merchant`
     # insert would be a no-op, so it is skipped. Filled only after a commit, never from a rolled-back one.
     _known_merchants: set[str] = field(default_factory=set)
@@ -159,11 +203,16 @@ class DisbursementService:
                 ensured: set[str] = set()
                 conn.info[repo.TX_MERCHANTS] = ensured
                 conn.info[repo.TX_WEBHOOK_TARGETS] = {}
+                conn.info[repo.TX_DEFERRED] = {}
                 try:
                     yield conn
+                    if repo.flush_deferred(conn):  # still inside the transaction: committed with everything else
+                        self._outbox_written = True
                 finally:
                     conn.info.pop(repo.TX_MERCHANTS, None)
                     conn.info.pop(repo.TX_WEBHOOK_TARGETS, None)
+                    conn.info.pop(repo.TX_DEFERRED, None)
+                    conn.info.pop(TX_PROCESSED, None)
             self._known_merchants.update(ensured)
 
     @property
@@ -174,7 +223,9 @@ class DisbursementService:
         return repo.Outbox(self.settings.source, self.settings.topic_prefix, self.clock())
 
     def _after_commit(self) -> None:
-        if self.auto_relay and self.publisher is not None:
+        # SQLite (one process): nothing to relay unless a transaction of this service wrote outbox rows
+        # since the last relay began.
+        if self.auto_relay and self.publisher is not None and (self._pg or self._outbox_written):
             self.relay_outbox()
 
     # ----------------------------------------------------------------- merchants
@@ -244,8 +295,7 @@ class DisbursementService:
         """The merchant owning `api_key`, comparing hashes in constant time."""
         digest = hash_api_key(api_key)
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(merchants.c.merchant_id, merchants.c.api_key_hash)
-                               .where(merchants.c.api_key_hash == digest)).first()
+            row = conn.execute(_BY_API_KEY, {"p_hash": digest}).first()
         if row is None or not hmac.compare_digest(str(row.api_key_hash), digest):
             return None
         return str(row.merchant_id)
@@ -312,6 +362,13 @@ class DisbursementService:
         try:
             with self._tx() as conn:
                 latest: list[datetime] = []  # the event clock only moves forward: advanced once, to the latest
+                if not self._pg:
+                    # SQLite has one writer (this process, under _lock): the ids already processed are read
+                    # once for the batch and the new ones inserted together at commit, instead of one
+                    # INSERT ... ON CONFLICT per event. PostgreSQL keeps the per-event insert, whose unique
+                    # index is what stops two consumers applying the same event.
+                    conn.info[TX_PROCESSED] = self._processed_among(conn, events)
+                    repo.preload_webhook_targets(conn, {str(e.get("subject")) for e in events})
                 applied = [etype for event in events if (etype := self._apply(conn, event, latest)) is not None]
                 if latest:
                     self._advance_clock(conn, latest[0])
@@ -332,8 +389,14 @@ class DisbursementService:
         except (KeyError, TypeError, ValueError) as exc:
             raise EventRejected(f"event envelope incomplete: {exc}") from None
         handler = self._handlers().get(etype)
-        if not repo.insert_ignore(conn, processed_events,
-                                  {"event_id": eid, "event_type": etype, "processed_at": self.clock()}):
+        seen: set[str] | None = conn.info.get(TX_PROCESSED)
+        row = {"event_id": eid, "event_type": etype, "processed_at": self.clock()}
+        if seen is not None:
+            if eid in seen:
+                return None
+            seen.add(eid)
+            repo.insert_ignore_later(conn, processed_events, row)
+        elif not repo.insert_ignore(conn, processed_events, row):
             return None
         if etype in _MARKETPLACE_TYPES:
             if latest is None:
@@ -348,6 +411,14 @@ class DisbursementService:
             except (KeyError, TypeError) as exc:
                 raise EventRejected(f"{etype} {eid}: missing or malformed field {exc}") from None
         return str(etype)
+
+    @staticmethod
+    def _processed_among(conn: sa.Connection, events: list[dict[str, Any]]) -> set[str]:
+        ids = list({e["id"] for e in events if isinstance(e, dict) and "id" in e})
+        seen: set[str] = set()
+        for i in range(0, len(ids), 500):
+            seen.update(conn.execute(_PROCESSED_IN, {"p_ids": ids[i:i + 500]}).scalars())
+        return seen
 
     def _handlers(self) -> dict[str, Any]:
         return {
@@ -388,7 +459,8 @@ class DisbursementService:
         data = event["data"]
         limit, available = Money.from_json(data["limit"]), Money.from_json(data["available"])
         self._ensure_merchant(conn, mid, limit.currency)
-        repo.insert_ignore(conn, credit_limits, {
+        # Read only by acceptances (their own transactions): inserted with the batch at commit.
+        repo.insert_ignore_later(conn, credit_limits, {
             "merchant_id": mid, "event_id": event["id"], "currency": limit.currency, "limit_amount": limit.amount,
             "available_amount": available.amount, "trigger_event_id": data.get("trigger_event_id"), "event_time": at,
         })
@@ -399,8 +471,7 @@ class DisbursementService:
         amount, fee = Money.from_json(data["amount"]), Money.from_json(data["fee"])
         self._ensure_merchant(conn, mid, amount.currency)
         # One open offer per merchant: a fresh one replaces the stale one.
-        conn.execute(sa.update(offers).where(offers.c.merchant_id == mid, offers.c.state == OfferState.OPEN.value)
-                     .values(state=OfferState.SUPERSEDED.value))
+        conn.execute(_SUPERSEDE_OPEN, {"p_merchant": mid})
         repo.insert_ignore(conn, offers, {
             "offer_id": data["offer_id"], "merchant_id": mid, "state": OfferState.OPEN.value,
             "currency": amount.currency, "amount": amount.amount, "fee": fee.amount, "apr": str(data["apr"]),
@@ -410,9 +481,7 @@ class DisbursementService:
         self._outbox().emit(conn, topic=None, event=event)
 
     def _on_offer_withdrawn(self, conn: sa.Connection, event: dict[str, Any], mid: str, at: datetime) -> None:
-        conn.execute(sa.update(offers).where(offers.c.offer_id == event["data"]["offer_id"],
-                                             offers.c.merchant_id == mid, offers.c.state == OfferState.OPEN.value)
-                     .values(state=OfferState.WITHDRAWN.value))
+        conn.execute(_WITHDRAW_OPEN, {"p_offer": event["data"]["offer_id"], "p_merchant": mid})
         self._outbox().emit(conn, topic=None, event=event)
 
     # ----------------------------------------------------------------- acceptance
@@ -445,9 +514,8 @@ class DisbursementService:
             return AcceptResult(200, view)
         if paid:
             with self.engine.connect() as conn:
-                stored = conn.execute(sa.select(idempotency_keys.c.status_code, idempotency_keys.c.response).where(
-                    idempotency_keys.c.merchant_id == cmd.merchant_id,
-                    idempotency_keys.c.key == cmd.idempotency_key)).one()
+                stored = conn.execute(_STORED_ANSWER, {"p_merchant": cmd.merchant_id,
+                                                       "p_key": cmd.idempotency_key}).one()
             return AcceptResult(stored.status_code, stored.response)
         return first
 
@@ -467,9 +535,9 @@ class DisbursementService:
         return AcceptResult(row.status_code, row.response, replayed=True)
 
     def _remember(self, conn: sa.Connection, cmd: AcceptOffer, result: AcceptResult) -> AcceptResult:
-        conn.execute(sa.insert(idempotency_keys).values(
-            merchant_id=cmd.merchant_id, key=cmd.idempotency_key, offer_id=cmd.offer_id,
-            status_code=result.status_code, response=result.body, created_at=self.clock()))
+        conn.execute(_INSERT_IDEMPOTENCY, {
+            "merchant_id": cmd.merchant_id, "key": cmd.idempotency_key, "offer_id": cmd.offer_id,
+            "status_code": result.status_code, "response": result.body, "created_at": self.clock()})
         return result
 
     def _accept_tx(self, cmd: AcceptOffer) -> tuple[AcceptResult, str | None]:
@@ -477,8 +545,7 @@ class DisbursementService:
             stored = self._stored_answer(conn, cmd)
             if stored is not None:
                 return stored, None
-            q = sa.select(offers).where(offers.c.offer_id == cmd.offer_id)
-            offer = conn.execute(q.with_for_update() if self._pg else q).first()
+            offer = conn.execute(_OFFER.with_for_update() if self._pg else _OFFER, {"p_offer": cmd.offer_id}).first()
             if offer is None or offer.merchant_id != cmd.merchant_id:
                 # Same answer whether the offer does not exist or belongs to someone else.
                 return self._remember(conn, cmd, _error(404, "offer_not_found", "no such offer")), None
@@ -527,8 +594,7 @@ class DisbursementService:
         repo.post_entry(conn, ledger.disbursement(f"disbursement:{loan_id}", loan_id, principal, fee),
                         offer.merchant_id, now)
         self._finance_orders(conn, loan_id, offer, principal + fee)
-        conn.execute(sa.update(offers).where(offers.c.offer_id == offer.offer_id)
-                     .values(state=OfferState.ACCEPTED.value))
+        conn.execute(_ACCEPT_OFFER, {"p_offer": offer.offer_id})
         self._outbox().new(conn, topic=topics.LOANS, etype="loan_offer.accepted", merchant_id=offer.merchant_id,
                            data={"offer_id": offer.offer_id, "loan_id": loan_id, "accepted_at": format_rfc3339(now)},
                            time=now, event_id=deterministic_id("loan_offer.accepted", offer.offer_id))
@@ -543,7 +609,7 @@ class DisbursementService:
         share, rest = divmod(owed.amount, len(order_ids))
         rows = [{"order_id": oid, "loan_id": loan_id, "merchant_id": offer.merchant_id, "state": "open",
                  "expected": given.get(oid, share + (rest if i == 0 else 0))} for i, oid in enumerate(order_ids)]
-        conn.execute(sa.insert(financed_orders), rows)
+        conn.execute(_INSERT_FINANCED, rows)
 
     # ----------------------------------------------------------------- payout
     def _drive_payout(self, loan_id: str) -> bool:
@@ -568,25 +634,21 @@ class DisbursementService:
             log.warning("payout of %s failed, recovery will retry: %s", loan_id, exc)
             return False, None
         with self._tx() as conn:
-            q = sa.select(loans).where(loans.c.loan_id == loan_id)
-            loan = conn.execute(q.with_for_update() if self._pg else q).one()
+            loan = conn.execute(_LOAN.with_for_update() if self._pg else _LOAN, {"p_loan": loan_id}).one()
             if loan.state != LoanState.ACCEPTED.value:
                 return True, None
             now = self.clock()
-            conn.execute(sa.insert(payouts).values(payout_id=payout_id, loan_id=loan_id, merchant_id=loan.merchant_id,
-                                                   amount=loan.principal, currency=loan.currency, created_at=now))
+            conn.execute(_INSERT_PAYOUT, {"payout_id": payout_id, "loan_id": loan_id, "merchant_id": loan.merchant_id,
+                                          "amount": loan.principal, "currency": loan.currency, "created_at": now})
             transition(LoanState(loan.state), LoanState.DISBURSED)
-            conn.execute(sa.update(loans).where(loans.c.loan_id == loan_id).values(
-                state=LoanState.DISBURSED.value, payout_id=payout_id, disbursed_at=now))
+            conn.execute(_LOAN_DISBURSED, {"p_loan": loan_id, "p_payout": payout_id, "p_at": now})
             self._outbox().new(conn, topic=topics.LOANS, etype="loan.disbursed", merchant_id=loan.merchant_id, data={
                 "loan_id": loan_id, "offer_id": loan.offer_id, "principal": repo.money(loan.principal, loan.currency),
                 "fee": repo.money(loan.fee, loan.currency), "due_at": format_rfc3339(loan.due_at),
                 "payout_id": payout_id, "order_ids": list(loan.order_ids)}, time=now, event_id=deterministic_id("loan.disbursed", loan_id))
             view = repo.loan_view(SimpleNamespace(**{**loan._asdict(), "state": LoanState.DISBURSED.value,
                                                      "payout_id": payout_id, "disbursed_at": now}))
-            conn.execute(sa.update(idempotency_keys).where(idempotency_keys.c.offer_id == loan.offer_id,
-                                                           idempotency_keys.c.status_code == 202)
-                         .values(status_code=200, response=view))
+            conn.execute(_ANSWER_DISBURSED, {"p_offer": loan.offer_id, "p_response": view})
             self._refresh_instruction(conn, loan.merchant_id, now, f"disbursed:{loan_id}")
         self.metrics.disbursed.labels(loan.currency).inc(loan.principal)
         return True, view
@@ -657,9 +719,9 @@ class DisbursementService:
         target = LoanState.REPAID if p_due == 0 and f_due == 0 else (
             LoanState.DELINQUENT if loan.state == LoanState.DELINQUENT.value else LoanState.REPAYING)
         transition(LoanState(loan.state), target)
-        conn.execute(sa.update(loans).where(loans.c.loan_id == loan_id).values(
-            principal_due=p_due, fee_due=f_due, state=target.value,
-            closed_at=at if target is LoanState.REPAID else None))
+        conn.execute(_LOAN_REPAID_PART, {"p_loan": loan_id, "p_principal_due": p_due, "p_fee_due": f_due,
+                                         "p_state": target.value,
+                                         "p_closed_at": at if target is LoanState.REPAID else None})
         ob = self._outbox()
         ob.new(conn, topic=topics.LOANS, etype="loan.repayment_applied", merchant_id=mid, data={
             "loan_id": loan_id, "settlement_id": settlement_id, "amount": (fee + principal).to_json(),
@@ -673,9 +735,7 @@ class DisbursementService:
     def _on_order_shortfall(self, conn: sa.Connection, event: dict[str, Any], mid: str, at: datetime) -> None:
         """A refunded or cancelled financed order will not repay its loan: the withhold must cover it."""
         data = event["data"]
-        rows = conn.execute(sa.select(financed_orders).where(
-            financed_orders.c.merchant_id == mid, financed_orders.c.order_id == data["order_id"],
-            financed_orders.c.state == "open")).all()
+        rows = conn.execute(_FINANCED_ORDER, {"p_merchant": mid, "p_order": data["order_id"]}).all()
         if not rows:
             return
         for row in rows:
@@ -683,15 +743,16 @@ class DisbursementService:
                 left = 0
             else:
                 left = max(0, row.expected - Money.from_json(data["amount"]).amount)
-            conn.execute(sa.update(financed_orders).where(
-                financed_orders.c.order_id == row.order_id, financed_orders.c.loan_id == row.loan_id).values(
-                expected=left, state="open" if left else ("cancelled" if event["type"] == "order.cancelled"
-                                                          else "refunded")))
+            conn.execute(_SET_FINANCED, {
+                "p_order": row.order_id, "p_loan": row.loan_id, "p_expected": left,
+                "p_state": "open" if left else ("cancelled" if event["type"] == "order.cancelled" else "refunded")})
         self._refresh_instruction(conn, mid, at, f"{event['type']}:{event['id']}")
 
     def _refresh_instruction(self, conn: sa.Connection, mid: str, at: datetime, cause: str) -> None:
         """Publish collection.instruction when what the merchant owes (or the rate) changed."""
-        merchant = self._merchant(conn, mid)
+        merchant = conn.execute(_INSTRUCTION_STATE, {"p_merchant": mid}).first()  # two columns, not the row
+        if merchant is None:
+            raise KeyError(f"unknown merchant {mid!r}")
         open_ = repo.open_loans(conn, mid)
         currency = open_[0].principal_due.currency if open_ else (
             (merchant.last_instruction or {}).get("owed", {}).get("currency") or merchant.currency)
@@ -774,6 +835,7 @@ class DisbursementService:
         if self.publisher is None or self._relaying:
             return 0  # re-entrant call from an in-process bus: the outer loop picks the new rows up
         self._relaying = True
+        self._outbox_written = False  # rows written from now on are relayed by the loop below or the next call
         try:
             total = 0
             while True:

@@ -343,3 +343,32 @@ def test_offer_on_orders_that_already_back_an_open_loan_is_refused(env: dict[str
     svc.handle(settlement("m1", "s1", 10_100, T0 + timedelta(days=3), orders=(("o1", 60_000), ("o2", 40_000))))
     svc.handle(offer("m1", "of3", 5_000, 50, at=T0 + timedelta(days=3, minutes=1), order_ids=("o2", "o3")))
     assert svc.accept(AcceptOffer("of3", "m1", "k3", T0 + timedelta(days=3, minutes=2))).status_code == 200
+
+
+def test_a_batch_delivered_again_changes_nothing_and_publishes_nothing(env: dict[str, Any]) -> None:
+    svc, bus = env["svc"], env["bus"]
+    batch = [limit("m1", 1_000_000), offer("m1", "of-1", 50_000, 500, order_ids=("o1",))]
+    svc.handle_many(batch)
+    assert svc.accept(AcceptOffer("of-1", "m1", "idem-1", T0 + timedelta(minutes=1))).status_code == 200
+    paid = settlement("m1", "s1", 20_000, T0 + timedelta(days=1), orders=(("o1", 30_000),))
+    svc.handle_many([paid])
+    before, sent = _state(svc), len(bus.sent)
+    # The consumer restarts from an older offset: every event comes again, in one batch.
+    svc.handle_many([*batch, paid])
+    assert _state(svc) == before
+    assert len(bus.sent) == sent
+
+
+def test_only_the_embedded_scratch_database_gives_up_syncing_and_lookups_by_loan_use_an_index(tmp_path: Any) -> None:
+    from services.disbursement.bootstrap import make_engine
+    from services.disbursement.migrations import upgrade
+
+    kept, scratch = make_engine(f"sqlite:///{tmp_path}/kept.db"), make_engine(f"sqlite:///{tmp_path}/s.db", scratch=True)
+    with kept.connect() as a, scratch.connect() as b:
+        assert a.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+        assert b.exec_driver_sql("PRAGMA synchronous").scalar() == 0  # OFF
+    upgrade(scratch)
+    with scratch.connect() as conn:
+        plan = " ".join(str(r[3]) for r in conn.exec_driver_sql(
+            "EXPLAIN QUERY PLAN SELECT sum(expected) FROM financed_orders WHERE loan_id = 'ln_1'"))
+    assert "ix_financed_orders_loan_id" in plan

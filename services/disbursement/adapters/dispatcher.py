@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import sqlalchemy as sa
 
 from services.disbursement.adapters.orm import merchants, outbox, webhook_deliveries
@@ -26,19 +27,24 @@ log = logging.getLogger(__name__)
 CLAIM_LEASE = timedelta(seconds=60)  # a claimed delivery is retried by others if this worker dies
 
 
+_UNSENT = sa.select(outbox.c.id, outbox.c.topic, outbox.c.key, outbox.c.payload).where(
+    outbox.c.sent_at.is_(None)).order_by(outbox.c.id).limit(sa.bindparam("p_limit", type_=sa.Integer))
+_MARK_SENT = sa.update(outbox).where(outbox.c.id.in_(sa.bindparam("p_ids", expanding=True))).values(
+    sent_at=sa.bindparam("p_at", type_=outbox.c.sent_at.type))
+
+
 def relay_batch(svc: DisbursementService, limit: int) -> int:
     assert svc.publisher is not None
-    q = sa.select(outbox.c.id, outbox.c.topic, outbox.c.key, outbox.c.payload).where(
-        outbox.c.sent_at.is_(None)).order_by(outbox.c.id).limit(limit)
+    q, params = _UNSENT, {"p_limit": limit}
     if svc.engine.dialect.name == "postgresql":
         with svc.engine.begin() as conn:
-            rows = conn.execute(q.with_for_update(skip_locked=True)).all()
+            rows = conn.execute(q.with_for_update(skip_locked=True), params).all()
             _publish(svc, rows)
             _mark_sent(conn, svc, rows)
         return len(rows)
     # SQLite: publish outside any transaction, since an in-process bus may call back into the service.
     with svc.engine.connect() as conn:
-        rows = conn.execute(q).all()
+        rows = conn.execute(q, params).all()
     _publish(svc, rows)
     with svc._tx() as conn:
         _mark_sent(conn, svc, rows)
@@ -48,16 +54,25 @@ def relay_batch(svc: DisbursementService, limit: int) -> int:
 def _publish(svc: DisbursementService, rows: Sequence[Any]) -> None:
     assert svc.publisher is not None
     for row in rows:
-        svc.publisher.publish(row.topic, row.key, json.loads(row.payload))
+        svc.publisher.publish(row.topic, row.key, _loads(row.payload))
         svc.metrics.published.labels(row.topic).inc()
     flush = getattr(svc.publisher, "flush", None)
     if rows and callable(flush):
         flush()  # Kafka: acknowledged before the rows are marked sent
 
 
+def _loads(payload: str) -> Any:
+    # The payload is the outbox's own JSON: orjson reads it faster with the same values; json takes what
+    # orjson refuses (integers beyond 64 bits, lone surrogate escapes).
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return json.loads(payload)
+
+
 def _mark_sent(conn: sa.Connection, svc: DisbursementService, rows: Sequence[Any]) -> None:
     if rows:
-        conn.execute(sa.update(outbox).where(outbox.c.id.in_([r.id for r in rows])).values(sent_at=svc.clock()))
+        conn.execute(_MARK_SENT, {"p_ids": [r.id for r in rows], "p_at": svc.clock()})
 
 
 def _claim(svc: DisbursementService, now: datetime, limit: int) -> Sequence[Any]:

@@ -119,7 +119,7 @@ loans = sa.Table(
 financed_orders = sa.Table(
     "financed_orders", metadata,
     sa.Column("order_id", sa.String(128), primary_key=True),
-    sa.Column("loan_id", sa.String(64), sa.ForeignKey("loans.loan_id"), primary_key=True),
+    sa.Column("loan_id", sa.String(64), sa.ForeignKey("loans.loan_id"), primary_key=True, index=True),
     sa.Column("merchant_id", sa.String(128), nullable=False, index=True),
     sa.Column("expected", sa.BigInteger, nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
@@ -212,7 +212,7 @@ idempotency_keys = sa.Table(
     "idempotency_keys", metadata,
     sa.Column("merchant_id", sa.String(128), primary_key=True),
     sa.Column("key", sa.String(255), primary_key=True),
-    sa.Column("offer_id", sa.String(128), nullable=False),
+    sa.Column("offer_id", sa.String(128), nullable=False, index=True),
     sa.Column("status_code", sa.Integer, nullable=False),
     sa.Column("response", sa.JSON, nullable=False),
     _ts("created_at"),

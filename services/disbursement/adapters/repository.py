@@ -29,6 +29,9 @@ from services.disbursement.domain.loans import OPEN_STATES
 # Keys of per-transaction caches in `Connection.info` (set and removed by the service's transaction scope).
 TX_MERCHANTS = "floatbridge.disbursement.ensured_merchants"
 TX_WEBHOOK_TARGETS = "floatbridge.disbursement.webhook_targets"
+# Append-only rows (outbox, webhook deliveries, processed event ids) nothing reads back in the transaction
+# that writes them: collected per table and inserted with one executemany each just before the commit.
+TX_DEFERRED = "floatbridge.disbursement.deferred_inserts"
 
 # Event types merchants can subscribe to as webhooks.
 WEBHOOK_TYPES = frozenset({
@@ -59,6 +62,50 @@ def _insert_ignore_stmt(dialect: str, table: sa.Table) -> Any:
 def insert_ignore(conn: sa.Connection, table: sa.Table, values: dict[str, Any]) -> bool:
     """INSERT ... ON CONFLICT DO NOTHING; True when the row was new."""
     return bool(conn.execute(_insert_ignore_stmt(conn.dialect.name, table), values).rowcount)
+
+
+def insert_ignore_later(conn: sa.Connection, table: sa.Table, values: dict[str, Any]) -> None:
+    """insert_ignore at the end of the caller's transaction (now when there is no deferral buffer).
+    Only for rows the transaction does not read back and whose insert outcome it does not need."""
+    deferred = conn.info.get(TX_DEFERRED)
+    if deferred is None:
+        insert_ignore(conn, table, values)
+    else:
+        deferred.setdefault(table, []).append(values)
+
+
+def flush_deferred(conn: sa.Connection) -> bool:
+    """Insert the deferred rows, per table in the order they were added (one executemany per table);
+    True when outbox rows were among them."""
+    deferred = conn.info.get(TX_DEFERRED)
+    if not deferred:
+        return False
+    dialect = conn.dialect.name
+    for table, rows in deferred.items():
+        if rows:
+            conn.execute(_insert_ignore_stmt(dialect, table), rows)
+    wrote_outbox = bool(deferred.get(outbox))
+    deferred.clear()
+    return wrote_outbox
+
+
+_WEBHOOK_TARGETS_IN = sa.select(merchants.c.merchant_id, merchants.c.webhook_url, merchants.c.event_types).where(
+    merchants.c.merchant_id.in_(sa.bindparam("p_merchants", expanding=True)))
+
+
+def preload_webhook_targets(conn: sa.Connection, merchant_ids: set[str]) -> None:
+    """Fill the transaction's webhook-target cache for these merchants in one query per 500 (a merchant
+    not found has no target, as the per-event lookup would find)."""
+    targets = conn.info.get(TX_WEBHOOK_TARGETS)
+    if targets is None:
+        return
+    wanted = sorted(m for m in merchant_ids if m not in targets)
+    for i in range(0, len(wanted), 500):
+        chunk = wanted[i:i + 500]
+        found = {r.merchant_id: (r.webhook_url, r.event_types)
+                 for r in conn.execute(_WEBHOOK_TARGETS_IN, {"p_merchants": chunk})}
+        for mid in chunk:
+            targets[mid] = found.get(mid)
 
 
 # Hot statements built once with bind parameters (building a select per call cost more than running it).
@@ -96,7 +143,7 @@ class Outbox:
     def emit(self, conn: sa.Connection, *, topic: str | None, event: dict[str, Any]) -> None:
         payload = encode(event).decode("utf-8")
         if topic is not None:
-            insert_ignore(conn, outbox, {
+            insert_ignore_later(conn, outbox, {
                 "event_id": event["id"], "topic": self.topic_prefix + topic, "key": event["subject"],
                 "payload": payload, "created_at": self.created_at,
             })
@@ -125,7 +172,7 @@ class Outbox:
         types = target[1] or []
         if types and event["type"] not in types:
             return
-        insert_ignore(conn, webhook_deliveries, {
+        insert_ignore_later(conn, webhook_deliveries, {
             "msg_id": event["id"], "merchant_id": event["subject"], "event_type": event["type"], "payload": payload,
             "state": "pending", "attempts": 0, "next_attempt_at": self.created_at, "created_at": self.created_at,
         })
