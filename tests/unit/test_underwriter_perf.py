@@ -122,3 +122,26 @@ def test_single_row_fast_path_predicts_exactly_what_booster_predict_does() -> No
         row = np.asarray([f], dtype=np.float64)
         assert scorer._predict(f)[0] == float(scorer.booster.predict(row, num_threads=1)[0])
         assert list(scorer._contrib(f)) == list(scorer.booster.predict(row, pred_contrib=True, num_threads=1)[0])
+
+
+def test_state_bytes_written_with_the_fast_encoder_hold_the_same_json_and_state() -> None:
+    import zlib
+
+    from services.underwriter.service import state_bytes
+
+    s = golden_state()
+    s.advance("marketplace.events.v1:3", 12345)
+    s.category = "música"  # outside ASCII: UTF-8 rather than \u escapes, the same text once decoded
+    fast, slow = state_bytes(s), s.to_bytes()
+    assert json.loads(zlib.decompress(fast)) == json.loads(zlib.decompress(slow)) == s.to_dict()
+    assert MerchantState.from_bytes(fast) == s
+    s.category = "books"
+    assert zlib.decompress(state_bytes(s)) == zlib.decompress(s.to_bytes())  # ASCII: the very same JSON text
+
+
+def test_state_bytes_fall_back_to_the_stdlib_encoder_for_integers_beyond_64_bits() -> None:
+    from services.underwriter.service import state_bytes
+
+    s = golden_state()
+    s.positions["huge:0"] = 2**70
+    assert MerchantState.from_bytes(state_bytes(s)) == s
