@@ -11,6 +11,12 @@ cancellation, merchant or loan event) at once; other events (orders placed, paid
 at most every `debounce_seconds` of event time. The rest wait in `pending` until `flush(now)` scores every
 merchant whose first pending event is `debounce_seconds` old, so the limit reflects the latest event within
 `debounce_seconds` of event time (the worker's timer calls flush every `flush_interval_seconds`).
+Across restarts: `pending` is also saved in each merchant's state (MerchantState.pending, cleared by its next
+decision), because the input offsets of debounced events are committed before their decision. A worker that
+restores the states (after a graceful stop, a kill -9 or a rebalance) rebuilds `pending` with `restore_pending`
+once its partitions are recovered, and its flush decides them: with no newer event, within `debounce_seconds`
+(plus one flush interval) of wall time after the recovery, as of the merchant's latest event and naming the
+latest pending event as trigger, i.e. the decision the stopped worker would have taken.
 
 Batches (the Faust worker): `handle_batch` applies a batch in order and scores each merchant of it at most
 once, after its last event of the batch, as of its latest event time. The worker hands over a batch when
@@ -22,7 +28,7 @@ it) of wall-clock delay to the bound above; the decision then reflects every eve
 from __future__ import annotations
 
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -217,9 +223,10 @@ class Underwriter:
             else:
                 pending = self.pending.get(merchant_id)
                 if pending is None:
-                    self.pending[merchant_id] = [first_ts, latest_ts, last_id]
+                    pending = self.pending[merchant_id] = [first_ts, latest_ts, last_id]
                 elif latest_ts >= pending[1]:
                     pending[1], pending[2] = latest_ts, last_id
+                state.pending = [pending[0], pending[1], pending[2]]  # saved: a restarted worker finds it
             self._save(state)
         for merchant_id in moved - touched.keys():
             self._save(states[merchant_id])
@@ -246,6 +253,27 @@ class Underwriter:
         out = self._decide(state, state.latest, str(entry[2]), "debounced")
         self._save(state)
         return out
+
+    def restore_pending(
+        self, merchant_ids: Iterable[str] | None = None, accept: Callable[[MerchantState], bool] | None = None,
+    ) -> list[MerchantState]:
+        """Rebuild `pending` from the stored states (by default every merchant in the store): a merchant whose
+        saved state holds a debounce marker (events no decision reflects yet) and that `accept` takes (the
+        worker accepts only merchants of partitions it actively owns) is pending again, so `flush` decides it.
+        A merchant already pending keeps its in-memory entry. Returns the states restored."""
+        restored: list[MerchantState] = []
+        for merchant_id in list(self.store if merchant_ids is None else merchant_ids):
+            if merchant_id in self.pending:
+                continue
+            raw = self.store.get(merchant_id)
+            if raw is None or (isinstance(raw, bytes) and not MerchantState.may_be_pending(raw)):
+                continue
+            state = self._load(merchant_id)
+            if len(state.pending) != 3 or (accept is not None and not accept(state)):
+                continue
+            self.pending[merchant_id] = list(state.pending)
+            restored.append(state)
+        return restored
 
     # ----- internals ------------------------------------------------------------------------------------
 
@@ -287,6 +315,8 @@ class Underwriter:
 
     def _decide(self, state: MerchantState, as_of: int, trigger_id: str, trigger: str) -> list[dict[str, Any]]:
         state.last_scored = as_of
+        if state.pending:
+            state.pending = []  # this decision reflects every event applied so far
         if not state.currency:
             return []  # nothing priced yet: no decision can be expressed in money
         when = datetime.fromtimestamp(as_of, UTC)

@@ -27,7 +27,7 @@ class UnderwriterSettings:
     offers_topic: str = field(default=topics.LOAN_OFFERS, metadata={"doc": "output: loan_offer.created/withdrawn"})
     model_registry: str = field(default=DEFAULT_REGISTRY, metadata={"doc": "model registry folder (CHAMPION file + versions)"})
     challenger: str = field(default="", metadata={"doc": "registry version to shadow-score beside the champion (empty: none)"})
-    debounce_seconds: int = field(default=30, metadata={"doc": "rescore a merchant at most this often (event time) unless the event is material"})
+    debounce_seconds: int = field(default=30, metadata={"doc": "rescore a merchant at most this often (event time) unless the event is material; a debounced merchant is saved as pending, so a restarted or new worker still decides it"})
     flush_interval_seconds: float = field(default=1.0, metadata={"doc": "worker timer that scores debounced merchants"})
     batch_max: int = field(default=1000, metadata={"doc": "worker: records taken per batch (each merchant of a batch is saved and scored once)"})
     batch_within_seconds: float = field(default=0.02, metadata={"doc": "worker: records not yet in a full batch are processed at least this often (bounds the added delay)"})

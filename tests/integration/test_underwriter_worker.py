@@ -197,3 +197,80 @@ def test_a_rebalance_flushes_the_debounced_merchants_of_revoked_partitions_befor
             stop(second)
     assert flushed is not None, (tmp_path / "worker1.log").read_text(errors="replace")[-4000:]
     assert flushed >= 1  # merchants of the revoked partition were decided before the partition moved
+
+
+def committed(kafka: str, group: str, topic: str) -> int:
+    """Sum of the committed input offsets of the worker's group on `topic` (records it will not read again)."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka, client_id="test-underwriter-offsets")
+    try:
+        offsets = admin.list_group_offsets(group).get(group, {})
+    finally:
+        admin.close()
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
+
+
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+def test_a_debounced_merchant_is_decided_by_the_next_worker_after_a_stop_before_its_flush(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path, store: str
+) -> None:
+    from floatbridge.stack import free_port
+
+    if store == "rocksdb://":
+        pytest.importorskip("rocksdict")  # the production store (its batches and offers run outside any event)
+    kind = {"FLOATBRIDGE_UNDERWRITER_STORE": store}
+
+    env = Env(kafka_bootstrap, unique_name, tmp_path)
+    events = history("m-pend", START, 30, Profile(orders_per_day=3))
+    # A big order placed, paid and shipped after the history: non-material events, which only debounce.
+    t = datetime.fromisoformat(events[-1]["time"].replace("Z", "+00:00")) + timedelta(hours=1)
+    brl = {"amount": 400_000, "currency": "BRL"}
+    late = [
+        codec.new_event("order.placed", "m-pend", {"order_id": "big", "buyer_id": "b-big", "amount": brl}, t,
+                        "test", id="m-pend-big-placed"),
+        codec.new_event("order.paid", "m-pend", {"order_id": "big", "amount": brl, "method": "card"},
+                        t + timedelta(minutes=1), "test", id="m-pend-big-paid"),
+        codec.new_event("order.shipped", "m-pend", {"order_id": "big", "carrier": "c",
+                                                    "expected_delivery_at": _rfc(t + timedelta(days=3))},
+                        t + timedelta(minutes=2), "test", id="m-pend-big-shipped"),
+    ]
+    for e in late:
+        assert codec.validate(e) == [], e
+    trigger = late[-1]["id"]  # a debounced decision names the merchant's latest pending event
+    env.produce(events)
+    port = free_port()
+    # The first worker debounces for 400 days (its flush never decides the late events) and is stopped once
+    # their input offsets are committed: the decision now waits only in the state it saved.
+    first = env.start(1, kind | {"FLOATBRIDGE_UNDERWRITER_DEBOUNCE_SECONDS": str(400 * 86400),
+                                 "FLOATBRIDGE_UNDERWRITER_METRICS_PORT": str(port)})
+    try:
+        for expected in (len(events), len(events) + len(late)):
+            deadline = time.monotonic() + 90
+            while events_counted(port) < expected and time.monotonic() < deadline and first.poll() is None:
+                time.sleep(0.2)
+            assert events_counted(port) >= expected, "the first worker did not consume its input"
+            if expected == len(events):
+                env.produce(late)
+        deadline = time.monotonic() + 60
+        while committed(env.kafka, env.app_id, env.topics["market"]) < len(events) + len(late) \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert committed(env.kafka, env.app_id, env.topics["market"]) == len(events) + len(late)
+        env.wait_for(lambda s: any(e["type"] == "credit_limit.updated" for e in s), first, 1)
+    finally:
+        stop(first)
+    env.wait_for(lambda s: True, first, 1, timeout=2)  # read what the first worker emitted
+    assert not any(e["data"]["trigger_event_id"] in {x["id"] for x in late} for e in env.seen)
+    # A new worker with a short debounce: nothing new arrives, yet the restored merchant gets its decision.
+    second = env.start(2, kind | {"FLOATBRIDGE_UNDERWRITER_DEBOUNCE_SECONDS": "1"})
+    try:
+        env.wait_for(lambda s: any(e["data"]["trigger_event_id"] == trigger for e in limits(s)), second, 2)
+    finally:
+        stop(second)
+    decided = [e for e in limits(env.seen) if e["data"]["trigger_event_id"] == trigger]
+    assert codec.validate(decided[0]) == [] and decided[0]["subject"] == "m-pend"
+
+
+def _rfc(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")

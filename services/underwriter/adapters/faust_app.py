@@ -3,7 +3,9 @@
 Merchant state lives in a changelog-backed table (bytes from MerchantState.to_bytes), so a restarted or added
 worker restores it; RocksDB in production (`store=rocksdb://`), memory in tests. Portfolio counters live in a
 global table (every worker sees every counter; concurrent updates from several workers are last-writer-wins,
-so portfolio caps are approximate across workers). A timer flushes debounced merchants.
+so portfolio caps are approximate across workers). A timer flushes debounced merchants; after every rebalance
+(start-up included) the merchants whose saved state is still pending in the partitions this worker actively owns
+are pending again (`restore_pending`), so a stop or a crash before a flush loses no debounced decision.
 """
 
 from __future__ import annotations
@@ -50,6 +52,14 @@ class TableStore(MutableMapping[str, bytes]):
         partition = event.message.partition
         self.partition_of[key] = partition
         self._event_of_partition[partition] = event
+
+    def adopt(self, key: str, partition: int, topic: str) -> None:
+        """Make a merchant writable before any of its partition's records was consumed here (a worker that
+        restored a debounced merchant from the changelog decides it without waiting for new input): its writes
+        go to `partition`, in the context of a stand-in event of that input partition if none was consumed yet."""
+        self.partition_of[key] = partition
+        if partition not in self._event_of_partition:
+            self._event_of_partition[partition] = _PartitionEvent(topic, partition)  # type: ignore[assignment]
 
     def forget(self, partitions: set[int]) -> None:
         """Drop what is remembered of merchants of partitions this worker no longer owns."""
@@ -101,6 +111,56 @@ class TableStore(MutableMapping[str, bytes]):
         return len(self.table.data)
 
 
+class _PartitionEvent:
+    """Stands in for a consumed record of an input partition while a table write runs outside any event: the
+    table reads only `message.topic` and `message.partition` of the current event to choose the store partition
+    and the changelog partition of a write (`Table.partition_for_key`, the RocksDB store's `_set`)."""
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = _Message(topic, partition)
+
+
+class _Message:
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic, self.partition = topic, partition
+
+
+class CountersStore(MutableMapping[str, Any]):
+    """The portfolio counters (a global table of one partition), always accessed in the context of a stand-in
+    event of partition 0. The RocksDB store files every write (a read of a missing key writes its default) under
+    the current event's partition and asserts there is one, but batches also run from the batch timer, outside
+    any event, and the one changelog partition of this table is 0 whatever input partition is current."""
+
+    def __init__(self, table: Any, topic: str) -> None:
+        self.table = table
+        self._event = _PartitionEvent(topic, 0)
+
+    def _run(self, fun: Any, *args: Any) -> Any:
+        token = _current_event.set(weakref.ref(self._event))  # type: ignore[arg-type]
+        try:
+            return fun(*args)
+        finally:
+            _current_event.reset(token)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._run(self.table.__getitem__, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._run(self.table.get, key, default)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._run(self.table.__setitem__, key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._run(self.table.__delitem__, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._run(lambda: list(self.table.keys())))
+
+    def __len__(self) -> int:
+        return int(self._run(len, self.table))
+
+
 def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[faust.App, Any]:
     # The batch timer ticks every few milliseconds by design and a batch often outlasts one tick; mode then
     # warns "Timer ... is overlapping" on each such tick (thousands per minute in the soak), drowning the log.
@@ -135,7 +195,8 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
     store = TableStore(table)
     from services.underwriter.service import MemoryPortfolio
 
-    uw = bootstrap(settings=settings, state_store=store, portfolio=MemoryPortfolio(counters), **bootstrap_kwargs)
+    portfolio = MemoryPortfolio(CountersStore(counters, settings.marketplace_topic))
+    uw = bootstrap(settings=settings, state_store=store, portfolio=portfolio, **bootstrap_kwargs)
     clock: dict[str, float] = {"event": 0.0, "wall": 0.0}
 
     async def emit(events: list[dict[str, Any]]) -> None:
@@ -214,14 +275,47 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
 
     source_topics = {settings.marketplace_topic, settings.loans_topic}
 
+    @table.on_recover
+    async def restore_pending() -> None:
+        # Faust calls this after every rebalance, once the table's changelog recovery completed and before the
+        # input partitions resume. The debounce marker is saved in each state (MerchantState.pending), and the
+        # input offsets of debounced events were committed before their decision: without this, a worker that
+        # stopped or crashed with merchants pending would leave them undecided until their next event. Only
+        # merchants of changelog partitions this worker actively owns are taken (not standby replicas: deciding
+        # writes the changelog); the flush timer then decides them within the debounce as usual.
+        changelog = table.changelog_topic.get_topic_name()
+        actives = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == changelog}
+        if not actives:
+            return
+
+        def accept(state: Any) -> bool:
+            parts = {int(src.rsplit(":", 1)[1]) for src in state.positions if src.rsplit(":", 1)[0] in source_topics}
+            if len(parts) != 1 or next(iter(parts)) not in actives:
+                return False
+            store.adopt(state.merchant_id, next(iter(parts)), settings.marketplace_topic)
+            return True
+
+        async with lock:
+            # Reading a saved state costs a decompress (~40 us): chunks, so the loop (heartbeats) keeps running.
+            keys, restored = list(store), []
+            for start in range(0, len(keys), 2000):
+                restored += uw.restore_pending(keys[start:start + 2000], accept=accept)
+                await asyncio.sleep(0)
+            if restored:
+                latest = max(int(s.pending[1]) for s in restored)
+                if latest > clock["event"]:  # the flush timer's event-time "now" starts from what was restored
+                    clock["event"], clock["wall"] = float(latest), time.time()
+        log.info("table recovered (active partitions %s): %d debounced merchants pending again", sorted(actives),
+                 len(restored))
+
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode types the receiver loosely
     async def on_revoked(sender: Any, revoked: set[Any], *args: Any, **kwargs: Any) -> None:
         # Faust sends this signal after it drained the streams (stream_wait_empty: every record handed to the
         # agent was batched and acked, and committed) and flushed the producer, and before the consumer rejoins
         # the group, so no other worker owns these partitions yet. What is left of them here is the debounce:
         # merchants whose decision waits in uw.pending. Flushing them later (the flush timer) would write their
-        # state into a changelog partition another worker owns by then, over its newer state; dropping them
-        # would lose the decision (the new owner restores the state but not the debounce). So they are scored
+        # state into a changelog partition another worker owns by then, over its newer state; leaving them to the
+        # new owner (it restores the saved marker, see restore_pending) would delay them by its recovery. So they are scored
         # now, their decisions and state written, and the producer flushed before we return: the new owner's
         # changelog recovery then starts from a state that already holds them. Records still in `pending`
         # (only if the wait above was cut short) are processed, acked and committed first for the same reason.

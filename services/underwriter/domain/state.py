@@ -115,6 +115,11 @@ class MerchantState:
     # from the changelog and re-reads records the state already holds (its input offsets were committed
     # after the state was written) skips them, however many there are; `seen` only remembers MAX_SEEN ids.
     positions: dict[str, int] = field(default_factory=dict)
+    # Debounce marker, [first pending event time, latest pending event time, latest pending event id], or empty:
+    # events applied here that no decision reflects yet (the core sets it when it leaves the merchant undecided
+    # and clears it when it decides). Saved with the state, so a worker that restores the state after a stop,
+    # a crash or a rebalance knows the merchant still waits for its debounced decision.
+    pending: list[Any] = field(default_factory=list)
 
     # ----- serialisation ---------------------------------------------------------------------------------
 
@@ -126,7 +131,7 @@ class MerchantState:
             "u": self.buyers, "r": self.receivables, "x": self.closed,
             "l": self.loans, "h": self.loan_history, "w": [self.worst_dpd, self.worst_dpd_ts],
             "o": self.offer, "d": self.last, "q": self.last_scored, "e": self.seen,
-        } | ({"p": self.positions} if self.positions else {})
+        } | ({"p": self.positions} if self.positions else {}) | ({"n": self.pending} if self.pending else {})
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> MerchantState:
@@ -138,7 +143,7 @@ class MerchantState:
                 buyers=obj["u"], receivables=obj["r"], closed=obj["x"],
                 loans=obj["l"], loan_history=obj["h"], worst_dpd=obj["w"][0], worst_dpd_ts=obj["w"][1],
                 offer=obj["o"], last=obj["d"], last_scored=obj["q"], seen=obj["e"],
-                positions=dict(obj.get("p") or {}),
+                positions=dict(obj.get("p") or {}), pending=list(obj.get("n") or ()),
             )
         except (KeyError, IndexError, TypeError) as exc:
             raise StateError(f"malformed merchant state: {exc!r}") from None
@@ -154,6 +159,12 @@ class MerchantState:
     @classmethod
     def from_bytes(cls, raw: bytes) -> MerchantState:
         return cls.from_dict(json.loads(zlib.decompress(raw)))
+
+    @staticmethod
+    def may_be_pending(raw: bytes) -> bool:
+        """A cheap test on saved bytes: False when the state surely holds no debounce marker (no JSON decode;
+        a True may be a false positive, so decode and check `pending`)."""
+        return b'"n":[' in zlib.decompress(raw)
 
     # ----- dedupe ----------------------------------------------------------------------------------------
 
