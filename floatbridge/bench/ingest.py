@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -15,9 +16,24 @@ BATCH = 500
 CLIENTS = 4
 
 
+def producer() -> str:
+    """The sink the server uses: FLOATBRIDGE_INGEST_PRODUCER from this environment, else the default."""
+    from services.ingest.settings import IngestSettings
+
+    return os.environ.get("FLOATBRIDGE_INGEST_PRODUCER") or IngestSettings().producer
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (every thread, the Kafka client's network threads included)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _server_env(bootstrap: str, db: str, schema: str, topics: list[str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOATBRIDGE_INGEST_")}
     env.update({
+        "FLOATBRIDGE_INGEST_PRODUCER": producer(),
         "FLOATBRIDGE_INGEST_KAFKA_BOOTSTRAP": bootstrap, "FLOATBRIDGE_INGEST_DATABASE_URL": db,
         "FLOATBRIDGE_INGEST_DATABASE_SCHEMA": schema,
         "FLOATBRIDGE_INGEST_EVENTS_TOPIC": topics[0], "FLOATBRIDGE_INGEST_REJECTED_TOPIC": topics[1],
@@ -63,6 +79,8 @@ def run(sizes: Sizes) -> dict[str, float]:
     from services.ingest import bench as ib
 
     n = sizes.pick(60_000, 3_000)
+    sink = producer()
+    print(f"ingest: server sink {sink} (FLOATBRIDGE_INGEST_PRODUCER)", file=sys.stderr, flush=True)
     rid = infra.run_id()
     schema = rid.replace("-", "_")
     topics = [f"{rid}.marketplace.events.v1", f"{rid}.ingest.rejected.v1", f"{rid}.raw-tuned", f"{rid}.raw-naive"]
@@ -76,7 +94,9 @@ def run(sizes: Sizes) -> dict[str, float]:
         try:
             url = f"http://127.0.0.1:{port}"
             ib.bench_http(url, bodies[:4], 1)  # warm-up: connections, pools, first compilations
+            cpu0 = _cpu_seconds(server.pid)
             elapsed, counts = ib.bench_http(url, bodies[4:], CLIENTS)
+            server_cpu = _cpu_seconds(server.pid) - cpu0
         finally:
             server.terminate()
             server.wait(20)
@@ -90,4 +110,5 @@ def run(sizes: Sizes) -> dict[str, float]:
         infra.drop_schema(db, schema)
     core = core_rate(timed)
     return {"http_eps": http, "raw_tuned_eps": tuned, "raw_naive_eps": naive, "ratio_to_raw": http / tuned,
-            "core_eps": core}
+            "core_eps": core, "server_cpu_us_per_event": server_cpu / len(timed) * 1e6,
+            "sink_librdkafka": 1.0 if sink == "librdkafka" else 0.0}

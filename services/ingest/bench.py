@@ -158,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--partitions", type=int, default=6)
+    p.add_argument("--producer", choices=("librdkafka", "kafka-python"),
+                   default=os.environ.get("FLOATBRIDGE_INGEST_PRODUCER") or "kafka-python",
+                   help="the server's Kafka sink (FLOATBRIDGE_INGEST_PRODUCER)")
     args = p.parse_args(argv)
 
     run = "bench-" + uuid.uuid4().hex[:8]
@@ -174,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         "FLOATBRIDGE_INGEST_DATABASE_SCHEMA": run.replace("-", "_") if db.startswith("postgresql") else "",
         "FLOATBRIDGE_INGEST_EVENTS_TOPIC": topics[0], "FLOATBRIDGE_INGEST_REJECTED_TOPIC": topics[1],
         "FLOATBRIDGE_INGEST_API_KEYS": KEY, "FLOATBRIDGE_INGEST_BUYER_HASH_KEY": "bench-secret",
-        "FLOATBRIDGE_INGEST_MAX_FUTURE_SKEW_SECONDS": "-1",
+        "FLOATBRIDGE_INGEST_MAX_FUTURE_SKEW_SECONDS": "-1", "FLOATBRIDGE_INGEST_PRODUCER": args.producer,
     })
     events = make_events(run, args.events)
     bodies = [orjson.dumps(events[i:i + args.batch]) for i in range(0, len(events), args.batch)]
@@ -192,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     raw_elapsed = bench_raw(args.bootstrap, topics[2], events[warm:])
     raw_rate = n_http / raw_elapsed
     print(f"ingest HTTP : {n_http} events in {elapsed:.2f} s = {http_rate:,.0f} events/s "
-          f"(batch {args.batch}, {args.concurrency} clients, dedupe {db.split(':')[0]}) {counts}")
+          f"(batch {args.batch}, {args.concurrency} clients, dedupe {db.split(':')[0]}, sink {args.producer}) {counts}")
     print(f"raw producer: {n_http} events in {raw_elapsed:.2f} s = {raw_rate:,.0f} events/s (acks=all, idempotent)")
     print(f"ratio       : {http_rate / raw_rate:.2f}x of the raw producer")
     return 0

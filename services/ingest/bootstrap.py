@@ -83,6 +83,23 @@ def _marketplace_types() -> frozenset[str]:
     return frozenset(MARKETPLACE_TYPES)
 
 
+def kafka_sink(settings: IngestSettings, observe_latency: Any = None) -> EventSink:
+    """The sink adapter FLOATBRIDGE_INGEST_PRODUCER names (kafka-python or librdkafka); same contract."""
+    if settings.producer == "librdkafka":
+        from services.ingest.adapters.rdkafka_sink import RdKafkaSink
+
+        # Bounded queue: every batch in flight fits (one record per event) twice over, in records and bytes.
+        records = max(settings.max_inflight_batches * settings.max_batch_events * 2, 10_000)
+        kbytes = max(settings.max_inflight_batches * settings.max_batch_bytes * 2 // 1024, 16_384)
+        return RdKafkaSink(settings.kafka_bootstrap, settings.events_topic, settings.rejected_topic,
+                           settings.produce_timeout_seconds, observe_latency,
+                           max_queued_records=records, max_queued_kbytes=min(kbytes, 2_097_151))
+    from services.ingest.adapters.kafka_sink import KafkaSink
+
+    return KafkaSink(settings.kafka_bootstrap, settings.events_topic, settings.rejected_topic,
+                     settings.produce_timeout_seconds, observe_latency)
+
+
 def bootstrap(
     settings: IngestSettings | None = None,
     *,
@@ -96,10 +113,7 @@ def bootstrap(
     settings = settings or load_settings()
     metrics = IngestMetrics(registry)
     if sink is None:
-        from services.ingest.adapters.kafka_sink import KafkaSink
-
-        sink = KafkaSink(settings.kafka_bootstrap, settings.events_topic, settings.rejected_topic,
-                         settings.produce_timeout_seconds, metrics.produce_latency.observe)
+        sink = kafka_sink(settings, metrics.produce_latency.observe)
     if dedupe is None:
         from services.ingest.adapters.sql_dedupe import SqlDedupeStore
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from services.common.settings import SettingsError, load
 
 PREFIX = "FLOATBRIDGE_INGEST_"
+PRODUCERS = ("kafka-python", "librdkafka")
+MAX_RECORD_BYTES = 1_048_576  # both sinks' record size limit (kafka-python max_request_size, message.max.bytes)
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -17,6 +19,8 @@ def _doc(text: str) -> dict[str, str]:
 @dataclass(frozen=True)
 class IngestSettings:
     kafka_bootstrap: str = field(default="127.0.0.1:19092", metadata=_doc("Kafka bootstrap servers"))
+    producer: str = field(default="kafka-python",
+                          metadata=_doc("Kafka client of the sink: kafka-python (the design's client) or librdkafka (confluent-kafka)"))
     events_topic: str = field(default="marketplace.events.v1", metadata=_doc("topic for accepted events"))
     rejected_topic: str = field(default="ingest.rejected.v1", metadata=_doc("dead-letter topic"))
     raw_topic: str = field(default="marketplace.raw.v1", metadata=_doc("topic consume-raw reads"))
@@ -63,6 +67,11 @@ class IngestSettings:
             parse_rfc3339(self.min_event_time)
         except TimeError as exc:
             raise SettingsError(f"{PREFIX}MIN_EVENT_TIME: {exc}") from None
+        if self.producer not in PRODUCERS:
+            raise SettingsError(f"{PREFIX}PRODUCER must be one of {', '.join(PRODUCERS)}, not {self.producer!r}")
+        if self.max_event_bytes > MAX_RECORD_BYTES - 64 * 1024:
+            raise SettingsError(f"{PREFIX}MAX_EVENT_BYTES must leave room under the {MAX_RECORD_BYTES}-byte Kafka "
+                                "record limit (at most 983040)")
         for name in ("max_batch_events", "max_batch_bytes", "max_event_bytes", "max_inflight_batches"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be positive")

@@ -71,6 +71,12 @@ def test_broker_restart_under_traffic_services_reconnect_and_catch_up(
         feeder.offer(merchants[0][0], 2_000, [merchants[0][1][0][0]])
         feeder.close()
         report = audit(broker.bootstrap, pg_schema_url, fresh_topic_prefix, settle_seconds=60)
+        # audit() settles on "no discrepancy", which holds before disbursement has consumed the offer: give
+        # the reconnecting consumer the same 60 s to store it (eventually consistent, not a timing goal).
+        deadline = time.monotonic() + 60
+        while report.ok and report.counts["offers_stored"] < 1 and time.monotonic() < deadline:
+            time.sleep(1)
+            report = audit(broker.bootstrap, pg_schema_url, fresh_topic_prefix, settle_seconds=60)
         print(report.to_text(), market.errors_seen)
         assert report.ok, report.to_text()
         assert report.counts["offers_stored"] == 1, "disbursement reconnected and consumes again"

@@ -12,11 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.ingest.adapters.http import create_app
-from services.ingest.adapters.kafka_sink import KafkaSink
 from services.ingest.adapters.memory import InMemoryDedupeStore
 from services.ingest.adapters.raw_consumer import make_consumer, process_once
 from services.ingest.adapters.sql_dedupe import SqlDedupeStore
-from services.ingest.bootstrap import bootstrap
+from services.ingest.bootstrap import bootstrap, kafka_sink
 from services.ingest.settings import IngestSettings
 from tests.integration.ingest_support import (
     AUTH,
@@ -41,13 +40,19 @@ def topics(kafka_bootstrap: str, fresh_topic_prefix: str) -> str:
     return fresh_topic_prefix
 
 
+@pytest.fixture(params=["kafka-python", "librdkafka"])
+def producer(request: pytest.FixtureRequest) -> str:
+    """Both sink adapters keep the same contract (FLOATBRIDGE_INGEST_PRODUCER)."""
+    return str(request.param)
+
+
 def _events(prefix: str, n: int, start: int = 0) -> list[dict[str, Any]]:
     return [placed(f"{prefix}-{i}", subject=f"m-{i % 7}") for i in range(start, start + n)]
 
 
 def test_duplicates_within_across_batches_and_across_restart_give_one_record_each(
-        kafka_bootstrap: str, pg_schema_url: str, topics: str) -> None:
-    env = ingest_env(kafka_bootstrap, pg_schema_url, topics)
+        kafka_bootstrap: str, pg_schema_url: str, topics: str, producer: str) -> None:
+    env = ingest_env(kafka_bootstrap, pg_schema_url, topics, FLOATBRIDGE_INGEST_PRODUCER=producer)
     first = IngestProcess(env)
     try:
         batch = _events("e", 20)
@@ -75,8 +80,8 @@ def test_duplicates_within_across_batches_and_across_restart_give_one_record_eac
 
 
 def test_kill_9_between_batches_while_client_retries_loses_and_duplicates_nothing(
-        kafka_bootstrap: str, pg_schema_url: str, topics: str) -> None:
-    env = ingest_env(kafka_bootstrap, pg_schema_url, topics)
+        kafka_bootstrap: str, pg_schema_url: str, topics: str, producer: str) -> None:
+    env = ingest_env(kafka_bootstrap, pg_schema_url, topics, FLOATBRIDGE_INGEST_PRODUCER=producer)
     server = [IngestProcess(env)]
     acknowledged: set[str] = set()
     previous: list[dict[str, Any]] = []
@@ -97,8 +102,8 @@ def test_kill_9_between_batches_while_client_retries_loses_and_duplicates_nothin
 
 
 def test_kill_9_during_a_batch_loses_nothing_and_dedupes_by_id_header(
-        kafka_bootstrap: str, pg_schema_url: str, topics: str) -> None:
-    env = ingest_env(kafka_bootstrap, pg_schema_url, topics)
+        kafka_bootstrap: str, pg_schema_url: str, topics: str, producer: str) -> None:
+    env = ingest_env(kafka_bootstrap, pg_schema_url, topics, FLOATBRIDGE_INGEST_PRODUCER=producer)
     server = [IngestProcess(env)]
     batch = _events("mid", 300)
     answers: list[list[dict[str, Any]]] = []
@@ -117,9 +122,11 @@ def test_kill_9_during_a_batch_loses_nothing_and_dedupes_by_id_header(
     assert set(on_topic) == {e["id"] for e in batch}
 
 
-def test_broker_on_dead_port_answers_503_with_retry_after_and_readyz_fails(tmp_path: Any) -> None:
-    settings = IngestSettings(buyer_hash_key="k", api_keys=("integration-key",), produce_timeout_seconds=1.5)
-    sink = KafkaSink(f"127.0.0.1:{free_port()}", "x.events", "x.rejected", timeout_s=1.5)
+def test_broker_on_dead_port_answers_503_with_retry_after_and_readyz_fails(tmp_path: Any, producer: str) -> None:
+    settings = IngestSettings(buyer_hash_key="k", api_keys=("integration-key",), produce_timeout_seconds=1.5,
+                              producer=producer, kafka_bootstrap=f"127.0.0.1:{free_port()}",
+                              events_topic="x.events", rejected_topic="x.rejected")
+    sink = kafka_sink(settings)
     rt = bootstrap(settings, sink=sink, dedupe=InMemoryDedupeStore())
     with TestClient(create_app(rt)) as c:
         start = time.monotonic()
@@ -132,8 +139,8 @@ def test_broker_on_dead_port_answers_503_with_retry_after_and_readyz_fails(tmp_p
 
 
 def test_two_replicas_sharing_postgres_produce_each_id_once(
-        kafka_bootstrap: str, pg_schema_url: str, topics: str) -> None:
-    env = ingest_env(kafka_bootstrap, pg_schema_url, topics)
+        kafka_bootstrap: str, pg_schema_url: str, topics: str, producer: str) -> None:
+    env = ingest_env(kafka_bootstrap, pg_schema_url, topics, FLOATBRIDGE_INGEST_PRODUCER=producer)
     a, b = IngestProcess(env), IngestProcess(env)
     batch = _events("rep", 200)
     out: dict[str, list[dict[str, Any]]] = {}
