@@ -316,7 +316,7 @@ def run(opts: SoakOptions) -> SoakResult:
     from floatbridge.audit.checks import Snapshot
     from floatbridge.audit.sources import audit, read_database
     from floatbridge.audit.traffic import Marketplace
-    from floatbridge.stack import Stack, StackConfig, free_port
+    from floatbridge.stack import Stack, StackConfig, free_ports
 
     env = os.environ
     kafka = opts.kafka or env.get("FLOATBRIDGE_KAFKA_BOOTSTRAP") or env.get("FLOATBRIDGE_TEST_KAFKA") or "127.0.0.1:19092"
@@ -325,10 +325,12 @@ def run(opts: SoakOptions) -> SoakResult:
     soak = plan_run(base_db)
     workdir = opts.workdir / soak.run_id
     create_schema(base_db, soak.schema)
+    ports = free_ports(2 + 2 * opts.workers)  # ingest, disbursement, then each worker's metrics and web port
     cfg = StackConfig(kafka=kafka, database_url=soak.database_url, workdir=workdir, ingest_api_key=INGEST_KEY,
                       admin_api_key="soak-admin-key-0123456789", buyer_hash_key="soak-buyer-hash-key",
-                      topic_prefix=soak.topic_prefix, ingest_port=free_port(), disbursement_port=free_port(),
-                      metrics_port_base=free_port(), web_port_base=free_port(), underwriter_workers=opts.workers,
+                      topic_prefix=soak.topic_prefix, ingest_port=ports[0], disbursement_port=ports[1],
+                      metrics_ports=ports[2:2 + opts.workers], web_ports=ports[2 + opts.workers:],
+                      underwriter_workers=opts.workers,
                       extra_env={"FLOATBRIDGE_INGEST_DATABASE_SCHEMA": soak.schema})
     result = SoakResult(run_id=soak.run_id)
     print(f"soak {soak.run_id}: topics {soak.topic_prefix}*, schema {soak.schema}, logs {workdir}/logs", flush=True)

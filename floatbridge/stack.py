@@ -79,6 +79,9 @@ class StackConfig:
     disbursement_port: int = DISBURSEMENT_PORT
     metrics_port_base: int = UNDERWRITER_METRICS_PORTS[0]  # worker i serves /metrics on base + i
     web_port_base: int = 6066
+    # Explicit per-worker ports (tests pick free ones); base + i otherwise. A free base says nothing of base + 1.
+    metrics_ports: tuple[int, ...] = ()
+    web_ports: tuple[int, ...] = ()
     topic_prefix: str = ""  # isolates a test run's topics, consumer groups and app id
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -151,8 +154,8 @@ class Stack:
         for i in range(c.underwriter_workers):
             wenv = dict(env)
             wenv.update({
-                "FLOATBRIDGE_UNDERWRITER_METRICS_PORT": str(c.metrics_port_base + i),
-                "FLOATBRIDGE_UNDERWRITER_WEB_PORT": str(c.web_port_base + i),
+                "FLOATBRIDGE_UNDERWRITER_METRICS_PORT": str(_nth_port(c.metrics_ports, c.metrics_port_base, i)),
+                "FLOATBRIDGE_UNDERWRITER_WEB_PORT": str(_nth_port(c.web_ports, c.web_port_base, i)),
                 "FLOATBRIDGE_UNDERWRITER_DATA_DIR": str(c.workdir / f"underwriter-{i}"),
                 "FLOATBRIDGE_UNDERWRITER_STORE": env.get("FLOATBRIDGE_UNDERWRITER_STORE", "memory://"),
             })
@@ -164,9 +167,13 @@ class Stack:
     def start(self, wait: float = 90.0) -> None:
         if not self.procs:
             self.define()
-        for p in self.procs.values():
-            p.start()
-        self.wait_healthy(wait)
+        try:
+            for p in self.procs.values():
+                p.start()
+            self.wait_healthy(wait)
+        except BaseException:
+            self.stop()  # a failed start must not leave the other services running (orphaned, holding ports)
+            raise
 
     def wait_healthy(self, wait: float = 90.0, names: list[str] | None = None) -> None:
         deadline = time.monotonic() + wait
@@ -190,6 +197,24 @@ class Stack:
     def stop(self) -> None:
         for p in reversed(list(self.procs.values())):
             p.stop()
+
+
+def _nth_port(explicit: tuple[int, ...], base: int, i: int) -> int:
+    return explicit[i] if i < len(explicit) else base + i
+
+
+def free_ports(n: int) -> tuple[int, ...]:
+    """n distinct free ports (all held open while choosing, so none is picked twice)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return tuple(int(s.getsockname()[1]) for s in socks)
+    finally:
+        for s in socks:
+            s.close()
 
 
 def free_port() -> int:

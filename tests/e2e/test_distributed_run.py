@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from floatbridge.stack import Stack, StackConfig, free_port
+from floatbridge.stack import Stack, StackConfig, free_ports
 from schemas.codec import new_event
 from tests.scenario import healthy_merchant, settlement
 
@@ -91,11 +91,12 @@ class MerchantReceiver:
 
 @pytest.fixture
 def stack(kafka_bootstrap: str, pg_schema_url: str, fresh_topic_prefix: str, tmp_path: Path) -> Iterator[Stack]:
+    ports = free_ports(10)  # ingest, disbursement, 4 worker metrics, 4 worker web ports: all distinct
     cfg = StackConfig(
         kafka=kafka_bootstrap, database_url=pg_schema_url, workdir=tmp_path, ingest_api_key=INGEST_KEY,
         admin_api_key=ADMIN_KEY, buyer_hash_key="e2e-buyer-hash-key", topic_prefix=fresh_topic_prefix,
-        ingest_port=free_port(), disbursement_port=free_port(), metrics_port_base=free_port(),
-        web_port_base=free_port(), topic_partitions=4,
+        ingest_port=ports[0], disbursement_port=ports[1], metrics_ports=ports[2:6],
+        web_ports=ports[6:], topic_partitions=4,
         extra_env={"FLOATBRIDGE_UNDERWRITER_FLUSH_INTERVAL_SECONDS": "0.5"},
     )
     s = Stack(cfg)

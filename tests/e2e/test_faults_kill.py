@@ -20,7 +20,7 @@ from floatbridge.audit.traffic import (
     interleave,
     register_merchant,
 )
-from floatbridge.stack import Stack, StackConfig, free_port
+from floatbridge.stack import Stack, StackConfig, free_ports
 from tests.scenario import healthy_merchant
 
 pytestmark = pytest.mark.e2e
@@ -30,10 +30,11 @@ ADMIN_KEY = "fault-admin-key-0123456789abcdef"
 
 
 def make_stack(kafka: str, db: str, prefix: str, workdir: Path, workers: int) -> Stack:
+    ports = free_ports(10)  # ingest, disbursement, 4 worker metrics, 4 worker web ports: all distinct
     return Stack(StackConfig(
         kafka=kafka, database_url=db, workdir=workdir, ingest_api_key=INGEST_KEY, admin_api_key=ADMIN_KEY,
-        buyer_hash_key="fault-buyer-hash-key", topic_prefix=prefix, ingest_port=free_port(),
-        disbursement_port=free_port(), metrics_port_base=free_port(), web_port_base=free_port(),
+        buyer_hash_key="fault-buyer-hash-key", topic_prefix=prefix, ingest_port=ports[0],
+        disbursement_port=ports[1], metrics_ports=ports[2:6], web_ports=ports[6:],
         topic_partitions=4, underwriter_workers=workers,
         extra_env={"FLOATBRIDGE_UNDERWRITER_FLUSH_INTERVAL_SECONDS": "0.5",
                    "FLOATBRIDGE_DISBURSEMENT_RECOVERY_AFTER_SECONDS": "2"}))
