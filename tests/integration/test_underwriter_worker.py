@@ -174,13 +174,7 @@ def test_a_rebalance_flushes_the_debounced_merchants_of_revoked_partitions_befor
     first = env.start(1, slow | {"FLOATBRIDGE_UNDERWRITER_METRICS_PORT": str(port)})
     second = None
     try:
-        for expected in (len(events), len(events) + len(late)):
-            deadline = time.monotonic() + 90
-            while events_counted(port) < expected and time.monotonic() < deadline and first.poll() is None:
-                time.sleep(0.2)
-            assert events_counted(port) >= expected, "the first worker did not consume the history"
-            if expected == len(events):
-                env.produce(late)
+        produce_late_after_history(env, first, port, len(events), late)
         second = env.start(2, slow)  # joins the group: the first worker gives up one of the two partitions
         log = tmp_path / "worker1.log"
         deadline = time.monotonic() + 90
@@ -197,6 +191,19 @@ def test_a_rebalance_flushes_the_debounced_merchants_of_revoked_partitions_befor
             stop(second)
     assert flushed is not None, (tmp_path / "worker1.log").read_text(errors="replace")[-4000:]
     assert flushed >= 1  # merchants of the revoked partition were decided before the partition moved
+
+
+def produce_late_after_history(env: Env, worker: subprocess.Popen[bytes], port: int, handled: int,
+                               late: list[dict[str, Any]]) -> None:
+    """Wait until the worker counted the `handled` history events, produce `late`, wait until it counted them:
+    no batch holds late events together with the history's material events (those are decided at once)."""
+    for expected in (handled, handled + len(late)):
+        deadline = time.monotonic() + 90
+        while events_counted(port) < expected and time.monotonic() < deadline and worker.poll() is None:
+            time.sleep(0.2)
+        assert events_counted(port) >= expected, "the worker did not consume its input"
+        if expected == handled:
+            env.produce(late)
 
 
 def committed(kafka: str, group: str, topic: str) -> int:
@@ -245,13 +252,7 @@ def test_a_debounced_merchant_is_decided_by_the_next_worker_after_a_stop_before_
     first = env.start(1, kind | {"FLOATBRIDGE_UNDERWRITER_DEBOUNCE_SECONDS": str(400 * 86400),
                                  "FLOATBRIDGE_UNDERWRITER_METRICS_PORT": str(port)})
     try:
-        for expected in (len(events), len(events) + len(late)):
-            deadline = time.monotonic() + 90
-            while events_counted(port) < expected and time.monotonic() < deadline and first.poll() is None:
-                time.sleep(0.2)
-            assert events_counted(port) >= expected, "the first worker did not consume its input"
-            if expected == len(events):
-                env.produce(late)
+        produce_late_after_history(env, first, port, len(events), late)
         deadline = time.monotonic() + 60
         while committed(env.kafka, env.app_id, env.topics["market"]) < len(events) + len(late) \
                 and time.monotonic() < deadline:
