@@ -30,7 +30,9 @@ class UnderwriterSettings:
     debounce_seconds: int = field(default=30, metadata={"doc": "rescore a merchant at most this often (event time) unless the event is material; a debounced merchant is saved as pending, so a restarted or new worker still decides it"})
     flush_interval_seconds: float = field(default=1.0, metadata={"doc": "worker timer that scores debounced merchants"})
     batch_max: int = field(default=1000, metadata={"doc": "worker: records taken per batch (each merchant of a batch is saved and scored once)"})
-    batch_within_seconds: float = field(default=0.02, metadata={"doc": "worker: records not yet in a full batch are processed at least this often (bounds the added delay)"})
+    batch_within_seconds: float = field(default=0.02, metadata={"doc": "worker: records not yet in a full batch are processed at least this often while the worker keeps up with its input (bounds the added delay)"})
+    batch_max_wait_seconds: float = field(default=0.25, metadata={"doc": "worker: behind a backlog a batch keeps taking already-fetched records up to batch_max or this long"})
+    event_loop: str = field(default="auto", metadata={"doc": "worker event loop: uvloop, asyncio, or auto (uvloop when installed)"})
     fetch_max_bytes: int = field(default=1024**2, metadata={"doc": "worker: bytes fetched per input partition per request (Faust consumer_max_fetch_size)"})
     producer_linger_seconds: float = field(default=0.005, metadata={"doc": "worker: producer waits this long to fill a request (changelog writes, decisions)"})
     producer_batch_bytes: int = field(default=256 * 1024, metadata={"doc": "worker: producer batch size per partition, bytes"})
@@ -50,6 +52,10 @@ class UnderwriterSettings:
             raise ValueError("partitions must be >= 1")
         if self.batch_max < 1 or self.batch_within_seconds <= 0:
             raise ValueError("batch_max must be >= 1 and batch_within_seconds > 0")
+        if self.batch_max_wait_seconds < self.batch_within_seconds:
+            raise ValueError("batch_max_wait_seconds must be >= batch_within_seconds")
+        if self.event_loop not in ("auto", "uvloop", "asyncio"):
+            raise ValueError(f"event_loop must be auto, uvloop or asyncio, got {self.event_loop!r}")
         if self.fetch_max_bytes < 1024 or self.producer_batch_bytes < 1024 or self.producer_linger_seconds < 0:
             raise ValueError("fetch_max_bytes and producer_batch_bytes must be >= 1024, producer_linger_seconds >= 0")
 

@@ -15,15 +15,15 @@ import base64
 import logging
 import time
 import weakref
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Collection, Iterator, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
 from faust.streams import _current_event  # the context Faust tables read the current partition from
-from faust.types import EventT
 
 from schemas import codec, topics
+from services.underwriter.adapters import faust_intake
 from services.underwriter.bootstrap import bootstrap
 from services.underwriter.settings import UnderwriterSettings
 
@@ -45,10 +45,10 @@ class TableStore(MutableMapping[str, bytes]):
     def __init__(self, table: Any) -> None:
         self.table = table
         self.partition_of: dict[str, int] = {}
-        self._event_of_partition: dict[int, EventT[Any]] = {}  # any one consumed event of each input partition
+        self._event_of_partition: dict[int, Any] = {}  # any one consumed record of each input partition
         self._last: dict[str, tuple[Any, bytes]] = {}  # keeps decoded identity stable for the core's cache
 
-    def remember(self, key: str, event: EventT[Any]) -> None:
+    def remember(self, key: str, event: Any) -> None:
         partition = event.message.partition
         self.partition_of[key] = partition
         self._event_of_partition[partition] = event
@@ -161,11 +161,23 @@ class CountersStore(MutableMapping[str, Any]):
         return int(self._run(len, self.table))
 
 
+class _WorkerApp(faust.App):
+    """The worker's app: its consumer hands input records straight to the batch (see faust_intake)."""
+
+    intake: tuple[Collection[str], Any] | None = None
+
+    def _new_consumer(self) -> Any:
+        consumer = super()._new_consumer()
+        if self.intake is not None:
+            faust_intake.install(consumer, *self.intake)
+        return consumer
+
+
 def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[faust.App, Any]:
     # The batch timer ticks every few milliseconds by design and a batch often outlasts one tick; mode then
     # warns "Timer ... is overlapping" on each such tick (thousands per minute in the soak), drowning the log.
     logging.getLogger("mode.timers").setLevel(logging.ERROR)
-    app = faust.App(
+    app = _WorkerApp(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         store=settings.store,
@@ -207,16 +219,33 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
                              value_serializer="raw")
 
     # Batches: the agent collects records (manual acks) and hands a batch to the core whenever it holds
-    # batch_max records; the batch timer (every batch_within_seconds / 2) hands over what is there once the
-    # oldest record has waited batch_within_seconds, or at once when no record arrived since the previous
-    # tick (the queue ran dry). Under a backlog the agent's loop runs without pausing, batches are full (or
-    # hold what arrived within batch_within_seconds) and the core scores each merchant once per batch. One
-    # lock keeps batches (and the debounce flush), their output and their acks in order. A record is acked
+    # batch_max records; the batch timer (every batch_within_seconds / 2) hands over what is there at once
+    # when no record arrived since the previous tick (the input ran dry), and once the oldest record has
+    # waited batch_within_seconds if the agent's input buffer is empty. While that buffer still holds fetched
+    # records (a backlog: they have waited longer than the batch), the batch keeps taking them, up to
+    # batch_max records or batch_max_wait_seconds: behind a backlog a batch that stops at the time limit only
+    # makes the records behind it wait for another batch, and every batch scores each of its merchants once,
+    # so small batches cost more per record exactly when the worker is behind. One lock keeps batches (and
+    # the debounce flush), their output and their acks in order. A record is acked
     # only after its state went to the table (changelog) and its decisions to the producer, and Faust flushes
     # the producer before it commits, so an offset is never committed ahead of the state; the reverse (state
     # ahead of the committed offsets after a kill) is made exact by the input positions.
-    pending: list[EventT[Any]] = []
-    streams: list[Any] = []
+    pending: list[faust_intake.Record] = []
+
+    latest: dict[Any, int] = {}  # input partition -> offset of the latest record handed to the agent
+
+    def behind() -> bool:
+        """Whether more input is already there: in the broker beyond the latest record taken from an input
+        partition (its high watermark, from the last fetch response)."""
+        for tp, offset in latest.items():
+            try:
+                highwater = app.consumer.highwater(tp)
+            except (AssertionError, KeyError, AttributeError):  # no longer assigned, or not fetched yet
+                continue
+            if highwater is not None and highwater > offset + 1:
+                return True
+        return False
+
     lock = asyncio.Lock()
     arrivals = {"first": 0.0, "count": 0, "seen": 0, "committed": 0}  # time of pending's first record; records appended
 
@@ -226,11 +255,9 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
                 return
             batch = pending[:]
             pending.clear()
-            log.debug("batch of %d records (commit=%s)", len(batch), commit)
+            uw.metrics.batch(len(batch))
             await emit(process_batch(uw, store, batch, clock))
-            ack = streams[0].ack
-            for event in batch:
-                await ack(event)  # no I/O: marks the offset as processed
+            faust_intake.ack(app.consumer, app.sensors, batch)  # no I/O: marks the offsets as processed
             if commit:
                 # The queue ran dry: commit now rather than on Faust's commit timer (broker_commit_interval).
                 # A rebalance between the acks and the next timer tick drops the acked offsets of partitions
@@ -238,17 +265,25 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
                 # load the queue is never dry, so this is not a commit per batch.
                 await app.consumer.commit()
 
+    async def take(record: faust_intake.Record) -> None:
+        if not pending:
+            arrivals["first"] = time.monotonic()
+        pending.append(record)
+        arrivals["count"] += 1
+        latest[record.message.tp] = record.message.offset
+        if len(pending) >= settings.batch_max:
+            await run_batch(commit=False)
+
+    source_topics = {settings.marketplace_topic, settings.loans_topic}
+    app.intake = (source_topics, take)
+
     @app.agent(source)
     async def underwrite(stream: Any) -> None:
-        manual = stream.noack()
-        streams[:] = [manual]
-        async for event in manual.events():
-            if not pending:
-                arrivals["first"] = time.monotonic()
-            pending.append(event)
-            arrivals["count"] += 1
-            if len(pending) >= settings.batch_max:
-                await run_batch(commit=False)
+        # Subscribes the consumer to the input topics; their records go to take() from the fetch loop
+        # (faust_intake). Should one come this way all the same (its conductor already tracked it and holds
+        # the one reference our ack releases), it joins the batch like any other; the stream never acks it.
+        async for event in stream.noack().events():
+            await take(faust_intake.Record(event.message))
 
     @app.timer(interval=settings.batch_within_seconds / 2)
     async def batch_due() -> None:
@@ -261,7 +296,8 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
             return
         dry = arrivals["count"] == arrivals["seen"]
         arrivals["seen"] = arrivals["count"]
-        if dry or time.monotonic() - arrivals["first"] >= settings.batch_within_seconds:
+        waited = time.monotonic() - arrivals["first"]
+        if dry or (waited >= settings.batch_within_seconds and not behind()) or waited >= settings.batch_max_wait_seconds:
             await run_batch(commit=dry)
 
     @app.timer(interval=settings.flush_interval_seconds)
@@ -272,8 +308,6 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
         now = datetime.fromtimestamp(clock["event"] + (time.time() - clock["wall"]), UTC)
         async with lock:  # after the batch in progress, so a merchant's decisions stay in order
             await emit(uw.flush(now))
-
-    source_topics = {settings.marketplace_topic, settings.loans_topic}
 
     @table.on_recover
     async def restore_pending() -> None:
@@ -332,6 +366,8 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
                 out.extend(uw.flush_merchant(merchant_id))
             await emit(out)
             store.forget(parts)
+            for tp in [tp for tp in latest if tp.partition in parts]:
+                del latest[tp]
         await app.producer.flush()
         log.info("partitions %s revoked: flushed %d debounced merchants (%d decisions)", sorted(parts), len(gone),
                  len(out))
@@ -340,19 +376,19 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
     return app, uw
 
 
-def process(uw: Any, event: EventT[Any], clock: dict[str, float], store: TableStore | None = None) -> list[dict[str, Any]]:
+def process(uw: Any, event: Any, clock: dict[str, float], store: TableStore | None = None) -> list[dict[str, Any]]:
     """Decode and handle one record (a batch of one)."""
     return process_batch(uw, store, [event], clock)
 
 
-def process_batch(uw: Any, store: TableStore | None, batch: list[EventT[Any]],
+def process_batch(uw: Any, store: TableStore | None, batch: list[Any],
                   clock: dict[str, float]) -> list[dict[str, Any]]:
     """Decode and handle a batch of records; undecodable or inapplicable records are logged and skipped.
 
     Each record's input position ("topic:partition", offset) goes with it, so records that the restored
     state already holds are skipped exactly (see Underwriter.handle_batch)."""
     evs: list[dict[str, Any]] = []
-    kept: list[EventT[Any]] = []
+    kept: list[Any] = []
     positions: list[tuple[str, int]] = []
     for event in batch:
         msg = event.message
@@ -387,15 +423,64 @@ def process_batch(uw: Any, store: TableStore | None, batch: list[EventT[Any]],
     return out
 
 
+class _LabelCache:
+    """A labelled prometheus_client metric whose children are looked up once per label set: Faust's sensor asks
+    for `.labels(...)` on every message, event, table read and send, which costs more than the update itself."""
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._children: dict[Any, Any] = {}
+
+    def labels(self, *args: Any, **kwargs: Any) -> Any:
+        key = (args, tuple(kwargs.items()))
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._metric.labels(*args, **kwargs)
+        return child
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._metric, name)
+
+
 def attach_faust_sensor(app: Any, registry: Any) -> None:
     """Faust's own Prometheus sensor (messages, events, commit/send latency, rebalances, table ops) into the
     service's registry, named floatbridge_underwriter_faust_*."""
     from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 
-    app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(registry, "floatbridge_underwriter_faust"))
+    metrics = FaustMetrics.create(registry, "floatbridge_underwriter_faust")  # a NamedTuple of metrics
+    metrics = metrics._replace(**{name: _LabelCache(getattr(metrics, name)) for name in metrics._fields
+                                  if getattr(getattr(metrics, name), "_labelnames", ())})
+    monitor = PrometheusMonitor(metrics=metrics)
+    labels: dict[int, str] = {}
+    stream_label = monitor._stream_label
+
+    def cached_stream_label(stream: Any) -> str:  # normalised from the stream's label on every event
+        label = labels.get(id(stream))
+        if label is None:
+            label = labels[id(stream)] = stream_label(stream)
+        return label
+
+    monitor._stream_label = cached_stream_label  # type: ignore[method-assign]
+    app.monitor = monitor
+
+
+def use_event_loop(choice: str) -> str:
+    """Install the worker's event loop policy before the app and its loop exist: uvloop (libuv) runs Faust's
+    and aiokafka's many small callbacks and futures at a fraction of the stdlib loop's cost."""
+    if choice in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise
+            return "asyncio"
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        return "uvloop"
+    return "asyncio"
 
 
 def run_worker(settings: UnderwriterSettings, loglevel: str = "warning") -> int:
+    loop = use_event_loop(settings.event_loop)
     app, uw = create_app(settings)
     attach_faust_sensor(app, uw.metrics.registry)
     if settings.metrics_port:
@@ -403,6 +488,10 @@ def run_worker(settings: UnderwriterSettings, loglevel: str = "warning") -> int:
 
         start_http_server(settings.metrics_port, registry=uw.metrics.registry)
     worker = faust.Worker(app, loglevel=loglevel)
+    # No terminal progress spinner: its log handler sets the root logger to DEBUG, so every debug call of
+    # aiokafka, Faust and mode (several per fetch and per message) built a log record only to drop it.
+    worker.spinner = None
+    log.info("event loop: %s", loop)
     worker.execute_from_commandline()
     return 0
 

@@ -13,6 +13,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.
 LAG_BUCKETS = (0.1, 0.5, 1, 5, 15, 30, 60, 300, 900, 3600, 21600, 86400)
 LIMIT_BUCKETS = (0, 10_000, 50_000, 100_000, 500_000, 1_000_000, 5_000_000, 10_000_000)
 PD_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+BATCH_BUCKETS = (1, 10, 50, 100, 200, 500, 1000, 2000, 5000)
 PSI_EVERY = 200  # recompute the PSI gauge every this many scores (not per score)
 
 
@@ -45,6 +46,9 @@ class UnderwriterMetrics:
         self.psi = Gauge("floatbridge_underwriter_score_psi",
                          "PSI of the most recent PDs of merchants with a limit against the champion's training score distribution",
                          ["model_version"], registry=r)
+        self.batch_records = Histogram("floatbridge_underwriter_batch_records",
+                                       "Records per batch the worker hands to the core (each merchant of a batch is scored once)",
+                                       buckets=BATCH_BUCKETS, registry=r)
         self.kill_switch = Gauge("floatbridge_underwriter_kill_switch",
                                  "1 while the underwriter's kill switch pauses new offers", registry=r)
         self._rolling: RollingPSI | None = None
@@ -103,6 +107,9 @@ class UnderwriterMetrics:
     def shadow(self, agree: bool, diff: float) -> None:
         self.challenger.labels("agree" if agree else "disagree").inc()
         self.challenger_pd_diff.observe(diff)
+
+    def batch(self, records: int) -> None:
+        self.batch_records.observe(records)
 
     def sizes(self, merchants: int, pending: int) -> None:
         self.table_size.set(merchants)
