@@ -275,3 +275,51 @@ def test_a_debounced_merchant_is_decided_by_the_next_worker_after_a_stop_before_
 
 def _rfc(when: datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def metric(port: int, name: str) -> float:
+    """One unlabelled sample of a worker's /metrics (0 while it is not up)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return 0.0
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+def test_a_backlog_is_taken_in_full_batches_and_every_record_is_handled_once_with_its_offset_committed(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    from floatbridge.stack import free_port
+
+    env = Env(kafka_bootstrap, unique_name, tmp_path)
+    events: list[dict[str, Any]] = []
+    for i in range(6):
+        events += history(f"m-backlog-{i}", START, 30, Profile(orders_per_day=3), seed=i)
+    env.produce(events)  # the whole backlog is on the broker before the worker starts
+    port = free_port()
+    # A 5 ms batch window and small fetches (4 KB per partition, a dozen records): a worker that cut batches by
+    # time alone hands the core ~100 records at a time here; records already waiting on the broker must keep
+    # filling the batch towards batch_max instead.
+    proc = env.start(1, {"FLOATBRIDGE_UNDERWRITER_METRICS_PORT": str(port),
+                         "FLOATBRIDGE_UNDERWRITER_BATCH_WITHIN_SECONDS": "0.005",
+                         "FLOATBRIDGE_UNDERWRITER_BATCH_MAX": "500", "FLOATBRIDGE_UNDERWRITER_FETCH_MAX_BYTES": "4096"})
+    try:
+        deadline = time.monotonic() + 120
+        while events_counted(port) < len(events) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        handled = events_counted(port)
+        batches = metric(port, "floatbridge_underwriter_batch_records_count")
+        records = metric(port, "floatbridge_underwriter_batch_records_sum")
+        deadline = time.monotonic() + 30
+        while committed(env.kafka, env.app_id, env.topics["market"]) < len(events) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        done = committed(env.kafka, env.app_id, env.topics["market"])
+    finally:
+        stop(proc)
+    assert handled == len(events)  # each record counted once (applied, duplicate or replayed: never twice)
+    assert records == len(events)
+    assert batches and records / batches >= 200, f"{records:.0f} records in {batches:.0f} batches"
+    assert done == len(events)
