@@ -27,6 +27,11 @@ from typing import Any
 import fastjsonschema
 import jsonschema
 
+try:
+    import orjson
+except ImportError:  # pragma: no cover - a declared dependency; the stdlib parser gives the same values
+    orjson = None  # type: ignore[assignment]
+
 from services.common.money import CURRENCY_EXPONENTS
 from services.common.timeutil import TimeError, format_rfc3339, parse_rfc3339
 
@@ -436,8 +441,22 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# orjson reads an integer of 20 or more digits as a float: any run of 19+ digits takes the stdlib parser.
+_LONG_DIGITS_B = re.compile(rb"[0-9]{19}")
+_LONG_DIGITS_S = re.compile(r"[0-9]{19}")
+
+
 def decode(raw: bytes | str) -> Any:
-    """Parse JSON; a malformed document (or NaN/Infinity) raises EventInvalid with a pointer at the root."""
+    """Parse JSON; a malformed document (or NaN/Infinity) raises EventInvalid with a pointer at the root.
+
+    orjson first (~5x faster; the same values for every document it accepts), the stdlib parser for whatever
+    it refuses (NaN, lone surrogate escapes, a BOM, UTF-16/32, out-of-range floats) and for long digit runs,
+    so the result and the errors are the stdlib's in every case."""
+    if orjson is not None and (_LONG_DIGITS_B if isinstance(raw, bytes) else _LONG_DIGITS_S).search(raw) is None:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
     try:
         return json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:

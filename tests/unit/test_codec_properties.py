@@ -173,3 +173,23 @@ def test_extension_attributes_are_allowed_and_only_unknown_shapes_are_named() ->
     assert validate(event) == []
     event["Not_An_Attribute"] = 1
     assert validate(event) == [FieldError("", "unexpected properties: 'Not_An_Attribute'")]
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.integers(min_value=-(10**40), max_value=10**40)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
+    max_leaves=20,
+)
+
+
+@given(_json_values, st.booleans())
+def test_decode_gives_the_stdlib_parsers_values_for_any_document_big_integers_included(value: object,
+                                                                                         as_text: bool) -> None:
+    import json
+
+    text = json.dumps(value, ensure_ascii=False)
+    raw: str | bytes = text if as_text else text.encode("utf-8", "surrogatepass")
+    expected = json.loads(raw)
+    got = decode(raw)
+    assert repr(got) == repr(expected)  # repr: an int read as a float (1e+30 for 10**30) must fail here
