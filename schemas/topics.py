@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 DAY_MS = 86_400_000
 
@@ -45,6 +46,7 @@ def catalog(partitions: int = 12) -> tuple[Topic, ...]:
     )
 
 
+@lru_cache(maxsize=1024)  # consumers ask for every record; the answer depends on the name alone
 def types_on(topic_name: str) -> frozenset[str] | None:
     """The event types a consumer may accept from `topic_name` (a catalog name, optionally prefixed);
     None for a topic outside the catalog. A consumer applies events by type, so an event of the wrong
