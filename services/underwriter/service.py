@@ -21,8 +21,10 @@ latest pending event as trigger, i.e. the decision the stopped worker would have
 Batches (the Faust worker): `handle_batch` applies a batch in order and scores each merchant of it at most
 once, after its last event of the batch, as of its latest event time. The worker hands over a batch when
 it holds `batch_max` records, and a timer hands over whatever is collected every `batch_within_seconds`, so
-batching adds at most `batch_within_seconds` plus the processing time of the batch (and of the one before
-it) of wall-clock delay to the bound above; the decision then reflects every event of the batch. Replays are exact: with input positions, a restored state skips the records it already holds.
+while the worker keeps up with its input batching adds at most `batch_within_seconds` plus the processing
+time of the batch (and of the one before it) of wall-clock delay to the bound above; behind a backlog (more
+records already on the broker) a batch keeps filling, for at most `batch_max_wait_seconds`, since those
+records have waited longer than that already. The decision then reflects every event of the batch. Replays are exact: with input positions, a restored state skips the records it already holds.
 """
 
 from __future__ import annotations
