@@ -26,10 +26,15 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         F("eps_per_worker_2", "2 workers, events/s per worker", "ev/s", 10_000),
         F("raw_consumer_eps", "raw kafka-python consumer + decode", "ev/s"),
         F("ratio_to_raw_1", "1 worker / raw consumer", "x", 0.5),
+        F("broker_p50_ms_2k", "1 worker, event produced -> credit_limit.updated consumed, p50 at 2,000 ev/s", "ms"),
+        F("broker_p99_ms_2k", "1 worker, event produced -> credit_limit.updated consumed, p99 at 2,000 ev/s", "ms",
+          200, higher_is_better=False),
+        F("broker_updates_2k", "credit_limit.updated measured at 2,000 ev/s", "updates"),
     ), max_repeat=1,
         notes="events pre-produced to a fresh topic (6 partitions), then `floatbridge underwriter worker` "
               "processes (memory:// tables) consume them; rate = events / time until the workers' events "
-              "counter reaches the total."),
+              "counter reaches the total. Latency: a fresh worker, events produced at a steady 2,000/s, from "
+              "each event's scheduled send time to its credit_limit.updated read back from the broker."),
     Benchmark("latency", "Event -> credit_limit.updated", underwriter.latency, (
         F("p50_ms_1k", "p50 at 1,000 ev/s", "ms"), F("p99_ms_1k", "p99 at 1,000 ev/s", "ms"),
         F("p999_ms_1k", "p99.9 at 1,000 ev/s", "ms"),

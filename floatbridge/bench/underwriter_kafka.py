@@ -12,6 +12,7 @@ from pathlib import Path
 
 from floatbridge.bench import infra
 from floatbridge.bench.core import NotRun, Sizes
+from schemas import codec
 
 PARTITIONS = 6
 COUNTER = "floatbridge_underwriter_events_total{"
@@ -64,38 +65,58 @@ def events_counted(port: int) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(COUNTER))
 
 
-def workers_rate(bootstrap: str, rid: str, topics: dict[str, str], n: int, workers: int) -> float:
-    """Start `workers` processes on a topic already holding n events; events/s from first to last counted."""
+def _start_workers(bootstrap: str, app_id: str, topics: dict[str, str], workers: int,
+                   work: Path) -> list[tuple[subprocess.Popen[bytes], int]]:
     from floatbridge.stack import free_port
 
-    work = Path(tempfile.mkdtemp(prefix="fb-bench-uw-"))
-    procs: list[tuple[subprocess.Popen[bytes], int]] = []
     env = dict(os.environ)
     env.update({
-        "FLOATBRIDGE_UNDERWRITER_KAFKA_BOOTSTRAP": bootstrap, "FLOATBRIDGE_UNDERWRITER_APP_ID": f"{rid}-w{workers}",
+        "FLOATBRIDGE_UNDERWRITER_KAFKA_BOOTSTRAP": bootstrap, "FLOATBRIDGE_UNDERWRITER_APP_ID": app_id,
         "FLOATBRIDGE_UNDERWRITER_STORE": "memory://", "FLOATBRIDGE_UNDERWRITER_PARTITIONS": str(PARTITIONS),
         "FLOATBRIDGE_UNDERWRITER_MARKETPLACE_TOPIC": topics["events"],
         "FLOATBRIDGE_UNDERWRITER_LOANS_TOPIC": topics["loans"],
         "FLOATBRIDGE_UNDERWRITER_LIMITS_TOPIC": topics["limits"],
         "FLOATBRIDGE_UNDERWRITER_OFFERS_TOPIC": topics["offers"],
     })
+    procs: list[tuple[subprocess.Popen[bytes], int]] = []
+    for i in range(workers):
+        port = free_port()
+        wenv = env | {"FLOATBRIDGE_UNDERWRITER_METRICS_PORT": str(port),
+                      "FLOATBRIDGE_UNDERWRITER_WEB_PORT": str(free_port()),
+                      "FLOATBRIDGE_UNDERWRITER_DATA_DIR": str(work / f"w{i}")}
+        log = open(work / f"w{i}.log", "wb")  # noqa: SIM115 - closed with the process
+        procs.append((subprocess.Popen([sys.executable, "-m", "floatbridge.cli", "underwriter", "worker"],
+                                       env=wenv, stdout=log, stderr=subprocess.STDOUT, cwd=infra.ROOT), port))
+    return procs
+
+
+def _check_alive(procs: list[tuple[subprocess.Popen[bytes], int]], work: Path) -> None:
+    for p, _ in procs:
+        if p.poll() is not None:
+            lines = [ln for ln in (work / "w0.log").read_text(errors="replace").splitlines() if ln.strip()]
+            raise RuntimeError(f"worker exited with {p.returncode}: {lines[-1] if lines else 'no output'}")
+
+
+def _stop_workers(procs: list[tuple[subprocess.Popen[bytes], int]]) -> None:
+    for p, _ in procs:
+        p.terminate()
+    for p, _ in procs:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def workers_rate(bootstrap: str, rid: str, topics: dict[str, str], n: int, workers: int) -> float:
+    """Start `workers` processes on a topic already holding n events; events/s from first to last counted."""
+    work = Path(tempfile.mkdtemp(prefix="fb-bench-uw-"))
+    procs = _start_workers(bootstrap, f"{rid}-w{workers}", topics, workers, work)
     try:
-        for i in range(workers):
-            port = free_port()
-            wenv = env | {"FLOATBRIDGE_UNDERWRITER_METRICS_PORT": str(port),
-                          "FLOATBRIDGE_UNDERWRITER_WEB_PORT": str(free_port()),
-                          "FLOATBRIDGE_UNDERWRITER_DATA_DIR": str(work / f"w{i}")}
-            log = open(work / f"w{i}.log", "wb")  # noqa: SIM115 - closed with the process
-            procs.append((subprocess.Popen([sys.executable, "-m", "floatbridge.cli", "underwriter", "worker"],
-                                           env=wenv, stdout=log, stderr=subprocess.STDOUT, cwd=infra.ROOT), port))
         first = last = 0.0
         first_count = 0.0
         deadline = time.monotonic() + 120 + n / 500
         while time.monotonic() < deadline:
-            for p, _ in procs:
-                if p.poll() is not None:
-                    lines = [ln for ln in (work / "w0.log").read_text(errors="replace").splitlines() if ln.strip()]
-                    raise RuntimeError(f"worker exited with {p.returncode}: {lines[-1] if lines else 'no output'}")
+            _check_alive(procs, work)
             total = sum(events_counted(port) for _, port in procs)
             now = time.perf_counter()
             if total and not first:
@@ -108,13 +129,76 @@ def workers_rate(bootstrap: str, rid: str, topics: dict[str, str], n: int, worke
             raise RuntimeError(f"workers handled {total:.0f} of {n} events in time")
         return (n - first_count) / (last - first)
     finally:
-        for p, _ in procs:
-            p.terminate()
-        for p, _ in procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _stop_workers(procs)
+
+
+def worker_latency(bootstrap: str, rid: str, raw: list[bytes], rate: float) -> list[float]:
+    """One worker on empty topics; `raw` produced at `rate`/s; sorted seconds from each event's scheduled send
+    time (producer queueing included) to its credit_limit.updated arriving at a consumer of the limits topic
+    (the worker's batching, scoring, changelog and producer, and both broker hops)."""
+    import threading
+
+    import orjson
+    from kafka import KafkaConsumer, KafkaProducer
+
+    from services.ingest.adapters.kafka_sink import producer_config
+
+    topics = {k: f"{rid}.lat.{k}" for k in ("events", "loans", "limits", "offers")}
+    infra.create_topics(bootstrap, list(topics.values()), PARTITIONS)
+    work = Path(tempfile.mkdtemp(prefix="fb-bench-uw-lat-"))
+    procs = _start_workers(bootstrap, f"{rid}-lat", topics, 1, work)
+    arrived: dict[str, float] = {}
+    stop = threading.Event()
+    consumer = KafkaConsumer(topics["limits"], bootstrap_servers=bootstrap.split(","), auto_offset_reset="earliest",
+                             enable_auto_commit=False, group_id=None, fetch_max_wait_ms=5)
+
+    def collect() -> None:
+        while not stop.is_set():
+            for records in consumer.poll(timeout_ms=50).values():
+                now = time.perf_counter()
+                for rec in records:
+                    arrived.setdefault(orjson.loads(rec.value)["data"]["trigger_event_id"], now)
+
+    reader = threading.Thread(target=collect, daemon=True)
+    producer = KafkaProducer(**producer_config(bootstrap, 60.0))
+    try:
+        # A first event, and wait for it to be counted: the worker is up and owns its partitions.
+        warm = codec.encode(codec.new_event("merchant.onboarded", "lat-warm", {
+            "legal_name": "warm", "category": "toys", "country": "BR", "currency": "BRL"},
+            "2025-01-01T00:00:00Z", "bench", id="lat-warm"))
+        producer.send(topics["events"], key=b"lat-warm", value=warm).get(30)
+        deadline = time.monotonic() + 120
+        while events_counted(procs[0][1]) < 1:
+            _check_alive(procs, work)
+            if time.monotonic() > deadline:
+                raise RuntimeError("the worker did not start consuming")
+            time.sleep(0.1)
+        reader.start()
+        scheduled: dict[str, float] = {}
+        keyed = [(orjson.loads(value), value) for value in raw]
+        start = time.perf_counter() + 0.1
+        for i, (ev, value) in enumerate(keyed):
+            due = start + i / rate
+            wait = due - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            producer.send(topics["events"], key=ev["subject"].encode(), value=value)
+            scheduled[ev["id"]] = due
+        producer.flush(60)
+        time.sleep(3)  # the last decisions (a batch window, a flush interval) reach the consumer
+    finally:
+        stop.set()
+        if reader.is_alive():
+            reader.join(5)
+        consumer.close()
+        producer.close()
+        _stop_workers(procs)
+        infra.delete_topics_with_prefix(bootstrap, f"{rid}.lat.")
+    return sorted(arrived[i] - scheduled[i] for i in arrived if i in scheduled)
+
+
+def _percentile_ms(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(len(values) * q))] * 1000 if values else float("nan")
 
 
 def run(sizes: Sizes) -> dict[str, float]:
@@ -135,7 +219,10 @@ def run(sizes: Sizes) -> dict[str, float]:
         raw_eps = raw_consumer_rate(bootstrap, topics["events"], len(raw))
         one = workers_rate(bootstrap, rid, topics, len(raw), 1)
         two = workers_rate(bootstrap, rid, topics, len(raw), 2)
+        lat = worker_latency(bootstrap, rid, raw[: sizes.pick(20_000, 500)], 2000.0)
     finally:
         infra.delete_topics_with_prefix(bootstrap, rid)
     return {"eps_1_worker": one, "eps_2_workers": two, "eps_per_worker_2": two / 2,
-            "raw_consumer_eps": raw_eps, "ratio_to_raw_1": one / raw_eps}
+            "raw_consumer_eps": raw_eps, "ratio_to_raw_1": one / raw_eps,
+            "broker_p50_ms_2k": _percentile_ms(lat, 0.5), "broker_p99_ms_2k": _percentile_ms(lat, 0.99),
+            "broker_updates_2k": float(len(lat))}

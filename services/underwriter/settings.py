@@ -31,7 +31,7 @@ class UnderwriterSettings:
     flush_interval_seconds: float = field(default=1.0, metadata={"doc": "worker timer that scores debounced merchants"})
     batch_max: int = field(default=1000, metadata={"doc": "worker: records taken per batch (each merchant of a batch is saved and scored once)"})
     batch_within_seconds: float = field(default=0.02, metadata={"doc": "worker: records not yet in a full batch are processed at least this often while the worker keeps up with its input (bounds the added delay)"})
-    batch_max_wait_seconds: float = field(default=0.25, metadata={"doc": "worker: behind a backlog a batch keeps taking already-fetched records up to batch_max or this long"})
+    batch_max_wait_seconds: float = field(default=0.25, metadata={"doc": "worker: behind a backlog (records produced longer ago than this) a batch keeps taking records up to batch_max or this long"})
     event_loop: str = field(default="auto", metadata={"doc": "worker event loop: uvloop, asyncio, or auto (uvloop when installed)"})
     fetch_max_bytes: int = field(default=1024**2, metadata={"doc": "worker: bytes fetched per input partition per request (Faust consumer_max_fetch_size)"})
     producer_linger_seconds: float = field(default=0.005, metadata={"doc": "worker: producer waits this long to fill a request (changelog writes, decisions)"})

@@ -218,33 +218,26 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
             await topic.send(key=ev["subject"].encode("utf-8"), value=codec.encode(ev), key_serializer="raw",
                              value_serializer="raw")
 
-    # Batches: the agent collects records (manual acks) and hands a batch to the core whenever it holds
-    # batch_max records; the batch timer (every batch_within_seconds / 2) hands over what is there at once
-    # when no record arrived since the previous tick (the input ran dry), and once the oldest record has
-    # waited batch_within_seconds if the agent's input buffer is empty. While that buffer still holds fetched
-    # records (a backlog: they have waited longer than the batch), the batch keeps taking them, up to
-    # batch_max records or batch_max_wait_seconds: behind a backlog a batch that stops at the time limit only
-    # makes the records behind it wait for another batch, and every batch scores each of its merchants once,
-    # so small batches cost more per record exactly when the worker is behind. One lock keeps batches (and
+    # Batches: records (taken from the fetch loop, see faust_intake) go to the core whenever batch_max of them
+    # are collected; the batch timer (every batch_within_seconds / 2) hands over what is there at once when no
+    # record arrived since the previous tick (the input ran dry), and once the oldest record has waited
+    # batch_within_seconds unless the worker is behind: when even the newest record collected was produced
+    # more than batch_max_wait_seconds ago (a backlog), the batch keeps taking records, up to batch_max or
+    # batch_max_wait_seconds, since a batch cut by the time limit would only make the records behind it wait
+    # for another batch, and every batch scores each of its merchants once, so small batches cost more per
+    # record exactly when the worker is behind. One lock keeps batches (and
     # the debounce flush), their output and their acks in order. A record is acked
     # only after its state went to the table (changelog) and its decisions to the producer, and Faust flushes
     # the producer before it commits, so an offset is never committed ahead of the state; the reverse (state
     # ahead of the committed offsets after a kill) is made exact by the input positions.
     pending: list[faust_intake.Record] = []
 
-    latest: dict[Any, int] = {}  # input partition -> offset of the latest record handed to the agent
+    newest = {"ts": 0.0}  # Kafka timestamp (seconds) of the newest record of the batch being collected
 
     def behind() -> bool:
-        """Whether more input is already there: in the broker beyond the latest record taken from an input
-        partition (its high watermark, from the last fetch response)."""
-        for tp, offset in latest.items():
-            try:
-                highwater = app.consumer.highwater(tp)
-            except (AssertionError, KeyError, AttributeError):  # no longer assigned, or not fetched yet
-                continue
-            if highwater is not None and highwater > offset + 1:
-                return True
-        return False
+        """Whether the worker is behind its input: even the newest record it holds was produced longer ago than
+        a batch may wait (a backlog; records that keep arriving fresh are not one, however many there are)."""
+        return time.time() - newest["ts"] > settings.batch_max_wait_seconds
 
     lock = asyncio.Lock()
     arrivals = {"first": 0.0, "count": 0, "seen": 0, "committed": 0}  # time of pending's first record; records appended
@@ -270,7 +263,9 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
             arrivals["first"] = time.monotonic()
         pending.append(record)
         arrivals["count"] += 1
-        latest[record.message.tp] = record.message.offset
+        stamp = record.message.timestamp or 0.0
+        if stamp > newest["ts"] or len(pending) == 1:
+            newest["ts"] = stamp
         if len(pending) >= settings.batch_max:
             await run_batch(commit=False)
 
@@ -366,8 +361,6 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
                 out.extend(uw.flush_merchant(merchant_id))
             await emit(out)
             store.forget(parts)
-            for tp in [tp for tp in latest if tp.partition in parts]:
-                del latest[tp]
         await app.producer.flush()
         log.info("partitions %s revoked: flushed %d debounced merchants (%d decisions)", sorted(parts), len(gone),
                  len(out))
