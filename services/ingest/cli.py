@@ -50,6 +50,16 @@ def purge_loop(rt: Any, stop: threading.Event) -> None:
             log.warning("dedupe purge failed: %s", exc)
 
 
+def server_impl() -> tuple[str, str]:
+    """uvicorn's HTTP parser and event loop for `serve`: httptools and uvloop (C; uvicorn[standard]) when
+    importable, else the pure-Python h11 parser and the stdlib asyncio loop (same answers, more CPU)."""
+    from importlib.util import find_spec
+
+    http = "httptools" if find_spec("httptools") is not None else "h11"
+    loop = "uvloop" if find_spec("uvloop") is not None else "asyncio"
+    return http, loop
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -66,9 +76,11 @@ def _serve(args: argparse.Namespace) -> int:
     rt = bootstrap(settings)
     stop = threading.Event()
     threading.Thread(target=purge_loop, args=(rt, stop), daemon=True, name="dedupe-purge").start()
+    http, loop = server_impl()
+    logging.getLogger("floatbridge.ingest").info("HTTP parser %s, event loop %s", http, loop)
     try:
         uvicorn.run(create_app(rt), host=args.host or settings.host, port=args.port or settings.port,
-                    log_level="warning", access_log=False)
+                    log_level="warning", access_log=False, http=http, loop=loop)
     finally:
         stop.set()
         rt.close()

@@ -238,3 +238,20 @@ def test_dedupe_store_down_answers_retry_for_whole_batch() -> None:
     rt.dedupe.claim = down  # type: ignore[method-assign]
     results = rt.service.submit([placed("a"), placed("b")], NOW)
     assert {r.status for r in results} == {Status.RETRY} and rt.sink.records == []
+
+
+def test_value_objects_built_by_the_quick_init_stay_frozen_and_keep_their_defaults() -> None:
+    import dataclasses
+
+    from services.ingest.domain.model import EventResult, Outgoing
+
+    res = EventResult(3, Status.ACCEPTED, "a", event_type="order.placed")
+    assert (res.reason, res.errors, res.detail) == (None, (), None)
+    assert res == EventResult(3, Status.ACCEPTED, "a", "order.placed") and hash(res) == hash(EventResult(3, Status.ACCEPTED, "a", "order.placed"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        res.index = 4  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        EventResult(3)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        ClaimRequest("a", "h", extra=1)  # type: ignore[call-arg]
+    assert Outgoing("event", "m-1", "a", b"{}").headers == ()

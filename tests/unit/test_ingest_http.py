@@ -233,3 +233,71 @@ def test_more_batches_in_flight_than_allowed_get_503_busy_not_queued() -> None:
         gate.set()
         t.join(10)
     assert first == [200] and [rec.event_id for rec in rt.sink.events()] == ["a"]
+
+
+async def _asgi_post(app: Any, body: bytes, root_path: str = "", headers: dict[str, str] | None = None) -> list[Any]:
+    """One POST /v1/events straight through the ASGI app; the messages it sends back."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return pending.pop() if pending else {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    raw = [(k.lower().encode(), v.encode()) for k, v in {**AUTH, "Content-Type": "application/json",
+                                                         "Content-Length": str(len(body)), **(headers or {})}.items()]
+    await app({"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+               "path": root_path + "/v1/events", "raw_path": (root_path + "/v1/events").encode(), "query_string": b"",
+               "root_path": root_path, "headers": raw, "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80)},
+              receive, send)
+    return sent
+
+
+@pytest.mark.parametrize("case", ["ok", "retry", "unauthorized", "malformed"])
+def test_events_answer_is_byte_for_byte_the_same_through_the_fast_path_and_the_fastapi_route(case: str) -> None:
+    """POST /v1/events is answered by the ASGI middleware; a mounted app (root_path) reaches the FastAPI route
+    instead: status, headers and body must not differ."""
+    import asyncio
+
+    answers = []
+    for root_path in ("", "/ingest"):
+        rt = runtime()
+        if case == "retry":
+            def down(records: Any) -> None:
+                raise SinkUnavailable("broker down")
+
+            rt.sink.publish = down  # type: ignore[method-assign]
+        app = create_app(rt)
+        body = b"[1," if case == "malformed" else orjson.dumps([placed("a"), {"type": "order.placed"}])
+        extra = {"Authorization": "Bearer nope"} if case == "unauthorized" else None
+        sent = asyncio.run(_asgi_post(app, body, root_path, extra))
+        assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+        answers.append((sent[0]["status"], list(sent[0]["headers"]), sent[1]["body"]))
+    fast, routed = answers
+    assert fast == routed
+    assert fast[0] == {"ok": 200, "retry": 503, "unauthorized": 401, "malformed": 400}[case]
+    assert (b"content-type", b"application/json") in fast[1]
+    if case == "retry":
+        assert (b"retry-after", b"2") in fast[1]
+
+
+def test_other_routes_are_still_counted_by_route(client: TestClient) -> None:
+    client.get("/healthz")
+    client.get("/no-such-page")
+    text = client.get("/metrics").text
+    assert 'floatbridge_ingest_http_requests_total{method="GET",route="/healthz",status="200"} 1.0' in text
+    assert 'floatbridge_ingest_http_requests_total{method="GET",route="other",status="404"} 1.0' in text
+
+
+def test_serve_picks_the_c_http_parser_and_loop_when_importable_else_the_pure_python_ones(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from services.ingest.cli import server_impl
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    assert server_impl() == ("httptools", "uvloop")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert server_impl() == ("h11", "asyncio")

@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import hmac
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Literal
 
 import orjson
@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
+from starlette.requests import ClientDisconnect
 
 from services.common.ratelimit import FailedAuthLimiter
 from services.ingest.adapters.jsoncodec import loads, parse_ndjson
@@ -21,6 +22,15 @@ from services.ingest.bootstrap import IngestRuntime
 from services.ingest.domain.model import Status
 
 NDJSON = "application/x-ndjson"
+EVENTS_PATH = "/v1/events"
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+# (status, JSON body, extra headers): what POST /v1/events answers, before it is put on the wire.
+Answer = tuple[int, bytes, dict[str, str] | None]
 
 
 class ErrorItem(BaseModel):
@@ -71,24 +81,106 @@ _BODY_DOC: dict[str, Any] = {
 }
 
 
-def _problem(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> Response:
-    body = orjson.dumps({"error": error, "detail": detail})
-    return Response(body, status_code=status, media_type="application/json", headers=headers)
+def _problem(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> Answer:
+    return status, orjson.dumps({"error": error, "detail": detail}), headers
 
 
 class _TooLarge(Exception):
     pass
 
 
-async def _read_capped(request: Request, cap: int) -> bytes:
+class _Disconnected(Exception):
+    pass
+
+
+async def _read_capped(receive: Receive, cap: int) -> bytes:
+    """The request body from ASGI messages, refused (_TooLarge) as soon as it passes `cap` bytes."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:
-            raise _TooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > cap:
+                raise _TooLarge
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _json_response(answer: Answer) -> Response:
+    status, body, headers = answer
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def _raw_headers(answer: Answer) -> list[tuple[bytes, bytes]]:
+    """The headers Starlette's Response(body, media_type="application/json", headers=...) sends, in its order."""
+    _, body, extra = answer
+    raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (extra or {}).items()]
+    raw.append((b"content-length", str(len(body)).encode("latin-1")))
+    raw.append((b"content-type", b"application/json"))
+    return raw
+
+
+class _Intake:
+    """Pure ASGI middleware where an `@app.middleware("http")` used to be: times and counts every request
+    (floatbridge_ingest_http_*) without BaseHTTPMiddleware's task group and body streams, and answers
+    `POST /v1/events` itself, without FastAPI's per-request routing, dependency and response machinery
+    (the same answer function as the FastAPI route, which stays for the OpenAPI spec and any other path
+    shape). Errors still reach the ServerErrorMiddleware outside it."""
+
+    def __init__(self, app: ASGIApp, post_events: Callable[[Scope, Receive], Awaitable[Answer]],
+                 metrics: Any):
+        self.app = app
+        self.post_events = post_events
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        if scope["method"] == "POST" and scope["path"] == EVENTS_PATH and not scope.get("root_path"):
+            try:
+                answer = await self.post_events(scope, receive)
+            except _Disconnected:  # the client went away before sending its body: nobody to answer
+                return
+            await send({"type": "http.response.start", "status": answer[0], "headers": _raw_headers(answer)})
+            await send({"type": "http.response.body", "body": answer[1]})
+            self._observe(EVENTS_PATH, "POST", answer[0], start)
+            return
+        status = 500
+
+        async def observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, observed)
+        self._observe(getattr(scope.get("route"), "path", "other"), scope["method"], status, start)
+
+    def _observe(self, route: str, method: str, status: int, start: float) -> None:
+        self.metrics.http_requests.labels(route, method, str(status)).inc()
+        self.metrics.http_duration.labels(route).observe(time.perf_counter() - start)
+
+
+def _request_headers(scope: Scope) -> tuple[str | None, str | None, str]:
+    """Authorization, Content-Length and Content-Type (first of each, as Starlette's headers.get gives)."""
+    auth = length = ctype = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            if auth is None:
+                auth = value.decode("latin-1")
+        elif name == b"content-length":
+            if length is None:
+                length = value.decode("latin-1")
+        elif name == b"content-type" and ctype is None:
+            ctype = value.decode("latin-1")
+    return auth, length, ctype or ""
 
 
 def key_ok(header: str | None, hashes: frozenset[str]) -> bool:
@@ -113,49 +205,27 @@ def create_app(rt: IngestRuntime, limiter: FailedAuthLimiter | None = None) -> F
     retry_after = {"Retry-After": str(s.retry_after_seconds)}
     metrics = rt.metrics
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "other")
-        metrics.http_requests.labels(route, request.method, str(response.status_code)).inc()
-        metrics.http_duration.labels(route).observe(time.perf_counter() - start)
-        return response
-
-    @app.post(
-        "/v1/events", summary="Submit a batch of marketplace events", response_model=BatchResponse,
-        openapi_extra=_BODY_DOC,
-        responses={
-            400: {"model": Problem, "description": "body is not a JSON array (or not JSON)"},
-            401: {"model": Problem, "description": "missing or unknown marketplace API key"},
-            429: {"model": Problem, "description": "too many failed authentications from this address; "
-                  "wait Retry-After seconds"},
-            413: {"model": Problem, "description": "too many events or bytes in one batch"},
-            503: {"model": BatchResponse, "description": "broker or dedupe store unavailable, or busy: "
-                  "events marked retry were not taken; send them again after Retry-After seconds"},
-        },
-    )
-    async def post_events(request: Request) -> Response:
-        client = request.client.host if request.client else "unknown"
+    async def answer_events(scope: Scope, receive: Receive) -> Answer:
+        client = scope["client"][0] if scope.get("client") else "unknown"
         wait = limiter.retry_after(client)
         if wait:
             metrics.refused.labels("auth").inc()
             return _problem(429, "too_many_failed_attempts", "too many failed authentications from this address",
                             {"Retry-After": str(wait)})
-        if not key_ok(request.headers.get("authorization"), rt.key_hashes):
+        authorization, declared, content_type = _request_headers(scope)
+        if not key_ok(authorization, rt.key_hashes):
             limiter.failed(client)
             metrics.refused.labels("auth").inc()
             return _problem(401, "unauthorized", "send the marketplace API key as 'Authorization: Bearer <key>'",
                             {"WWW-Authenticate": "Bearer"})
-        declared = request.headers.get("content-length")
         try:
             if declared and int(declared) > s.max_batch_bytes:
                 raise _TooLarge
-            body = await _read_capped(request, s.max_batch_bytes)
+            body = await _read_capped(receive, s.max_batch_bytes)
         except (_TooLarge, ValueError):
             metrics.refused.labels("size").inc()
             return _problem(413, "batch_too_large", f"a batch may hold at most {s.max_batch_bytes} bytes")
-        events, error = _parse(body, request.headers.get("content-type", ""))
+        events, error = _parse(body, content_type)
         if error:
             metrics.refused.labels("malformed").inc()
             return _problem(400, "malformed_body", error)
@@ -177,8 +247,27 @@ def create_app(rt: IngestRuntime, limiter: FailedAuthLimiter | None = None) -> F
             counts[r.status.value] += 1
         body_out = orjson.dumps({**counts, "results": [r.to_json() for r in results]})
         if counts["retry"]:
-            return Response(body_out, status_code=503, media_type="application/json", headers=retry_after)
-        return Response(body_out, status_code=200, media_type="application/json")
+            return 503, body_out, retry_after
+        return 200, body_out, None
+
+    @app.post(
+        EVENTS_PATH, summary="Submit a batch of marketplace events", response_model=BatchResponse,
+        openapi_extra=_BODY_DOC,
+        responses={
+            400: {"model": Problem, "description": "body is not a JSON array (or not JSON)"},
+            401: {"model": Problem, "description": "missing or unknown marketplace API key"},
+            429: {"model": Problem, "description": "too many failed authentications from this address; "
+                  "wait Retry-After seconds"},
+            413: {"model": Problem, "description": "too many events or bytes in one batch"},
+            503: {"model": BatchResponse, "description": "broker or dedupe store unavailable, or busy: "
+                  "events marked retry were not taken; send them again after Retry-After seconds"},
+        },
+    )
+    async def post_events(request: Request) -> Response:
+        try:
+            return _json_response(await answer_events(request.scope, request.receive))
+        except _Disconnected:
+            raise ClientDisconnect from None  # what Starlette's request.stream() raises
 
     @app.get("/healthz", summary="The process is up")
     async def healthz() -> dict[str, str]:
@@ -205,6 +294,7 @@ def create_app(rt: IngestRuntime, limiter: FailedAuthLimiter | None = None) -> F
     async def metrics_endpoint() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.add_middleware(_Intake, post_events=answer_events, metrics=metrics)
     return app
 
 

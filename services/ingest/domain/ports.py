@@ -9,7 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
-from services.ingest.domain.model import Outgoing
+from services.ingest.domain.model import Outgoing, quick_init
 
 Clock = Callable[[], datetime]
 
@@ -40,6 +40,7 @@ class Claim(StrEnum):
     CONFLICT = "conflict"  # the id is known with different content
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ClaimRequest:
     event_id: str
