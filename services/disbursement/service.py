@@ -124,6 +124,21 @@ _INSTRUCTION_STATE = sa.select(merchants.c.currency, merchants.c.last_instructio
 _SET_INSTRUCTION = sa.update(merchants).where(merchants.c.merchant_id == sa.bindparam("p_merchant")).values(
     last_instruction=sa.bindparam("p_instruction"))
 
+_KEY_HOLDER = sa.select(merchants.c.merchant_id).where(merchants.c.api_key_hash == sa.bindparam("p_hash"))
+_UPDATE_MERCHANT = sa.update(merchants).where(merchants.c.merchant_id == sa.bindparam("p_merchant"))
+_OVERDUE = sa.select(loans).where(loans.c.state.in_([s.value for s in OPEN_STATES]),
+                                  loans.c.due_at < sa.bindparam("p_now", type_=loans.c.due_at.type))
+_OVERDUE_LOCKED = _OVERDUE.with_for_update()
+_EXPIRING = sa.select(offers.c.offer_id, offers.c.merchant_id).where(
+    offers.c.state == OfferState.OPEN.value, offers.c.expires_at <= sa.bindparam("p_now", type_=offers.c.expires_at.type))
+_EXPIRE_OFFER = sa.update(offers).where(offers.c.offer_id == sa.bindparam("p_offer")).values(
+    state=OfferState.EXPIRED.value)
+_CHARGE_OFF = sa.update(loans).where(loans.c.loan_id == sa.bindparam("p_loan")).values(
+    state=LoanState.CHARGED_OFF.value, dpd=sa.bindparam("p_dpd"), principal_due=0, fee_due=0,
+    closed_at=sa.bindparam("p_at", type_=loans.c.closed_at.type))
+_SET_DELINQUENT = sa.update(loans).where(loans.c.loan_id == sa.bindparam("p_loan")).values(
+    state=LoanState.DELINQUENT.value, dpd=sa.bindparam("p_dpd"), bucket=sa.bindparam("p_bucket"))
+
 
 _PROCESSED_IN = sa.select(processed_events.c.event_id).where(
     processed_events.c.event_id.in_(sa.bindparam("p_ids", expanding=True)))
@@ -269,7 +284,7 @@ class DisbursementService:
     @staticmethod
     def _refuse_key_of_another(conn: sa.Connection, merchant_id: str, key_hash: str) -> None:
         # Checked before the insert: ON CONFLICT DO NOTHING would otherwise swallow the clash silently.
-        holder = conn.execute(sa.select(merchants.c.merchant_id).where(merchants.c.api_key_hash == key_hash)).scalar()
+        holder = repo.run(conn, _KEY_HOLDER, {"p_hash": key_hash}).scalar()
         if holder is not None and holder != merchant_id:
             raise ApiKeyInUse("this API key is already assigned to another merchant")
 
@@ -295,7 +310,7 @@ class DisbursementService:
         """The merchant owning `api_key`, comparing hashes in constant time."""
         digest = hash_api_key(api_key)
         with self.engine.connect() as conn:
-            row = conn.execute(_BY_API_KEY, {"p_hash": digest}).first()
+            row = repo.run(conn, _BY_API_KEY, {"p_hash": digest}).first()
         if row is None or not hmac.compare_digest(str(row.api_key_hash), digest):
             return None
         return str(row.merchant_id)
@@ -308,7 +323,7 @@ class DisbursementService:
         return self.settings.kill_switch or repo.get_control(conn, KILL_KEY) == "1"
 
     def _merchant(self, conn: sa.Connection, merchant_id: str) -> Any:
-        row = conn.execute(_MERCHANT, {"p_merchant": merchant_id}).first()
+        row = repo.run(conn, _MERCHANT, {"p_merchant": merchant_id}).first()
         if row is None:
             raise KeyError(f"unknown merchant {merchant_id!r}")
         return row
@@ -417,7 +432,7 @@ class DisbursementService:
         ids = list({e["id"] for e in events if isinstance(e, dict) and "id" in e})
         seen: set[str] = set()
         for i in range(0, len(ids), 500):
-            seen.update(conn.execute(_PROCESSED_IN, {"p_ids": ids[i:i + 500]}).scalars())
+            seen.update(repo.run(conn, _PROCESSED_IN, {"p_ids": ids[i:i + 500]}).scalars())
         return seen
 
     def _handlers(self) -> dict[str, Any]:
@@ -452,8 +467,8 @@ class DisbursementService:
         data = event["data"]
         self._ensure_merchant(conn, mid, data.get("currency"))
         values = {k: data[k] for k in ("currency", "status") if k in data}
-        if values:
-            conn.execute(sa.update(merchants).where(merchants.c.merchant_id == mid).values(**values))
+        if values:  # the columns set are the keys given
+            repo.run(conn, _UPDATE_MERCHANT, {"p_merchant": mid, **values})
 
     def _on_credit_limit(self, conn: sa.Connection, event: dict[str, Any], mid: str, at: datetime) -> None:
         data = event["data"]
@@ -471,7 +486,7 @@ class DisbursementService:
         amount, fee = Money.from_json(data["amount"]), Money.from_json(data["fee"])
         self._ensure_merchant(conn, mid, amount.currency)
         # One open offer per merchant: a fresh one replaces the stale one.
-        conn.execute(_SUPERSEDE_OPEN, {"p_merchant": mid})
+        repo.run(conn, _SUPERSEDE_OPEN, {"p_merchant": mid})
         repo.insert_ignore(conn, offers, {
             "offer_id": data["offer_id"], "merchant_id": mid, "state": OfferState.OPEN.value,
             "currency": amount.currency, "amount": amount.amount, "fee": fee.amount, "apr": str(data["apr"]),
@@ -481,7 +496,7 @@ class DisbursementService:
         self._outbox().emit(conn, topic=None, event=event)
 
     def _on_offer_withdrawn(self, conn: sa.Connection, event: dict[str, Any], mid: str, at: datetime) -> None:
-        conn.execute(_WITHDRAW_OPEN, {"p_offer": event["data"]["offer_id"], "p_merchant": mid})
+        repo.run(conn, _WITHDRAW_OPEN, {"p_offer": event["data"]["offer_id"], "p_merchant": mid})
         self._outbox().emit(conn, topic=None, event=event)
 
     # ----------------------------------------------------------------- acceptance
@@ -514,7 +529,7 @@ class DisbursementService:
             return AcceptResult(200, view)
         if paid:
             with self.engine.connect() as conn:
-                stored = conn.execute(_STORED_ANSWER, {"p_merchant": cmd.merchant_id,
+                stored = repo.run(conn, _STORED_ANSWER, {"p_merchant": cmd.merchant_id,
                                                        "p_key": cmd.idempotency_key}).one()
             return AcceptResult(stored.status_code, stored.response)
         return first
@@ -527,7 +542,7 @@ class DisbursementService:
         return _error(409, "offer_already_accepted", "this offer has already been accepted")
 
     def _stored_answer(self, conn: sa.Connection, cmd: AcceptOffer) -> AcceptResult | None:
-        row = conn.execute(_STORED, {"p_merchant": cmd.merchant_id, "p_key": cmd.idempotency_key}).first()
+        row = repo.run(conn, _STORED, {"p_merchant": cmd.merchant_id, "p_key": cmd.idempotency_key}).first()
         if row is None:
             return None
         if row.offer_id != cmd.offer_id:
@@ -535,7 +550,7 @@ class DisbursementService:
         return AcceptResult(row.status_code, row.response, replayed=True)
 
     def _remember(self, conn: sa.Connection, cmd: AcceptOffer, result: AcceptResult) -> AcceptResult:
-        conn.execute(_INSERT_IDEMPOTENCY, {
+        repo.run(conn, _INSERT_IDEMPOTENCY, {
             "merchant_id": cmd.merchant_id, "key": cmd.idempotency_key, "offer_id": cmd.offer_id,
             "status_code": result.status_code, "response": result.body, "created_at": self.clock()})
         return result
@@ -545,7 +560,7 @@ class DisbursementService:
             stored = self._stored_answer(conn, cmd)
             if stored is not None:
                 return stored, None
-            offer = conn.execute(_OFFER.with_for_update() if self._pg else _OFFER, {"p_offer": cmd.offer_id}).first()
+            offer = repo.run(conn, _OFFER.with_for_update() if self._pg else _OFFER, {"p_offer": cmd.offer_id}).first()
             if offer is None or offer.merchant_id != cmd.merchant_id:
                 # Same answer whether the offer does not exist or belongs to someone else.
                 return self._remember(conn, cmd, _error(404, "offer_not_found", "no such offer")), None
@@ -559,13 +574,13 @@ class DisbursementService:
     def _facts(self, conn: sa.Connection, offer: Any, now: datetime) -> tuple[AcceptanceFacts, int | None]:
         """The acceptance facts, and the id of the limit row `available` was read from."""
         merchant = self._merchant(conn, offer.merchant_id)
-        delinquent = conn.execute(_BAD_LOANS, {"p_merchant": offer.merchant_id}).scalar_one()
-        taken = conn.execute(_OFFER_TAKEN, {"p_offer": offer.offer_id}).scalar_one()
+        delinquent = repo.run(conn, _BAD_LOANS, {"p_merchant": offer.merchant_id}).scalar_one()
+        taken = repo.run(conn, _OFFER_TAKEN, {"p_offer": offer.offer_id}).scalar_one()
         state = OfferState.ACCEPTED if taken else OfferState(offer.state)
         available, limit_id = self._available(conn, offer.merchant_id)
         financed: tuple[str, ...] = ()
         if offer.order_ids:
-            rows = conn.execute(_FINANCED_IN, {"p_merchant": offer.merchant_id, "p_orders": list(offer.order_ids)})
+            rows = repo.run(conn, _FINANCED_IN, {"p_merchant": offer.merchant_id, "p_orders": list(offer.order_ids)})
             financed = tuple(sorted({str(r.order_id) for r in rows}))
         return AcceptanceFacts(
             offer_state=state, offer_amount=Money(offer.amount, offer.currency), expires_at=offer.expires_at,
@@ -575,10 +590,10 @@ class DisbursementService:
 
     def _available(self, conn: sa.Connection, merchant_id: str) -> tuple[Money | None, int | None]:
         """Latest available limit minus principal accepted since that limit arrived."""
-        lim = conn.execute(_LATEST_LIMIT, {"p_merchant": merchant_id}).first()
+        lim = repo.run(conn, _LATEST_LIMIT, {"p_merchant": merchant_id}).first()
         if lim is None:
             return None, None
-        since = conn.execute(_ACCEPTED_SINCE, {"p_merchant": merchant_id, "p_limit": lim.id}).scalar_one()
+        since = repo.run(conn, _ACCEPTED_SINCE, {"p_merchant": merchant_id, "p_limit": lim.id}).scalar_one()
         return Money(lim.available_amount - int(since), lim.currency), int(lim.id)
 
     def _open_loan(self, conn: sa.Connection, offer: Any, now: datetime, limit_id: int | None) -> Any:
@@ -590,11 +605,11 @@ class DisbursementService:
                "fee": offer.fee, "principal_due": offer.amount, "fee_due": offer.fee, "apr": offer.apr,
                "due_at": offer.due_at, "accepted_at": now, "limit_id": limit_id, "dpd": 0,
                "order_ids": list(offer.order_ids)}
-        conn.execute(_INSERT_LOAN, row)
+        repo.run(conn, _INSERT_LOAN, row)
         repo.post_entry(conn, ledger.disbursement(f"disbursement:{loan_id}", loan_id, principal, fee),
                         offer.merchant_id, now)
         self._finance_orders(conn, loan_id, offer, principal + fee)
-        conn.execute(_ACCEPT_OFFER, {"p_offer": offer.offer_id})
+        repo.run(conn, _ACCEPT_OFFER, {"p_offer": offer.offer_id})
         self._outbox().new(conn, topic=topics.LOANS, etype="loan_offer.accepted", merchant_id=offer.merchant_id,
                            data={"offer_id": offer.offer_id, "loan_id": loan_id, "accepted_at": format_rfc3339(now)},
                            time=now, event_id=deterministic_id("loan_offer.accepted", offer.offer_id))
@@ -609,7 +624,7 @@ class DisbursementService:
         share, rest = divmod(owed.amount, len(order_ids))
         rows = [{"order_id": oid, "loan_id": loan_id, "merchant_id": offer.merchant_id, "state": "open",
                  "expected": given.get(oid, share + (rest if i == 0 else 0))} for i, oid in enumerate(order_ids)]
-        conn.execute(_INSERT_FINANCED, rows)
+        repo.run(conn, _INSERT_FINANCED, rows)
 
     # ----------------------------------------------------------------- payout
     def _drive_payout(self, loan_id: str) -> bool:
@@ -623,7 +638,7 @@ class DisbursementService:
         paying (the payout is idempotent per loan; the state is checked again, locked, before any write)."""
         if accepted is None:
             with self.engine.connect() as conn:
-                loan = conn.execute(_LOAN, {"p_loan": loan_id}).one()
+                loan = repo.run(conn, _LOAN, {"p_loan": loan_id}).one()
             if loan.state != LoanState.ACCEPTED.value:
                 return True, None
             accepted = (loan.merchant_id, loan.principal, loan.currency)
@@ -634,21 +649,21 @@ class DisbursementService:
             log.warning("payout of %s failed, recovery will retry: %s", loan_id, exc)
             return False, None
         with self._tx() as conn:
-            loan = conn.execute(_LOAN.with_for_update() if self._pg else _LOAN, {"p_loan": loan_id}).one()
+            loan = repo.run(conn, _LOAN.with_for_update() if self._pg else _LOAN, {"p_loan": loan_id}).one()
             if loan.state != LoanState.ACCEPTED.value:
                 return True, None
             now = self.clock()
-            conn.execute(_INSERT_PAYOUT, {"payout_id": payout_id, "loan_id": loan_id, "merchant_id": loan.merchant_id,
+            repo.run(conn, _INSERT_PAYOUT, {"payout_id": payout_id, "loan_id": loan_id, "merchant_id": loan.merchant_id,
                                           "amount": loan.principal, "currency": loan.currency, "created_at": now})
             transition(LoanState(loan.state), LoanState.DISBURSED)
-            conn.execute(_LOAN_DISBURSED, {"p_loan": loan_id, "p_payout": payout_id, "p_at": now})
+            repo.run(conn, _LOAN_DISBURSED, {"p_loan": loan_id, "p_payout": payout_id, "p_at": now})
             self._outbox().new(conn, topic=topics.LOANS, etype="loan.disbursed", merchant_id=loan.merchant_id, data={
                 "loan_id": loan_id, "offer_id": loan.offer_id, "principal": repo.money(loan.principal, loan.currency),
                 "fee": repo.money(loan.fee, loan.currency), "due_at": format_rfc3339(loan.due_at),
                 "payout_id": payout_id, "order_ids": list(loan.order_ids)}, time=now, event_id=deterministic_id("loan.disbursed", loan_id))
             view = repo.loan_view(SimpleNamespace(**{**loan._asdict(), "state": LoanState.DISBURSED.value,
                                                      "payout_id": payout_id, "disbursed_at": now}))
-            conn.execute(_ANSWER_DISBURSED, {"p_offer": loan.offer_id, "p_response": view})
+            repo.run(conn, _ANSWER_DISBURSED, {"p_offer": loan.offer_id, "p_response": view})
             self._refresh_instruction(conn, loan.merchant_id, now, f"disbursed:{loan_id}")
         self.metrics.disbursed.labels(loan.currency).inc(loan.principal)
         return True, view
@@ -690,13 +705,13 @@ class DisbursementService:
         earmarks: dict[str, Money] = {}
         if paid_for:
             params = {"p_merchant": mid, "p_orders": list(paid_for)}
-            rows = conn.execute(_FINANCED_IN, params).all()
+            rows = repo.run(conn, _FINANCED_IN, params).all()
             for r in rows:  # a financed order's payout belongs to its own loan first
                 amount = paid_for[r.order_id]
                 mark = Money(amount if amount is not None else r.expected, withheld.currency)
                 earmarks[r.loan_id] = earmarks[r.loan_id] + mark if r.loan_id in earmarks else mark
             if rows:
-                conn.execute(_SETTLE_FINANCED, params)
+                repo.run(conn, _SETTLE_FINANCED, params)
         open_ = repo.open_loans(conn, mid, lock=True)
         order = AllocationOrder(self.settings.allocation_order)
         alloc = coll.allocate(withheld, [ln for ln in open_ if ln.remaining.currency == withheld.currency],
@@ -713,13 +728,13 @@ class DisbursementService:
 
     def _apply_repayment(self, conn: sa.Connection, mid: str, loan_id: str, settlement_id: str,
                          fee: Money, principal: Money, at: datetime) -> None:
-        loan = conn.execute(_LOAN, {"p_loan": loan_id}).one()
+        loan = repo.run(conn, _LOAN, {"p_loan": loan_id}).one()
         repo.post_entry(conn, ledger.repayment(f"repayment:{loan_id}:{settlement_id}", loan_id, fee, principal), mid, at)
         p_due, f_due = loan.principal_due - principal.amount, loan.fee_due - fee.amount
         target = LoanState.REPAID if p_due == 0 and f_due == 0 else (
             LoanState.DELINQUENT if loan.state == LoanState.DELINQUENT.value else LoanState.REPAYING)
         transition(LoanState(loan.state), target)
-        conn.execute(_LOAN_REPAID_PART, {"p_loan": loan_id, "p_principal_due": p_due, "p_fee_due": f_due,
+        repo.run(conn, _LOAN_REPAID_PART, {"p_loan": loan_id, "p_principal_due": p_due, "p_fee_due": f_due,
                                          "p_state": target.value,
                                          "p_closed_at": at if target is LoanState.REPAID else None})
         ob = self._outbox()
@@ -735,7 +750,7 @@ class DisbursementService:
     def _on_order_shortfall(self, conn: sa.Connection, event: dict[str, Any], mid: str, at: datetime) -> None:
         """A refunded or cancelled financed order will not repay its loan: the withhold must cover it."""
         data = event["data"]
-        rows = conn.execute(_FINANCED_ORDER, {"p_merchant": mid, "p_order": data["order_id"]}).all()
+        rows = repo.run(conn, _FINANCED_ORDER, {"p_merchant": mid, "p_order": data["order_id"]}).all()
         if not rows:
             return
         for row in rows:
@@ -743,14 +758,14 @@ class DisbursementService:
                 left = 0
             else:
                 left = max(0, row.expected - Money.from_json(data["amount"]).amount)
-            conn.execute(_SET_FINANCED, {
+            repo.run(conn, _SET_FINANCED, {
                 "p_order": row.order_id, "p_loan": row.loan_id, "p_expected": left,
                 "p_state": "open" if left else ("cancelled" if event["type"] == "order.cancelled" else "refunded")})
         self._refresh_instruction(conn, mid, at, f"{event['type']}:{event['id']}")
 
     def _refresh_instruction(self, conn: sa.Connection, mid: str, at: datetime, cause: str) -> None:
         """Publish collection.instruction when what the merchant owes (or the rate) changed."""
-        merchant = conn.execute(_INSTRUCTION_STATE, {"p_merchant": mid}).first()  # two columns, not the row
+        merchant = repo.run(conn, _INSTRUCTION_STATE, {"p_merchant": mid}).first()  # two columns, not the row
         if merchant is None:
             raise KeyError(f"unknown merchant {mid!r}")
         open_ = repo.open_loans(conn, mid)
@@ -763,12 +778,12 @@ class DisbursementService:
         data = {"owed": ins.owed.to_json(), "withhold_rate_bps": ins.withhold_rate_bps, "loan_ids": list(ins.loan_ids)}
         if ins.loan_ids:
             # Receivables still financed: the marketplace withholds their payouts first, in full (up to owed).
-            financed = conn.execute(_FINANCED_OPEN, {"p_merchant": mid, "p_loans": list(ins.loan_ids)}
+            financed = repo.run(conn, _FINANCED_OPEN, {"p_merchant": mid, "p_loans": list(ins.loan_ids)}
                                     ).scalars().all()
             data["financed_order_ids"] = list(financed)
         if merchant.last_instruction == data or (merchant.last_instruction is None and ins.owed.is_zero()):
             return
-        conn.execute(_SET_INSTRUCTION, {"p_merchant": mid, "p_instruction": data})
+        repo.run(conn, _SET_INSTRUCTION, {"p_merchant": mid, "p_instruction": data})
         self._outbox().new(conn, topic=topics.COLLECTIONS, etype="collection.instruction", merchant_id=mid,
                            data=data, time=at, event_id=deterministic_id("collection.instruction", mid, cause))
 
@@ -778,22 +793,19 @@ class DisbursementService:
         touched: set[str] = set()
         with self._tx() as conn:
             self._expire_offers(conn, now)
-            q = sa.select(loans).where(loans.c.state.in_([s.value for s in OPEN_STATES]), loans.c.due_at < now)
             dpd_only: list[dict[str, Any]] = []  # loans whose only change is the day count: one executemany
-            for loan in conn.execute(q.with_for_update() if self._pg else q).all():
+            for loan in repo.run(conn, _OVERDUE_LOCKED if self._pg else _OVERDUE, {"p_now": now}).all():
                 if self._age_loan(conn, loan, now, dpd_only):
                     touched.add(loan.merchant_id)
             if dpd_only:
-                conn.execute(_SET_DPD, dpd_only)
+                repo.run(conn, _SET_DPD, dpd_only)
             for mid in sorted(touched):
                 self._refresh_instruction(conn, mid, now, f"aging:{format_rfc3339(now)}")
         self._after_commit()
 
     def _expire_offers(self, conn: sa.Connection, now: datetime) -> None:
-        q = sa.select(offers.c.offer_id, offers.c.merchant_id).where(
-            offers.c.state == OfferState.OPEN.value, offers.c.expires_at <= now)
-        for offer_id, mid in conn.execute(q).all():
-            conn.execute(sa.update(offers).where(offers.c.offer_id == offer_id).values(state=OfferState.EXPIRED.value))
+        for offer_id, mid in repo.run(conn, _EXPIRING, {"p_now": now}).all():
+            repo.run(conn, _EXPIRE_OFFER, {"p_offer": offer_id})
             self._outbox().new(conn, topic=None, etype="loan_offer.expired", merchant_id=mid,
                                data={"offer_id": offer_id, "reasons": [{"code": "expired", "text": "offer expired"}]},
                                time=now, event_id=deterministic_id("loan_offer.expired", offer_id))
@@ -807,8 +819,7 @@ class DisbursementService:
             repo.post_entry(conn, ledger.charge_off(f"charge_off:{loan.loan_id}", loan.loan_id,
                                                     Money(loan.principal_due, loan.currency),
                                                     Money(loan.fee_due, loan.currency)), loan.merchant_id, now)
-            conn.execute(sa.update(loans).where(loans.c.loan_id == loan.loan_id).values(
-                state=LoanState.CHARGED_OFF.value, dpd=dpd, principal_due=0, fee_due=0, closed_at=now))
+            repo.run(conn, _CHARGE_OFF, {"p_loan": loan.loan_id, "p_dpd": dpd, "p_at": now})
             ob.new(conn, topic=topics.LOANS, etype="loan.charged_off", merchant_id=loan.merchant_id,
                    data={"loan_id": loan.loan_id, "amount": remaining}, time=now,
                    event_id=deterministic_id("loan.charged_off", loan.loan_id))
@@ -820,8 +831,7 @@ class DisbursementService:
                 dpd_only.append({"p_loan": loan.loan_id, "p_dpd": dpd})
             return False
         transition(LoanState(loan.state), LoanState.DELINQUENT)
-        conn.execute(sa.update(loans).where(loans.c.loan_id == loan.loan_id).values(
-            state=LoanState.DELINQUENT.value, dpd=dpd, bucket=name))
+        repo.run(conn, _SET_DELINQUENT, {"p_loan": loan.loan_id, "p_dpd": dpd, "p_bucket": name})
         ob.new(conn, topic=topics.LOANS, etype="loan.delinquent", merchant_id=loan.merchant_id, data={
             "loan_id": loan.loan_id, "days_past_due": dpd, "bucket": name, "remaining": remaining}, time=now,
             event_id=deterministic_id("loan.delinquent", loan.loan_id, name))

@@ -18,6 +18,7 @@ import orjson
 import sqlalchemy as sa
 
 from services.disbursement.adapters.orm import merchants, outbox, webhook_deliveries
+from services.disbursement.adapters.repository import run
 from services.disbursement.domain.webhooks_signing import backoff_seconds, headers
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ def relay_batch(svc: DisbursementService, limit: int) -> int:
         return len(rows)
     # SQLite: publish outside any transaction, since an in-process bus may call back into the service.
     with svc.engine.connect() as conn:
-        rows = conn.execute(q, params).all()
+        rows = run(conn, q, params).all()
     _publish(svc, rows)
     with svc._tx() as conn:
         _mark_sent(conn, svc, rows)
@@ -72,25 +73,30 @@ def _loads(payload: str) -> Any:
 
 def _mark_sent(conn: sa.Connection, svc: DisbursementService, rows: Sequence[Any]) -> None:
     if rows:
-        conn.execute(_MARK_SENT, {"p_ids": [r.id for r in rows], "p_at": svc.clock()})
+        run(conn, _MARK_SENT, {"p_ids": [r.id for r in rows], "p_at": svc.clock()})
+
+
+_DUE = (
+    sa.select(webhook_deliveries.c.id, webhook_deliveries.c.msg_id, webhook_deliveries.c.payload,
+              webhook_deliveries.c.attempts, webhook_deliveries.c.merchant_id)
+    .join(merchants, merchants.c.merchant_id == webhook_deliveries.c.merchant_id)
+    .where(webhook_deliveries.c.state == "pending",
+           webhook_deliveries.c.next_attempt_at <= sa.bindparam("p_now", type_=webhook_deliveries.c.next_attempt_at.type),
+           merchants.c.webhook_enabled.is_(True))
+    .order_by(webhook_deliveries.c.next_attempt_at, webhook_deliveries.c.id)
+    .limit(sa.bindparam("p_limit", type_=sa.Integer))
+)
+_DUE_LOCKED = _DUE.with_for_update(skip_locked=True, of=webhook_deliveries)
+_LEASE = sa.update(webhook_deliveries).where(webhook_deliveries.c.id.in_(sa.bindparam("p_ids", expanding=True))).values(
+    next_attempt_at=sa.bindparam("p_until", type_=webhook_deliveries.c.next_attempt_at.type))
 
 
 def _claim(svc: DisbursementService, now: datetime, limit: int) -> Sequence[Any]:
-    q = (
-        sa.select(webhook_deliveries.c.id, webhook_deliveries.c.msg_id, webhook_deliveries.c.payload,
-                  webhook_deliveries.c.attempts, webhook_deliveries.c.merchant_id)
-        .join(merchants, merchants.c.merchant_id == webhook_deliveries.c.merchant_id)
-        .where(webhook_deliveries.c.state == "pending", webhook_deliveries.c.next_attempt_at <= now,
-               merchants.c.webhook_enabled.is_(True))
-        .order_by(webhook_deliveries.c.next_attempt_at, webhook_deliveries.c.id).limit(limit)
-    )
-    if svc.engine.dialect.name == "postgresql":
-        q = q.with_for_update(skip_locked=True, of=webhook_deliveries)
+    q = _DUE_LOCKED if svc.engine.dialect.name == "postgresql" else _DUE
     with svc._tx() as conn:
-        rows = conn.execute(q).all()
+        rows: Sequence[Any] = run(conn, q, {"p_now": now, "p_limit": limit}).all()
         if rows:
-            conn.execute(sa.update(webhook_deliveries).where(webhook_deliveries.c.id.in_([r.id for r in rows]))
-                         .values(next_attempt_at=now + CLAIM_LEASE))
+            run(conn, _LEASE, {"p_ids": [r.id for r in rows], "p_until": now + CLAIM_LEASE})
     return rows
 
 
@@ -107,10 +113,15 @@ def dispatch(svc: DisbursementService, now: datetime, limit: int = 100) -> int:
     return len(rows)
 
 
+_ENDPOINTS = sa.select(merchants.c.merchant_id, merchants.c.webhook_url, merchants.c.webhook_secrets).where(
+    merchants.c.merchant_id.in_(sa.bindparam("p_merchants", expanding=True)))
+_RESET_FAILURES = sa.update(merchants).where(merchants.c.merchant_id.in_(sa.bindparam("p_merchants", expanding=True)),
+                                             merchants.c.webhook_failures != 0).values(webhook_failures=0)
+
+
 def _endpoints(svc: DisbursementService, merchant_ids: set[str]) -> dict[str, Any]:
     with svc.engine.connect() as conn:
-        found = conn.execute(sa.select(merchants.c.merchant_id, merchants.c.webhook_url, merchants.c.webhook_secrets)
-                             .where(merchants.c.merchant_id.in_(sorted(merchant_ids)))).all()
+        found = run(conn, _ENDPOINTS, {"p_merchants": sorted(merchant_ids)}).all()
     return {m.merchant_id: m for m in found}
 
 
@@ -172,11 +183,10 @@ def _record(conn: sa.Connection, svc: DisbursementService, rows: Sequence[Any],
         if disable:
             log.warning("webhook endpoint of merchant %s disabled after %d failures", row.merchant_id, state[0])
     if delivered:
-        conn.execute(_DELIVERED, delivered)
+        run(conn, _DELIVERED, delivered)
     healthy = sorted(m for m, (failures, enabled) in endpoint.items() if failures == 0 and enabled is None)
     if healthy:  # every attempt succeeded: reset the failure count, in one statement
-        conn.execute(sa.update(merchants).where(merchants.c.merchant_id.in_(healthy),
-                                                merchants.c.webhook_failures != 0).values(webhook_failures=0))
+        run(conn, _RESET_FAILURES, {"p_merchants": healthy})
     for merchant_id, (failures, enabled) in endpoint.items():
         if failures == 0 and enabled is None:
             continue

@@ -73,6 +73,7 @@ credit_limits = sa.Table(
     sa.Column("available_amount", sa.BigInteger, nullable=False),
     sa.Column("trigger_event_id", sa.String(128)),
     _ts("event_time"),
+    sa.Index("ix_credit_limits_merchant_time", "merchant_id", "event_time", "id"),
 )
 
 offers = sa.Table(
@@ -114,6 +115,7 @@ loans = sa.Table(
     sa.Column("bucket", sa.String(8)),
     sa.Column("order_ids", sa.JSON, nullable=False),
     sa.CheckConstraint("principal_due >= 0 AND fee_due >= 0", name="loans_dues_non_negative"),
+    sa.Index("ix_loans_merchant_state", "merchant_id", "state"),
 )
 
 financed_orders = sa.Table(
@@ -123,6 +125,7 @@ financed_orders = sa.Table(
     sa.Column("merchant_id", sa.String(128), nullable=False, index=True),
     sa.Column("expected", sa.BigInteger, nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
+    sa.Index("ix_financed_orders_merchant_state_order", "merchant_id", "state", "order_id"),
 )
 
 journal_entries = sa.Table(

@@ -9,7 +9,10 @@ import sqlalchemy as sa
 
 from services.common.timeutil import utc_now
 from services.disbursement.adapters.orm import sandbox_payouts
+from services.disbursement.adapters.repository import run
 from services.disbursement.ports import PayoutFailed, PayoutRequest
+
+_INSERT = sa.insert(sandbox_payouts)
 
 
 class SandboxRail:
@@ -26,7 +29,7 @@ class SandboxRail:
         }
         try:
             with self.engine.begin() as conn:
-                conn.execute(sa.insert(sandbox_payouts).values(**row))
+                run(conn, _INSERT, row)
         except sa.exc.IntegrityError:
             with self.engine.connect() as conn:
                 existing = conn.execute(
