@@ -21,6 +21,7 @@ file gives the same decisions.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 from collections import defaultdict, deque
@@ -285,7 +286,7 @@ class EmbeddedEngine:
         self.fleet = MerchantFleet(options.accept)
         self.fleet.now = lambda: self.now
         # Replays are history: the future-skew check compares with the replay clock, not the wall clock.
-        isettings = ingest_settings(buyer_hash_key=secrets.token_hex(32)) if _accepts_overrides(ingest_settings) \
+        isettings = ingest_settings(buyer_hash_key=EMBEDDED_BUYER_HASH_KEY) if _accepts_overrides(ingest_settings) \
             else ingest_settings()
         self.ingest = ingest_bootstrap(isettings, sink=BusSink(self.bus), dedupe=InMemoryDedupeStore(),
                                        clock=lambda: self.now, registry=reg)
@@ -528,6 +529,12 @@ def _withheld(event: dict[str, Any]) -> bool:
         return False
     withheld = (event.get("data") or {}).get("withheld") or {}
     return bool(withheld.get("amount"))
+
+
+# Same events, same decisions: the underwriter keeps short hashes of the (keyed-hashed) buyer ids, so a key drawn
+# per run let a collision under one key and not another move a feature, a PD and a reason code between two runs
+# of one file. A fixed key is safe here: buyer hashes live only in this process (no emitted event carries one).
+EMBEDDED_BUYER_HASH_KEY = hashlib.sha256(b"floatbridge embedded engine buyer-hash key").hexdigest()
 
 
 def _accepts_overrides(fn: Callable[..., Any]) -> bool:
