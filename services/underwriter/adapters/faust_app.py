@@ -267,7 +267,10 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
         if stamp > newest["ts"] or len(pending) == 1:
             newest["ts"] = stamp
         if len(pending) >= settings.batch_max:
-            await run_batch(commit=False)
+            # Shielded: this runs in Faust's fetch task, which a shutdown cancels; a batch cut off between its
+            # state writes and its decisions and acks would leave decisions unsent for records whose state
+            # already holds them. The batch finishes (and acks) in its own task; the fetch loop still stops.
+            await asyncio.shield(run_batch(commit=False))
 
     source_topics = {settings.marketplace_topic, settings.loans_topic}
     app.intake = (source_topics, take)
