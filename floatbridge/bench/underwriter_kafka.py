@@ -55,14 +55,19 @@ def raw_consumer_rate(bootstrap: str, topic: str, n: int) -> float:
     return (n - 1) / elapsed
 
 
-def events_counted(port: int) -> float:
-    """Events a worker has handled, read from its metrics endpoint (0 while it is not up yet)."""
+def metric_sum(port: int, prefix: str) -> float:
+    """The sum of a worker's /metrics samples whose line starts with `prefix` (0 while it is not up yet)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
             text = r.read().decode()
     except OSError:
         return 0.0
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(COUNTER))
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def events_counted(port: int) -> float:
+    """Events a worker has handled, read from its metrics endpoint (0 while it is not up yet)."""
+    return metric_sum(port, COUNTER)
 
 
 def _start_workers(bootstrap: str, app_id: str, topics: dict[str, str], workers: int,

@@ -31,9 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
-import orjson
-
-from schemas import topics
+from schemas import codec, topics
 from services.common.timeutil import parse_rfc3339
 
 EMITTED_TOPICS = (topics.CREDIT_LIMITS, topics.LOAN_OFFERS, topics.LOANS, topics.COLLECTIONS)
@@ -97,16 +95,7 @@ class BusSink:
     def publish(self, records: Iterable[Any]) -> None:
         for rec in records:
             topic = topics.MARKETPLACE_EVENTS if rec.kind == "event" else topics.INGEST_REJECTED
-            self.bus.publish(topic, rec.key, loads(rec.payload))
-
-
-def loads(payload: bytes | str) -> Any:
-    """json.loads for payloads this process just encoded: orjson when it can (several times faster, the
-    same values), json for what orjson refuses (integers beyond 64 bits, lone surrogate escapes)."""
-    try:
-        return orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return json.loads(payload)
+            self.bus.publish(topic, rec.key, codec.decode(rec.payload))
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from floatbridge.bench.underwriter_kafka import events_counted
+from floatbridge.bench.underwriter_kafka import events_counted, metric_sum
 from schemas import codec
 from services.underwriter.synthetic import Profile, history
 
@@ -277,18 +277,6 @@ def _rfc(when: datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def metric(port: int, name: str) -> float:
-    """One unlabelled sample of a worker's /metrics (0 while it is not up)."""
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-    except OSError:
-        return 0.0
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " "))
-
-
 def test_a_backlog_is_taken_in_full_batches_and_every_record_is_handled_once_with_its_offset_committed(
     kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
 ) -> None:
@@ -311,8 +299,8 @@ def test_a_backlog_is_taken_in_full_batches_and_every_record_is_handled_once_wit
         while events_counted(port) < len(events) and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
         handled = events_counted(port)
-        batches = metric(port, "floatbridge_underwriter_batch_records_count")
-        records = metric(port, "floatbridge_underwriter_batch_records_sum")
+        batches = metric_sum(port, "floatbridge_underwriter_batch_records_count ")
+        records = metric_sum(port, "floatbridge_underwriter_batch_records_sum ")
         deadline = time.monotonic() + 30
         while committed(env.kafka, env.app_id, env.topics["market"]) < len(events) and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -446,18 +446,7 @@ def attach_faust_sensor(app: Any, registry: Any) -> None:
     metrics = FaustMetrics.create(registry, "floatbridge_underwriter_faust")  # a NamedTuple of metrics
     metrics = metrics._replace(**{name: _LabelCache(getattr(metrics, name)) for name in metrics._fields
                                   if getattr(getattr(metrics, name), "_labelnames", ())})
-    monitor = PrometheusMonitor(metrics=metrics)
-    labels: dict[int, str] = {}
-    stream_label = monitor._stream_label
-
-    def cached_stream_label(stream: Any) -> str:  # normalised from the stream's label on every event
-        label = labels.get(id(stream))
-        if label is None:
-            label = labels[id(stream)] = stream_label(stream)
-        return label
-
-    monitor._stream_label = cached_stream_label  # type: ignore[method-assign]
-    app.monitor = monitor
+    app.monitor = PrometheusMonitor(metrics=metrics)
 
 
 def use_event_loop(choice: str) -> str:
