@@ -25,6 +25,7 @@ class UnderwriterSettings:
     loans_topic: str = field(default=topics.LOANS, metadata={"doc": "input: loan lifecycle events"})
     limits_topic: str = field(default=topics.CREDIT_LIMITS, metadata={"doc": "output: credit_limit.updated"})
     offers_topic: str = field(default=topics.LOAN_OFFERS, metadata={"doc": "output: loan_offer.created/withdrawn"})
+    rejected_topic: str = field(default=topics.INGEST_REJECTED, metadata={"doc": "output: dead letters (ingest.rejected) of input records the worker cannot apply"})
     model_registry: str = field(default=DEFAULT_REGISTRY, metadata={"doc": "model registry folder (CHAMPION file + versions)"})
     challenger: str = field(default="", metadata={"doc": "registry version to shadow-score beside the champion (empty: none)"})
     debounce_seconds: int = field(default=30, metadata={"doc": "rescore a merchant at most this often (event time) unless the event is material; a debounced merchant is saved as pending, so a restarted or new worker still decides it"})

@@ -311,3 +311,48 @@ def test_a_backlog_is_taken_in_full_batches_and_every_record_is_handled_once_wit
     assert records == len(events)
     assert batches and records / batches >= 200, f"{records:.0f} records in {batches:.0f} batches"
     assert done == len(events)
+
+
+def test_poison_records_on_the_input_topic_are_dead_lettered_and_the_worker_keeps_deciding(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+
+    env = Env(kafka_bootstrap, unique_name, tmp_path)
+    rejected = env.topics["market"] + ".rejected"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="test-underwriter")
+    admin.create_topics([_new_topic(rejected)])
+    admin.close()
+    events = history("m-poison", START, 20, Profile(orders_per_day=3))
+    float_money = codec.new_event("order.placed", "m-poison", {
+        "order_id": "o-float", "buyer_id": "raw.buyer@example.com", "amount": {"amount": 99.5, "currency": "BRL"}},
+        events[10]["time"], "marketplace", id="ev-float")
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    for i, e in enumerate(events):
+        producer.send(env.topics["market"], key=b"m-poison", value=codec.encode(e))
+        if i == 10:  # poison in the middle of the merchant's own partition
+            for value in (b"[1, 2, 3]", b"{not json", codec.encode(float_money)):
+                producer.send(env.topics["market"], key=b"m-poison", value=value)
+    producer.flush(timeout=30)
+    producer.close()
+    proc = env.start(1, {"FLOATBRIDGE_UNDERWRITER_REJECTED_TOPIC": rejected})
+    last = events[-1]["id"]
+    try:
+        env.wait_for(lambda s: any(e["data"].get("trigger_event_id") == last for e in limits(s)), proc, 1)
+        dead: list[dict[str, Any]] = []
+        reader = KafkaConsumer(rejected, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
+                               group_id=None, consumer_timeout_ms=1000)
+        deadline = time.monotonic() + 30
+        while len(dead) < 3 and time.monotonic() < deadline:
+            dead += [json.loads(m.value) for m in reader]
+        reader.close()
+    finally:
+        stop(proc)
+    assert len(dead) == 3, dead
+    for ev in dead:
+        assert codec.validate(ev) == [], ev
+        assert "raw.buyer@example.com" not in json.dumps(ev)
+        assert ev["data"]["source"] == f"kafka:{env.topics['market']}"
+    offsets = sorted(ev["data"]["offset"] for ev in dead)
+    assert offsets == list(range(offsets[0], offsets[0] + 3))  # the three consecutive poison records
+    assert {ev["data"].get("event_id") for ev in dead} == {None, "ev-float"}

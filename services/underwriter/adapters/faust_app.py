@@ -22,7 +22,7 @@ from typing import Any
 import faust
 from faust.streams import _current_event  # the context Faust tables read the current partition from
 
-from schemas import codec, topics
+from schemas import codec, dead_letter, topics
 from services.underwriter.adapters import faust_intake
 from services.underwriter.bootstrap import bootstrap
 from services.underwriter.settings import UnderwriterSettings
@@ -211,10 +211,13 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
     uw = bootstrap(settings=settings, state_store=store, portfolio=portfolio, **bootstrap_kwargs)
     clock: dict[str, float] = {"event": 0.0, "wall": 0.0}
 
+    rejected_topic = app.topic(settings.rejected_topic, **raw)
+    route = {"credit_limit.updated": limits_topic, dead_letter.REJECTED_TYPE: rejected_topic}
+
     async def emit(events: list[dict[str, Any]]) -> None:
         # Topic.send only appends to the producer's buffer (no round trip per decision).
         for ev in events:
-            topic = limits_topic if ev["type"] == "credit_limit.updated" else offers_topic
+            topic = route.get(ev["type"], offers_topic)
             await topic.send(key=ev["subject"].encode("utf-8"), value=codec.encode(ev), key_serializer="raw",
                              value_serializer="raw")
 
@@ -379,24 +382,33 @@ def process(uw: Any, event: Any, clock: dict[str, float], store: TableStore | No
 
 def process_batch(uw: Any, store: TableStore | None, batch: list[Any],
                   clock: dict[str, float]) -> list[dict[str, Any]]:
-    """Decode and handle a batch of records; undecodable or inapplicable records are logged and skipped.
+    """Decode and handle a batch of records; returns the events to emit.
+
+    A record that cannot be applied (not JSON, not a JSON object, a type that does not belong on its topic, or
+    refused by the core) is logged, counted and kept: its dead letter (`ingest.rejected`, see
+    schemas.dead_letter) is among the events returned, so it is produced before the record is acked.
 
     Each record's input position ("topic:partition", offset) goes with it, so records that the restored
     state already holds are skipped exactly (see Underwriter.handle_batch)."""
     evs: list[dict[str, Any]] = []
     kept: list[Any] = []
     positions: list[tuple[str, int]] = []
+    dead: list[dict[str, Any]] = []
     for event in batch:
         msg = event.message
         try:
             ev = codec.decode(event.value)
-            allowed = topics.types_on(msg.topic)
-            if allowed is not None and isinstance(ev, dict) and ev.get("type") not in allowed:
-                raise ValueError(f"type {str(ev.get('type'))[:64]!r} does not belong on {msg.topic}")
-        except (codec.EventInvalid, KeyError, TypeError, ValueError) as exc:
-            log.warning("skipping record at %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, exc)
+        except codec.EventInvalid as exc:
+            dead.append(_dead_letter(uw, event, "decode", str(exc)))
             continue
-        subject = ev.get("subject") if isinstance(ev, dict) else None
+        if not isinstance(ev, dict):
+            dead.append(_dead_letter(uw, event, "decode", f"not a CloudEvent: a JSON {type(ev).__name__}, not an object"))
+            continue
+        allowed = topics.types_on(msg.topic)
+        if allowed is not None and ev.get("type") not in allowed:
+            dead.append(_dead_letter(uw, event, "type", f"type {str(ev.get('type'))[:64]!r} does not belong on {msg.topic}", ev))
+            continue
+        subject = ev.get("subject")
         if store is not None and isinstance(subject, str) and subject:
             store.remember(subject, event)
         evs.append(ev)
@@ -405,10 +417,12 @@ def process_batch(uw: Any, store: TableStore | None, batch: list[Any],
     out: list[dict[str, Any]]
     out, errors = uw.handle_batch(evs, positions)
     for index, error in errors:
-        msg = kept[index].message
-        log.warning("skipping record at %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, error)
+        dead.append(_dead_letter(uw, kept[index], "apply", str(error), evs[index]))
     latest = None
-    for ev in evs:
+    failed = {index for index, _ in errors}  # a refused event (a year-9999 time) must not move the clock
+    for index, ev in enumerate(evs):
+        if index in failed:
+            continue
         try:
             ts = datetime.fromisoformat(ev["time"].replace("Z", "+00:00")).timestamp()
         except (KeyError, TypeError, ValueError, AttributeError):
@@ -416,7 +430,19 @@ def process_batch(uw: Any, store: TableStore | None, batch: list[Any],
         latest = ts if latest is None else max(latest, ts)
     if latest is not None and latest >= clock["event"]:
         clock["event"], clock["wall"] = latest, time.time()
-    return out
+    return out + dead if dead else out
+
+
+def _dead_letter(uw: Any, record: Any, stage: str, error: str, event: dict[str, Any] | None = None) -> dict[str, Any]:
+    msg = record.message
+    log.warning("dead-lettering record at %s[%s]@%s (%s): %s", msg.topic, msg.partition, msg.offset, stage, error)
+    count = getattr(uw.metrics, "rejected_record", None)
+    if count is not None:
+        count(stage)
+    ev = event or {}
+    return dead_letter.consumer_rejection(
+        record.value, error, consumer="underwriter", topic=msg.topic, partition=msg.partition, offset=msg.offset,
+        received_at=datetime.now(UTC), subject=ev.get("subject"), event_id=ev.get("id"), event_type=ev.get("type"))
 
 
 class _LabelCache:

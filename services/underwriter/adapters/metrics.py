@@ -49,6 +49,10 @@ class UnderwriterMetrics:
         self.batch_records = Histogram("floatbridge_underwriter_batch_records",
                                        "Records per batch the worker hands to the core (each merchant of a batch is scored once)",
                                        buckets=BATCH_BUCKETS, registry=r)
+        self.rejected = Counter("floatbridge_underwriter_records_rejected_total",
+                                "Input records the worker could not apply, sent to the dead-letter topic, by stage "
+                                "(decode: not a CloudEvent; type: not allowed on its topic; apply: refused by the core)",
+                                ["stage"], registry=r)
         self.kill_switch = Gauge("floatbridge_underwriter_kill_switch",
                                  "1 while the underwriter's kill switch pauses new offers", registry=r)
         self._rolling: RollingPSI | None = None
@@ -107,6 +111,9 @@ class UnderwriterMetrics:
     def shadow(self, agree: bool, diff: float) -> None:
         self.challenger.labels("agree" if agree else "disagree").inc()
         self.challenger_pd_diff.observe(diff)
+
+    def rejected_record(self, stage: str) -> None:
+        self.rejected.labels(stage).inc()
 
     def batch(self, records: int) -> None:
         self.batch_records.observe(records)
