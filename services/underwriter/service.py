@@ -30,7 +30,7 @@ records have waited longer than that already. The decision then reflects every e
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -72,8 +72,8 @@ MATERIAL = frozenset({
 
 
 class Metrics(Protocol):
-    def event(self, etype: str, outcome: str) -> None: ...
-    def lag(self, seconds: float) -> None: ...
+    def events(self, counts: Mapping[tuple[str, str], int]) -> None: ...
+    def lags(self, seconds: Sequence[float]) -> None: ...
     def processed(self, seconds: float) -> None: ...
     def scored(self, trigger: str, pd: float, limit: int) -> None: ...
     def decision(self, kind: str) -> None: ...
@@ -174,17 +174,22 @@ class Underwriter:
         moved: set[str] = set()  # merchants whose position advanced on a duplicate only: saved, not scored
         metrics = self.metrics
         debounce = self.settings.debounce_seconds
+        # Counted per batch, then handed to the metrics once: an update per event cost ~5% of the batch.
+        tally: dict[tuple[str, str], int] = {}
+        lags: list[float] = []
+        now = time.time()
         for index, event in enumerate(events):
             etype = str(event.get("type"))
             merchant_id = event.get("subject")
             if etype not in HANDLED or not isinstance(merchant_id, str) or not merchant_id:
-                metrics.event(etype if etype in HANDLED else "other", "ignored")
+                key = (etype if etype in HANDLED else "other", "ignored")
+                tally[key] = tally.get(key, 0) + 1
                 continue
             entry = touched.get(merchant_id)
             state = states.get(merchant_id) or states.setdefault(merchant_id, self._load(merchant_id))
             position = positions[index] if positions is not None else None
             if position is not None and state.already_applied(*position):
-                metrics.event(etype, "replayed")
+                tally[(etype, "replayed")] = tally.get((etype, "replayed"), 0) + 1
                 continue
             try:
                 ts = state.apply_ts(event)
@@ -192,20 +197,22 @@ class Underwriter:
                 self._hot.pop(merchant_id, None)  # the cached object may be half-updated: reload next time
                 if entry is None and merchant_id not in moved:
                     states.pop(merchant_id, None)
-                metrics.event(etype, "error")
+                tally[(etype, "error")] = tally.get((etype, "error"), 0) + 1
                 if not isinstance(exc, (StateError, KeyError, TypeError, ValueError)):
+                    metrics.events(tally)
+                    metrics.lags(lags)
                     raise
                 errors.append((index, exc))
                 continue
             if position is not None:
                 state.advance(*position)
             if ts is None:
-                metrics.event(etype, "duplicate")
+                tally[(etype, "duplicate")] = tally.get((etype, "duplicate"), 0) + 1
                 if position is not None:
                     moved.add(merchant_id)  # keep the advanced position
                 continue
-            metrics.event(etype, "applied")
-            metrics.lag(time.time() - ts)
+            tally[(etype, "applied")] = tally.get((etype, "applied"), 0) + 1
+            lags.append(now - ts)
             self._portfolio_effects(state, event)
             material = etype in MATERIAL
             due = material or ts - state.last_scored >= debounce
@@ -216,6 +223,8 @@ class Underwriter:
                 entry[2] = entry[2] or material
                 if ts >= entry[4]:
                     entry[4], entry[5] = ts, event["id"]
+        metrics.events(tally)
+        metrics.lags(lags)
         out: list[dict[str, Any]] = []
         for merchant_id, (state, due, material, first_ts, latest_ts, last_id) in touched.items():
             if due:

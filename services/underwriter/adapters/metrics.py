@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from bisect import bisect_left
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -21,7 +22,7 @@ class UnderwriterMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.events = Counter("floatbridge_underwriter_events_total", "Events consumed, by type and outcome",
+        self.events_total = Counter("floatbridge_underwriter_events_total", "Events consumed, by type and outcome",
                               ["type", "outcome"], registry=r)
         self.decisions = Counter("floatbridge_underwriter_decisions_total", "Decisions emitted, by kind", ["kind"], registry=r)
         self.scores = Counter("floatbridge_underwriter_scores_total", "Merchants scored, by trigger", ["trigger"], registry=r)
@@ -73,14 +74,17 @@ class UnderwriterMetrics:
         self.kill_switch.set(1 if on else 0)
 
     # The service calls these; kept tiny so a fake is trivial.
-    def event(self, etype: str, outcome: str) -> None:
-        child = self._event_children.get((etype, outcome))
-        if child is None:
-            child = self._event_children[(etype, outcome)] = self.events.labels(etype, outcome)
-        child.inc()
+    def events(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """Events of one batch by (type, outcome)."""
+        for key, n in counts.items():
+            child = self._event_children.get(key)
+            if child is None:
+                child = self._event_children[key] = self.events_total.labels(*key)
+            child.inc(n)
 
-    def lag(self, seconds: float) -> None:
-        self.event_lag.observe(max(0.0, seconds))
+    def lags(self, seconds: Sequence[float]) -> None:
+        """The event-time lag of each event of one batch."""
+        observe_many(self.event_lag, [max(0.0, s) for s in seconds])
 
     def processed(self, seconds: float) -> None:
         self.processing.observe(seconds)
@@ -121,3 +125,20 @@ class UnderwriterMetrics:
     def sizes(self, merchants: int, pending: int) -> None:
         self.table_size.set(merchants)
         self.pending.set(pending)
+
+
+def observe_many(histogram: Any, values: Sequence[float]) -> None:
+    """Histogram.observe for each value, with one update per bucket instead of one per value (a batch of 1,000
+    events paid ~1,000 locked updates of the sum and of a bucket). Reads prometheus_client's bucket list, the same
+    way Histogram.observe does; a test checks the exposition equals observing the values one by one."""
+    if not values:
+        return
+    histogram._raise_if_not_observable()
+    bounds = histogram._upper_bounds
+    counts = [0] * len(bounds)
+    for value in values:
+        counts[bisect_left(bounds, value)] += 1  # the first bound >= value, as observe's `value <= bound`
+    for i, n in enumerate(counts):
+        if n:
+            histogram._buckets[i].inc(n)
+    histogram._sum.inc(sum(values))
