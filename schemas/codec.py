@@ -348,6 +348,37 @@ def _semantic_errors(event: dict[str, Any], etype: str | None) -> list[FieldErro
         gross, fees, withheld, net = (_amount(data, k) for k in ("gross", "fees", "withheld", "net"))
         if None not in (gross, fees, withheld, net) and net != gross - fees - withheld:  # type: ignore[operator]
             errors.append(FieldError("/data/net", f"net {net} != gross {gross} - fees {fees} - withheld {withheld}"))
+        errors.extend(_settled_orders_errors(data, gross))
+    return errors
+
+
+def _settled_orders_errors(data: Any, gross: int | None) -> list[FieldError]:
+    """A settlement pays each order once and never more than its gross (else settled sales would be inflated)."""
+    orders = data.get("orders") if isinstance(data, dict) else None
+    if type(orders) is not list:
+        return []
+    total = 0
+    ids: list[str] = []
+    for item in orders:
+        if type(item) is dict:
+            money = item.get("amount")
+            amount = money.get("amount") if type(money) is dict else None
+            if type(amount) is int:
+                total += amount
+            oid = item.get("order_id")
+            if type(oid) is str:
+                ids.append(oid)
+    errors: list[FieldError] = []
+    if len(set(ids)) != len(ids):  # only now find where
+        seen: set[str] = set()
+        for n, item in enumerate(orders):
+            oid = item.get("order_id") if type(item) is dict else None
+            if type(oid) is str:
+                if oid in seen:
+                    errors.append(FieldError(f"/data/orders/{n}/order_id", f"order {_short(oid)} is listed twice"))
+                seen.add(oid)
+    if gross is not None and total > gross:
+        errors.append(FieldError("/data/orders", f"orders add up to {total}, more than gross {gross}"))
     return errors
 
 

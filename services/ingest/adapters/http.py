@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import codecs
 import hashlib
 import hmac
 import time
+import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Literal
 
@@ -17,7 +19,7 @@ from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
 from services.common.ratelimit import FailedAuthLimiter
-from services.ingest.adapters.jsoncodec import loads, parse_ndjson
+from services.ingest.adapters.jsoncodec import parse_array, parse_ndjson
 from services.ingest.bootstrap import IngestRuntime
 from services.ingest.domain.model import Status
 
@@ -168,9 +170,10 @@ class _Intake:
         self.metrics.http_duration.labels(route).observe(time.perf_counter() - start)
 
 
-def _request_headers(scope: Scope) -> tuple[str | None, str | None, str]:
-    """Authorization, Content-Length and Content-Type (first of each, as Starlette's headers.get gives)."""
-    auth = length = ctype = None
+def _request_headers(scope: Scope) -> tuple[str | None, str | None, str, str]:
+    """Authorization, Content-Length, Content-Type and Content-Encoding (first of each, as Starlette's
+    headers.get gives)."""
+    auth = length = ctype = encoding = None
     for name, value in scope["headers"]:
         if name == b"authorization":
             if auth is None:
@@ -178,13 +181,17 @@ def _request_headers(scope: Scope) -> tuple[str | None, str | None, str]:
         elif name == b"content-length":
             if length is None:
                 length = value.decode("latin-1")
-        elif name == b"content-type" and ctype is None:
-            ctype = value.decode("latin-1")
-    return auth, length, ctype or ""
+        elif name == b"content-type":
+            if ctype is None:
+                ctype = value.decode("latin-1")
+        elif name == b"content-encoding" and encoding is None:
+            encoding = value.decode("latin-1")
+    return auth, length, ctype or "", encoding or ""
 
 
 def key_ok(header: str | None, hashes: frozenset[str]) -> bool:
-    if not header or not header.startswith("Bearer "):
+    # RFC 9110 section 11.1: the scheme is case-insensitive ("bearer", "BEARER"); one or more spaces follow it.
+    if not header or header[:7].lower() != "bearer " or not header[7:].strip():
         return False
     digest = hashlib.sha256(header[7:].strip().encode("utf-8")).hexdigest()
     found = False
@@ -212,7 +219,7 @@ def create_app(rt: IngestRuntime, limiter: FailedAuthLimiter | None = None) -> F
             metrics.refused.labels("auth").inc()
             return _problem(429, "too_many_failed_attempts", "too many failed authentications from this address",
                             {"Retry-After": str(wait)})
-        authorization, declared, content_type = _request_headers(scope)
+        authorization, declared, content_type, content_encoding = _request_headers(scope)
         if not key_ok(authorization, rt.key_hashes):
             limiter.failed(client)
             metrics.refused.labels("auth").inc()
@@ -225,7 +232,11 @@ def create_app(rt: IngestRuntime, limiter: FailedAuthLimiter | None = None) -> F
         except (_TooLarge, ValueError):
             metrics.refused.labels("size").inc()
             return _problem(413, "batch_too_large", f"a batch may hold at most {s.max_batch_bytes} bytes")
-        events, error = _parse(body, content_type)
+        refused = _decode_body(body, content_encoding, content_type, s.max_batch_bytes)
+        if isinstance(refused, tuple):
+            metrics.refused.labels("size" if refused[0] == 413 else "malformed").inc()
+            return refused
+        events, error = _parse(refused, content_type)
         if error:
             metrics.refused.labels("malformed").inc()
             return _problem(400, "malformed_body", error)
@@ -258,7 +269,10 @@ def create_app(rt: IngestRuntime, limiter: FailedAuthLimiter | None = None) -> F
             401: {"model": Problem, "description": "missing or unknown marketplace API key"},
             429: {"model": Problem, "description": "too many failed authentications from this address; "
                   "wait Retry-After seconds"},
-            413: {"model": Problem, "description": "too many events or bytes in one batch"},
+            413: {"model": Problem, "description": "too many events or bytes in one batch (bytes after "
+                  "decompression when Content-Encoding is gzip or deflate)"},
+            415: {"model": Problem, "description": "a Content-Encoding other than gzip, deflate or identity, "
+                  "or a charset Python does not know"},
             503: {"model": BatchResponse, "description": "broker or dedupe store unavailable, or busy: "
                   "events marked retry were not taken; send them again after Retry-After seconds"},
         },
@@ -298,13 +312,64 @@ def create_app(rt: IngestRuntime, limiter: FailedAuthLimiter | None = None) -> F
     return app
 
 
+# Media types read as NDJSON (one event per line); any other or no Content-Type is read as a JSON array.
+NDJSON_TYPES = frozenset((NDJSON, "application/ndjson", "application/jsonl", "application/x-jsonl",
+                          "application/jsonlines", "application/x-jsonlines"))
+_UTF8_CHARSETS = frozenset(("", "utf-8", "utf8", "us-ascii", "ascii"))
+_DECOMPRESSORS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}  # zlib format
+
+
+def _charset(content_type: str) -> str:
+    for param in content_type.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return ""
+
+
+def _decode_body(body: bytes, encoding: str, content_type: str, cap: int) -> bytes | Answer:
+    """The body as UTF-8 JSON text: decompressed (gzip/deflate, at most `cap` bytes) and transcoded from a
+    declared charset; or the 4xx answer that refuses it."""
+    coding = encoding.strip().lower()
+    if coding not in ("", "identity"):
+        wbits = _DECOMPRESSORS.get(coding)
+        if wbits is None:
+            return _problem(415, "unsupported_encoding", f"Content-Encoding {coding[:40]!r} is not supported; "
+                            "send gzip, deflate or an uncompressed body")
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out = inflater.decompress(body, cap + 1)
+            if len(out) > cap or inflater.unconsumed_tail:
+                return _problem(413, "batch_too_large", f"a batch may hold at most {cap} bytes (decompressed)")
+            out += inflater.flush()
+            if not inflater.eof or inflater.unused_data:
+                raise zlib.error("truncated or trailing data")
+        except zlib.error as exc:
+            return _problem(400, "malformed_body", f"the body is not valid {coding}: {exc}")
+        if len(out) > cap:
+            return _problem(413, "batch_too_large", f"a batch may hold at most {cap} bytes (decompressed)")
+        body = out
+    charset = _charset(content_type)
+    if charset in _UTF8_CHARSETS:
+        return body
+    try:
+        codec = codecs.lookup(charset)
+    except LookupError:
+        return _problem(415, "unsupported_charset", f"charset {charset[:40]!r} is unknown; send UTF-8")
+    try:
+        return body.decode(codec.name).encode("utf-8", "surrogatepass")
+    except UnicodeError as exc:
+        return _problem(400, "malformed_body", f"the body is not valid {codec.name}: {str(exc)[:200]}")
+
+
 def _parse(body: bytes, content_type: str) -> tuple[list[Any], str]:
-    if content_type.split(";")[0].strip().lower() == NDJSON:
+    if content_type.split(";")[0].strip().lower() in NDJSON_TYPES:
         return parse_ndjson(body), ""
     try:
-        doc = loads(body)
+        doc = parse_array(body)
     except ValueError as exc:
-        return [], f"malformed JSON: {exc}"
+        hint = f" (one event per line is NDJSON: send Content-Type {NDJSON})" if body.lstrip()[:1] == b"{" else ""
+        return [], f"malformed JSON: {exc}{hint}"
     if not isinstance(doc, list):
         return [], f"the body must be a JSON array of CloudEvents (or NDJSON with Content-Type {NDJSON})"
     return doc, ""

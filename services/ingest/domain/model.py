@@ -71,10 +71,14 @@ class Status(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Malformed:
-    """An input item that was not even JSON (an NDJSON line, a Kafka record value)."""
+    """An input item that was not even JSON (an NDJSON line, a Kafka record value), or JSON no event may be:
+    duplicate keys in an object, a number out of range. `pointer` says where (when known); `doc` is what
+    could be parsed of it (kept, redacted, in the dead letter instead of `text`)."""
 
     text: str
     error: str
+    pointer: str = ""
+    doc: Any = None
 
 
 @quick_init

@@ -23,10 +23,13 @@ Validator = Callable[[dict[str, Any]], Sequence[tuple[str, str]]]
 Encoder = Callable[[Any], bytes]
 
 BUYER_PREFIX = "bh_"
-_DECIMAL = re.compile(r"^-?[0-9]{1,20}(\.[0-9]{1,20})?$")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+_DECIMAL = re.compile(r"-?[0-9]{1,20}(\.[0-9]{1,20})?\Z")  # \Z: "$" would let a trailing newline through
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}\Z")
 # Lines that were not JSON may still hold a buyer id; blank its value before keeping the text.
-_RAW_BUYER = re.compile(r'("buyer_id"\s*:\s*)("(?:[^"\\]|\\.)*"|[^,}\]\s]+)')
+# A member name in text that is not JSON (its escapes decoded before it is judged), and the value after it:
+# a string (to the end of the text when unterminated), an object or array (the rest of the text), or a bare token.
+_RAW_KEY = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:\s*')
+_RAW_VALUE = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\Z)|[\[{].*|[^,}\]\s]*', re.DOTALL)
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -72,6 +75,31 @@ class NormaliseContext:
         return BUYER_PREFIX + digest
 
 
+_ENVELOPE_KEYS = frozenset(("specversion", "id", "source", "type", "time", "subject", "dataschema",
+                            "datacontenttype", "data"))
+MAX_DATA_DEPTH = 32  # `data` nested deeper (hostile input) is rejected; the schemas need 4 levels
+
+
+def _buyerish(key: str) -> bool:
+    """A member about the buyer other than buyer_id (buyer_email, buyerName, Buyer...): hashed like buyer_id."""
+    return key[:5].lower() == "buyer" and key != "buyer_id"
+
+
+def hash_buyer_values(val: Any, ctx: NormaliseContext, depth: int = 0) -> Any:
+    """`val` with every string and number in it replaced by its keyed hash (structure, booleans and null kept)."""
+    if isinstance(val, str):
+        return ctx.hash_buyer(val)
+    if isinstance(val, int | float) and not isinstance(val, bool):
+        return ctx.hash_buyer(repr(val))
+    if isinstance(val, dict | list) and depth >= MAX_RAW_DEPTH:
+        return "[too deeply nested]"
+    if isinstance(val, dict):
+        return {k: hash_buyer_values(v, ctx, depth + 1) for k, v in val.items()}
+    if isinstance(val, list):
+        return [hash_buyer_values(v, ctx, depth + 1) for v in val]
+    return val
+
+
 def valid_id(value: Any) -> str | None:
     return value if isinstance(value, str) and _ID.match(value) else None
 
@@ -79,12 +107,14 @@ def valid_id(value: Any) -> str | None:
 class _Walker:
     """Collects issues by category while building the canonical copy of `data`."""
 
-    __slots__ = ("ctx", "issues")
+    __slots__ = ("covered", "ctx", "issues")
 
     def __init__(self, ctx: NormaliseContext):
         self.ctx = ctx
         # Issues by reason, a list created on the first issue of that reason (most events have none).
         self.issues: dict[Reason, list[Issue]] = {}
+        # Schema errors (pointer, message) that only repeat an issue already listed (a Money whose value failed).
+        self.covered: set[tuple[str, str]] = set()
 
     def add(self, reason: Reason, pointer: str, message: str) -> None:
         found = self.issues.get(reason)
@@ -92,7 +122,11 @@ class _Walker:
             found = self.issues[reason] = []
         found.append(Issue(pointer, message))
 
-    def value(self, obj: Any, ptr: str) -> Any:
+    def value(self, obj: Any, ptr: str, depth: int = 1) -> Any:
+        if depth > MAX_DATA_DEPTH and isinstance(obj, dict | list):
+            # Hostile nesting: refused here, before any recursion can exhaust the stack.
+            self.add(Reason.SCHEMA, ptr, f"data is nested more than {MAX_DATA_DEPTH} levels deep")
+            return None
         if isinstance(obj, dict):
             if "currency" in obj and ("amount" in obj or "value" in obj):
                 return self.money(obj, ptr)
@@ -102,24 +136,27 @@ class _Walker:
                 # nested values get their JSON pointer built (it is needed only to report issues).
                 if k == "buyer_id" and type(v) is str:  # the common case: no pointer needed
                     out[k] = self.ctx.hash_buyer(v)
-                elif k == "buyer_id" or isinstance(v, dict | list) or (isinstance(v, str) and k.endswith("_at")):
-                    out[k] = self.member(k, v, f"{ptr}/{_escape(k)}")
+                elif (k == "buyer_id" or isinstance(v, dict | list) or (isinstance(v, str) and k.endswith("_at"))
+                      or (k[:1] in "bB" and _buyerish(k))):
+                    out[k] = self.member(k, v, f"{ptr}/{_escape(k)}", depth + 1)
                 else:
                     out[k] = v
             return out
         if isinstance(obj, list):
-            return [self.value(v, f"{ptr}/{i}") for i, v in enumerate(obj)]
+            return [self.value(v, f"{ptr}/{i}", depth + 1) for i, v in enumerate(obj)]
         return obj
 
-    def member(self, key: str, val: Any, ptr: str) -> Any:
+    def member(self, key: str, val: Any, ptr: str, depth: int = 1) -> Any:
         if key == "buyer_id":
             if isinstance(val, str):
                 return self.ctx.hash_buyer(val)
             self.add(Reason.SCHEMA, ptr, f"buyer_id must be a string, got {_json_type(val)}")
             return self.ctx.hash_buyer(repr(val))  # never keep the raw value, even in errors
+        if key[:1] in "bB" and _buyerish(key) and not (isinstance(val, dict) and "currency" in val):
+            return hash_buyer_values(val, self.ctx)  # an extra member about the buyer (buyer_email...): hashed too
         if key.endswith("_at") and isinstance(val, str):
             return self.timestamp(val, ptr, bounded=False)
-        return self.value(val, ptr)
+        return self.value(val, ptr, depth)
 
     def timestamp(self, val: str, ptr: str, bounded: bool, now: datetime | None = None) -> str:
         dt = _canonical_utc(val)
@@ -130,9 +167,12 @@ class _Walker:
         try:
             dt = parse_rfc3339(val, self.ctx.naive_zone)
         except TimeError as exc:
-            hint = " (naive timestamps need FLOATBRIDGE_INGEST_NAIVE_TIMEZONE)" if "no UTC offset" in str(exc) else ""
-            self.add(Reason.TIME, ptr, f"{exc}{hint}")
-            return val
+            leap = _leap_second(val, self.ctx.naive_zone)
+            if leap is None:
+                hint = " (naive timestamps need FLOATBRIDGE_INGEST_NAIVE_TIMEZONE)" if "no UTC offset" in str(exc) else ""
+                self.add(Reason.TIME, ptr, f"{exc}{hint}")
+                return val
+            dt = leap
         if bounded and now is not None:
             self.bounds(dt, ptr, now)
         return format_rfc3339(dt)
@@ -162,6 +202,8 @@ class _Walker:
         amount = self.major(obj["value"], cur, ptr + "/value")
         if amount is not None:
             out["amount"] = amount
+        else:  # the schema would add "'amount' is a required property": the value's issue says why
+            self.covered.add((ptr, "'amount' is a required property"))
         return out
 
     def amount(self, amount: Any, ptr: str) -> None:
@@ -198,6 +240,22 @@ class _Walker:
 _CANONICAL_UTC = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z\Z")
 
 
+_LEAP = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:)60")
+
+
+def _leap_second(val: str, zone: tzinfo | None) -> datetime | None:
+    """RFC 3339 allows a leap second, 23:59:60 UTC: read as 23:59:59 (the same second for every feature);
+    None when `val` is not one (a :60 that is not 23:59 UTC stays an error)."""
+    m = _LEAP.match(val)
+    if m is None:
+        return None
+    try:
+        dt = parse_rfc3339(m.group(1) + "59" + val[m.end():], zone)
+    except TimeError:
+        return None
+    return dt if (dt.hour, dt.minute, dt.second) == (23, 59, 59) else None
+
+
 def _canonical_utc(val: str) -> datetime | None:
     """The instant of a timestamp already in the canonical form (whole seconds, `Z`, year >= 1000);
     None for anything else, which takes the general parser (and its error messages)."""
@@ -225,15 +283,22 @@ def _covered(pointer: str, known: set[str]) -> bool:
 def normalise(raw: Any, ctx: NormaliseContext, now: datetime) -> NormalisedEvent | Rejection:
     """Normalise one raw event received at `now` (the only use of receipt time: the future-skew check)."""
     if isinstance(raw, Malformed):
-        return Rejection(Reason.MALFORMED, (Issue("", f"malformed JSON: {raw.error}"),))
+        return Rejection(Reason.MALFORMED, (Issue(raw.pointer, f"malformed JSON: {raw.error}"),),
+                         *(_ident(raw.doc) if isinstance(raw.doc, dict) else ()))
     if not isinstance(raw, dict):
         return Rejection(Reason.SCHEMA, (Issue("", f"event must be a JSON object, got {_json_type(raw)}"),))
-    size = len(ctx.encode(raw))
+    try:
+        size = len(ctx.encode(raw))
+    except RecursionError:
+        return Rejection(Reason.SCHEMA, (Issue("", "event is nested too deeply"),), *_ident(raw))
     if size > ctx.max_event_bytes:
         issue = Issue("", f"event is {size} bytes, more than the limit of {ctx.max_event_bytes} bytes")
         return Rejection(Reason.SIZE, (issue,), *_ident(raw))
     walker = _Walker(ctx)
     event = dict(raw)
+    if not _ENVELOPE_KEYS.issuperset(event):  # extension attributes: one about the buyer is hashed too
+        for key in [k for k in event if _buyerish(k) or k == "buyer_id"]:
+            event[key] = hash_buyer_values(event[key], ctx)
     etime = raw.get("time")
     if isinstance(etime, str):
         event["time"] = walker.timestamp(etime, "/time", bounded=True, now=now)
@@ -252,7 +317,7 @@ def normalise(raw: Any, ctx: NormaliseContext, now: datetime) -> NormalisedEvent
                                hashlib.sha256(payload).hexdigest())
     own = [i for reason in (Reason.MONEY, Reason.TIME, Reason.SCHEMA) for i in by_reason.get(reason, ())]
     known = {i.pointer for i in own}
-    schema = [Issue(p, m) for p, m in found if not _covered(p, known)]
+    schema = [Issue(p, m) for p, m in found if not _covered(p, known) and (p, m) not in walker.covered]
     reason = next((r for r in (Reason.MONEY, Reason.TIME) if by_reason.get(r)), Reason.SCHEMA)
     return Rejection(reason, tuple(own + schema), *_ident(raw))
 
@@ -271,7 +336,8 @@ def redact_raw(raw: Any, ctx: NormaliseContext, depth: int = 0) -> Any:
     if isinstance(raw, dict | list) and depth >= MAX_RAW_DEPTH:
         return "[too deeply nested]"
     if isinstance(raw, dict):
-        return {k: (_redact_buyer(v, ctx) if k == "buyer_id" else redact_raw(v, ctx, depth + 1))
+        return {k: (_redact_buyer(v, ctx) if k == "buyer_id" else hash_buyer_values(v, ctx, depth + 1)
+                    if _buyerish(k) else redact_raw(v, ctx, depth + 1))
                 for k, v in raw.items()}
     if isinstance(raw, list):
         return [redact_raw(v, ctx, depth + 1) for v in raw]
@@ -283,4 +349,29 @@ def _redact_buyer(val: Any, ctx: NormaliseContext) -> str:
 
 
 def redact_text(text: str) -> str:
-    return _RAW_BUYER.sub(lambda m: m.group(1) + '"[redacted]"', text)
+    """Text that is not JSON with the value of every buyer member blanked, however its name is escaped
+    (`"buyer\\u005fid"`), whatever the value (an unterminated string, an object: the rest of the text)."""
+    out: list[str] = []
+    pos = 0
+    for m in _RAW_KEY.finditer(text):
+        if m.start() < pos:
+            continue
+        if not _buyer_key(m.group(1)):
+            continue
+        value = _RAW_VALUE.match(text, m.end())
+        end = value.end() if value else m.end()
+        out.append(text[pos:m.end()])
+        out.append('"[redacted]"')
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _buyer_key(escaped: str) -> bool:
+    if "\\" not in escaped:
+        return escaped[:5].lower() == "buyer"
+    try:
+        name = json.loads(f'"{escaped}"')
+    except ValueError:
+        return True  # an escape that does not decode: blank the value rather than guess
+    return isinstance(name, str) and name[:5].lower() == "buyer"

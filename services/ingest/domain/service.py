@@ -174,8 +174,10 @@ class IngestService:
                         _headers(rid, REJECTED_TYPE))
 
     def _raw_text(self, raw: Any) -> tuple[str, bool]:
-        if isinstance(raw, Malformed):
+        if isinstance(raw, Malformed) and raw.doc is None:
             text = redact_text(raw.text)
+        elif isinstance(raw, Malformed):
+            text = self.ctx.encode(redact_raw(raw.doc, self.ctx)).decode("utf-8")
         else:
             text = self.ctx.encode(redact_raw(raw, self.ctx)).decode("utf-8")
         data = text.encode("utf-8")
