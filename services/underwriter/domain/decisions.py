@@ -144,7 +144,8 @@ def decide_actions(
     if offer:
         why = _withdraw_reason(state, d, p, spendable)
         if why is not None:
-            withdrawn.append(Action("loan_offer.withdrawn", {"offer_id": offer[0], "reasons": [why, *d.reasons][:20]}))
+            reasons = [why, *(r for r in d.reasons if r.code != why.code)][:20]  # each reason named once
+            withdrawn.append(Action("loan_offer.withdrawn", {"offer_id": offer[0], "reasons": reasons}))
             portfolio.release(state.category, state.currency, int(offer[1]))
             state.offer = offer = []
             _set_last(state, None, [])

@@ -15,6 +15,7 @@ from datetime import datetime
 from services.underwriter.domain.state import (
     BUCKET_FIELDS,
     CANCEL_N,
+    CHARGEBACK_GMV,
     CHARGEBACK_N,
     DAY,
     F_PAID,
@@ -29,6 +30,7 @@ from services.underwriter.domain.state import (
     R_PLACED,
     R_REFUNDED,
     R_SHIPPED,
+    REFUND_GMV,
     REFUND_N,
     SETTLED_GMV,
     SETTLED_N,
@@ -151,6 +153,32 @@ def compute_features(state: MerchantState, as_of: datetime) -> list[float]:
         float(len(repaid)), _ratio(sum(r[1] for r in repaid), len(repaid)) if repaid else 1.0,
         float(worst), float(len(history) - len(repaid)),
     ]
+
+
+def money_rates(state: MerchantState, as_of: int, refunds: bool = True, chargebacks: bool = True) -> tuple[float, float]:
+    """(refunded / placed GMV over 30 days, charged back / placed GMV over 90 days) as of `as_of` (epoch seconds);
+    either is 0.0 when not asked for.
+
+    Not model features: inputs of the policy's refund and chargeback guards beside the count-based rates, which
+    padding a history with tiny orders would dilute; these money-weighted ones it cannot."""
+    today = as_of // DAY
+    get = state.buckets.get
+    refund_rate = chargeback_rate = 0.0
+    if refunds:
+        placed = refunded = 0
+        for day in range(today - 29, today + 1):
+            if (b := get(day)) is not None:
+                placed += b[PLACED_GMV]
+                refunded += b[REFUND_GMV]
+        refund_rate = _ratio(refunded, placed)
+    if chargebacks:
+        placed = charged = 0
+        for day in range(today - 89, today + 1):
+            if (b := get(day)) is not None:
+                placed += b[PLACED_GMV]
+                charged += b[CHARGEBACK_GMV]
+        chargeback_rate = _ratio(charged, placed)
+    return refund_rate, chargeback_rate
 
 
 def as_dict(features: list[float]) -> dict[str, float]:

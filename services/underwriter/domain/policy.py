@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from services.underwriter.domain.features import INDEX
+from services.common.money import MAX_AMOUNT
+from services.underwriter.domain.features import INDEX, money_rates
 from services.underwriter.domain.reasons import Reason
 from services.underwriter.domain.state import (
     DAY,
@@ -55,6 +56,11 @@ class PolicySettings:
     chargeback_rate: float = field(default=0.01, metadata={"doc": "chargeback rate (90 days) at or above this cuts the rate"})
     chargeback_keep_bps: int = field(default=5000, metadata={"doc": "share kept on chargebacks"})
     guard_min_orders: int = field(default=10, metadata={"doc": "buyer guards need at least this many orders in 30 days"})
+    on_time_bonus_bps: int = field(default=500, metadata={"doc": "each advance repaid on time (each one repaid late takes two away) grows the limit by this share: the settled-sales and settled-pace caps, and the advance rate up to the best tier's ..."})
+    on_time_bonus_max_bps: int = field(default=2000, metadata={"doc": "... up to this share in all"})
+    large_order_multiple: float = field(default=5.0, metadata={"doc": "open orders above this x the merchant's 90-day average order cut the rate and count only up to that bound (0 turns it off) ..."})
+    large_order_share_bps: int = field(default=2500, metadata={"doc": "... once their amount above that bound is at least this share of the eligible receivables (one big order among many is not a pattern)"})
+    large_order_keep_bps: int = field(default=5000, metadata={"doc": "share of the advance rate kept while such orders are open"})
     kill_switch: bool = field(default=False, metadata={"doc": "pause all new offers (open ones are withdrawn)"})
     min_offer_minor: int = field(default=10_000, metadata={"doc": "smallest offer, minor units"})
     fee_min_ppm_per_day: int = field(default=300, metadata={"doc": "daily fee at PD 0, parts per million (0.03%)"})
@@ -106,6 +112,12 @@ class PolicySettings:
             raise ValueError("repeat_allowed_share must be within 0..1")
         if self.receivables_pace_bps <= 0 or self.settled_gap_ratio <= 1 or self.spike_ratio <= 1:
             raise ValueError("receivables_pace_bps must be > 0, settled_gap_ratio and spike_ratio > 1")
+        if self.large_order_multiple < 0 or not 0 <= self.large_order_keep_bps <= 10_000 \
+                or not 0 <= self.large_order_share_bps <= 10_000:
+            raise ValueError("large_order_multiple must be >= 0, large_order_keep_bps and large_order_share_bps "
+                             "within 0..10000")
+        if self.on_time_bonus_bps < 0 or self.on_time_bonus_max_bps < 0:
+            raise ValueError("on_time_bonus_bps and on_time_bonus_max_bps must be >= 0")
         if self.settled_conversion_ratio != 0 and self.settled_conversion_ratio < 1:
             raise ValueError("settled_conversion_ratio must be 0 (off) or >= 1")
 
@@ -185,8 +197,32 @@ def base_rate_bps(pd: float, p: PolicySettings) -> int:
     return 0
 
 
-def guards(f: list[float], p: PolicySettings) -> list[tuple[int, Reason]]:
-    """Manipulation and risk guards: (share of the advance rate kept, reason) for each one that fires."""
+def repayment_bonus_bps(f: list[float], p: PolicySettings) -> tuple[int, int]:
+    """(advance-rate points added for the merchant's repayment record, advances repaid on time): repaying on time
+    grows the limit, whatever the model makes of it; a late repayment takes back twice what an on-time one gives."""
+    repaid = int(f[INDEX["loans_repaid"]])
+    on_time = round(repaid * f[INDEX["on_time_rate"]])
+    bonus = p.on_time_bonus_bps * (on_time - 2 * (repaid - on_time))
+    return max(0, min(p.on_time_bonus_max_bps, bonus)), on_time
+
+
+def large_orders(receivables: list[Receivable], f: list[float], p: PolicySettings) -> tuple[int, int, float]:
+    """(open orders far above the merchant's 90-day average ticket, their amount above that bound, the average):
+    the bust-out pattern, a steady merchant that suddenly sells a few huge orders and borrows against them."""
+    orders = f[INDEX["placed_orders_90d"]]
+    if p.large_order_multiple <= 0 or orders < p.guard_min_orders:
+        return 0, 0, 0.0
+    ticket = f[INDEX["placed_gmv_90d"]] / orders
+    bound = int(ticket * p.large_order_multiple)
+    big = [r.amount - bound for r in receivables if r.amount > bound]
+    return len(big), sum(big), ticket
+
+
+def guards(f: list[float], p: PolicySettings, money: tuple[float, float] = (0.0, 0.0)) -> list[tuple[int, Reason]]:
+    """Manipulation and risk guards: (share of the advance rate kept, reason) for each one that fires.
+
+    `money` = features.money_rates: refunds and chargebacks weighed by amount, so that they still fire when the
+    order counts are padded with tiny orders."""
     out: list[tuple[int, Reason]] = []
     out.extend(_sales_guards(f, p))
     orders30 = f[INDEX["placed_orders_30d"]]
@@ -200,9 +236,12 @@ def guards(f: list[float], p: PolicySettings) -> list[tuple[int, Reason]]:
                 "SELF_DEALING_PATTERN",
                 f"{repeat:.0%} of orders came from about {distinct:.0f} buyers buying again and again in 30 days")))
     r7, r30 = f[INDEX["refund_rate_7d"]], f[INDEX["refund_rate_30d"]]
+    refunded = money[0]
     if max(r7, r30) >= p.refund_surge_rate:
         days, rate = (7, r7) if r7 >= r30 else (30, r30)
         out.append((p.refund_keep_bps, Reason("REFUND_SURGE", f"refund rate rose to {rate:.0%} in {days} days")))
+    elif refunded >= p.refund_surge_rate:
+        out.append((p.refund_keep_bps, Reason("REFUND_SURGE", f"refunds took {refunded:.0%} of sales in 30 days")))
     c7, c30 = f[INDEX["cancel_rate_7d"]], f[INDEX["cancel_rate_30d"]]
     if max(c7, c30) >= p.cancel_surge_rate:
         days, rate = (7, c7) if c7 >= c30 else (30, c30)
@@ -210,6 +249,8 @@ def guards(f: list[float], p: PolicySettings) -> list[tuple[int, Reason]]:
     cb = f[INDEX["chargeback_rate_90d"]]
     if cb >= p.chargeback_rate:
         out.append((p.chargeback_keep_bps, Reason("CHARGEBACKS", f"chargebacks on {cb:.1%} of orders in 90 days")))
+    elif money[1] >= p.chargeback_rate:
+        out.append((p.chargeback_keep_bps, Reason("CHARGEBACKS", f"chargebacks took {money[1]:.1%} of sales in 90 days")))
     return out
 
 
@@ -265,7 +306,7 @@ def settled_conversion_keep(f: list[float], p: PolicySettings) -> tuple[float, f
 
 
 def counted_receivables(
-    state: MerchantState, f: list[float], eligible: int, as_of: int, p: PolicySettings
+    state: MerchantState, f: list[float], eligible: int, as_of: int, p: PolicySettings, growth_bps: int = 0,
 ) -> tuple[int, list[Reason]]:
     """The part of the eligible receivables the limit may rest on: buyer-capped, repeat buyers discounted,
     and no more than the merchant's settled sales pace says should be awaiting settlement."""
@@ -283,6 +324,8 @@ def counted_receivables(
                               "the sales settled"))
     lag_days = max(1.0, f[INDEX["settlement_lag_days_90d"]])
     pace = int(f[INDEX["settled_gmv_30d"]] / 30 * lag_days * p.receivables_pace_bps / 10_000)
+    if growth_bps:  # an on-time repayment record (decide_limit)
+        pace = pace * (10_000 + growth_bps) // 10_000
     if counted > pace:
         counted = pace
         reasons.append(Reason("RECEIVABLES_ABOVE_SETTLED_PACE",
@@ -292,7 +335,7 @@ def counted_receivables(
 
 GUARD_CODES = frozenset({
     "GMV_SPIKE", "UNSETTLED_SALES", "BUYER_CONCENTRATION", "SELF_DEALING_PATTERN", "REFUND_SURGE", "CANCEL_SURGE",
-    "CHARGEBACKS",
+    "CHARGEBACKS", "LARGE_ORDERS",
 })
 
 
@@ -322,16 +365,36 @@ def accepted_pending(state: MerchantState) -> int:
 def decide_limit(
     state: MerchantState, features: list[float], pd: float, model_reasons: list[Reason], as_of: int, p: PolicySettings
 ) -> LimitDecision:
-    outstanding = state.outstanding(as_of)
+    # Sums of amounts within the schema's range can exceed it: reported (and lent against) up to that range.
+    outstanding = min(state.outstanding(as_of), MAX_AMOUNT)
     receivables = eligible_receivables(state, as_of, p, features[INDEX["settlement_lag_days_90d"]])
-    eligible = sum(r.amount for r in receivables)
+    total = sum(r.amount for r in receivables)
+    eligible = min(total, MAX_AMOUNT)
     reasons: list[Reason] = []
     rate = base_rate_bps(pd, p)
     if rate == 0:
         reasons.append(Reason("HIGH_RISK", f"estimated default risk of {pd:.1%} is above the lending threshold"))
-    for keep, reason in guards(features, p):
+    bonus, on_time = repayment_bonus_bps(features, p) if rate else (0, 0)
+    if bonus:
+        # Repaying on time grows the limit: the caps by `bonus`, the rate too but never past the best tier's, so
+        # that an advance stays as far below its receivables as the policy's best merchants'.
+        rate = min(rate * (10_000 + bonus) // 10_000, max(rate, max(p.advance_rates_bps)))
+        reasons.append(Reason("ON_TIME_REPAYMENTS", f"{on_time} advances repaid on time: the limit may be "
+                                                    f"{bonus / 100:.0f}% higher"))
+    # The money-weighted rates matter only where the count-based ones saw some refunds or chargebacks but too
+    # few to fire (with none at all, no money was refunded or charged back either).
+    r7, r30, cb = features[INDEX["refund_rate_7d"]], features[INDEX["refund_rate_30d"]], features[INDEX["chargeback_rate_90d"]]
+    money = money_rates(state, as_of, refunds=0 < max(r7, r30) < p.refund_surge_rate, chargebacks=0 < cb < p.chargeback_rate)
+    for keep, reason in guards(features, p, money):
         rate = rate * keep // 10_000
         reasons.append(reason)
+    outsized, excess, ticket = large_orders(receivables, features, p)
+    if not (outsized and excess * 10_000 >= p.large_order_share_bps * total):
+        excess = 0  # one big order among many is not a pattern: the settled-pace cap bounds what it adds
+    else:
+        rate = rate * p.large_order_keep_bps // 10_000
+        reasons.append(Reason("LARGE_ORDERS", f"{outsized} open orders above {p.large_order_multiple:g}x the merchant's "
+                                              f"average order of {ticket / 100:,.2f}"))
     blocked_reason = _blocked(state, features, p)
     blocked = blocked_reason is not None
     if blocked_reason:
@@ -342,14 +405,15 @@ def decide_limit(
         reasons.insert(0, Reason("DELINQUENT", f"an advance is {worst} days past due: limit frozen"))
         limit = int(state.last[0]) if state.last else 0
         return LimitDecision(limit, 0, outstanding, eligible, 0, merge_reasons(reasons, model_reasons), True, True, tuple(receivables))
-    counted, count_reasons = counted_receivables(state, features, eligible, as_of, p)
+    counted, count_reasons = counted_receivables(state, features, min(total - excess, MAX_AMOUNT), as_of, p, bonus)
     reasons.extend(count_reasons)
     limit = 0 if blocked else counted * rate // 10_000
     settled30 = int(features[INDEX["settled_gmv_30d"]])
-    sales_cap = settled30 * p.settled_sales_multiple_bps // 10_000
+    multiple = p.settled_sales_multiple_bps * (10_000 + bonus) // 10_000
+    sales_cap = settled30 * multiple // 10_000
     if limit > sales_cap:
         limit = sales_cap
-        reasons.append(Reason("SETTLED_SALES_CAP", f"limit capped at {p.settled_sales_multiple_bps / 100:.0f}% of 30-day settled sales"))
+        reasons.append(Reason("SETTLED_SALES_CAP", f"limit capped at {multiple / 100:.0f}% of 30-day settled sales"))
     if limit > p.merchant_cap_minor:
         limit = p.merchant_cap_minor
         reasons.append(Reason("MERCHANT_CAP", "limit capped at the per-merchant maximum"))
@@ -362,6 +426,9 @@ def decide_limit(
 
 
 def _blocked(state: MerchantState, f: list[float], p: PolicySettings) -> Reason | None:
+    if not state.status:
+        return Reason("MERCHANT_NOT_ONBOARDED", "the marketplace has not onboarded this merchant (no merchant.onboarded: "
+                      "category and country unknown)")
     if state.status != "active":
         return Reason("MERCHANT_" + state.status.upper(), f"merchant account is {state.status}")
     if state.charged_off():

@@ -3,6 +3,21 @@
 Everything is kept in event time (epoch seconds) so late and out-of-order events land where they belong
 and a replay rebuilds the same state. Every collection is bounded so one merchant's state stays small:
 it is serialised compactly by `to_dict`/`to_bytes` for the Faust table and its changelog.
+
+What a stream from outside can do to it (each rule has a scenario test in test_underwriter_stream_attacks.py):
+- an event that does not fit the schema's shapes (an id, order id or loan id that is not a string, an amount out
+  of 0..10^15, an unknown currency or status, data that is not an object) is refused with StateError and leaves
+  the state as it was; so is money in another currency than the merchant's (the first one seen, normally the
+  onboarding's: a re-onboarding in another currency is refused while the merchant has history in the old one);
+- an order placed again (a fresh event id) counts once; its receivable is the smallest amount placed or paid;
+  a settlement re-sent or listing an order twice counts the order's money once; a zero-amount order counts
+  nothing; a chargeback or refund seen before its order keeps the order out of the receivables;
+- events older than the 90-day window (late) add no bucket, events of an order older than 60 days no
+  receivable; orders known only from later events (a refund of an order settled and forgotten long ago) are
+  dropped after two days and go first when the receivable table is full;
+- loans.v1 is idempotent per loan: a repeated or early loan.repaid / loan.charged_off counts once, and a
+  loan.disbursed seen after its loan closed revives nothing;
+- status is "" until merchant.onboarded (or a status update): the policy lends nothing to such a merchant.
 """
 
 from __future__ import annotations
@@ -16,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from services.common.money import CURRENCY_EXPONENTS, MAX_AMOUNT
 from services.common.timeutil import parse_rfc3339
 
 DAY = 86_400
@@ -34,7 +50,9 @@ F_TERMINAL = F_SETTLED | F_CANCELLED | F_REFUNDED
 
 # Loan layout: [disbursed_ts, owed, remaining, due_ts, days_past_due]
 L_TS, L_OWED, L_REMAINING, L_DUE, L_DPD = range(5)
-# Loan history layout: [ts, on_time (1/0), kind]; kind 1 = repaid, 2 = charged off
+# Loan history layout: [ts, on_time (1/0), kind, loan id hash]; kind 1 = repaid, 2 = charged off. The hash makes
+# loans.v1 idempotent per loan: a repeated or late loan.repaid / loan.charged_off counts once, and a loan.disbursed
+# seen after its loan closed does not revive the debt (rows saved before the hash existed have three fields).
 KIND_REPAID, KIND_CHARGED_OFF = 1, 2
 
 MAX_RECEIVABLES = 200
@@ -43,9 +61,10 @@ BUYERS_PER_DAY = 2
 BUYER_WINDOW_DAYS = 30
 MAX_CLOSED_IDS = 64
 MAX_SEEN = 48
-MAX_LOANS = 16
+MAX_LOANS = 64  # open advances; a merchant taking every offer can hold dozens at once
 MAX_LOAN_HISTORY = 24
 CLOSED_RETENTION = 2 * DAY  # closed receivables stay visible this long, so features as of t are stable
+RECEIVABLE_HORIZON = 60 * DAY  # an order older than this (event time) is never tracked as a receivable
 
 MARKETPLACE = frozenset({
     "merchant.onboarded", "merchant.updated", "order.placed", "order.paid", "order.shipped",
@@ -56,6 +75,16 @@ LOAN_EVENTS = frozenset({
     "loan.delinquent", "loan.charged_off",
 })
 HANDLED = MARKETPLACE | LOAN_EVENTS
+
+
+STATUSES = frozenset({"active", "suspended", "closed"})
+
+
+def _id(value: Any) -> str:
+    """An order or loan id as the schema has it: a non-empty string (anything else is refused)."""
+    if type(value) is not str or not value:
+        raise ValueError(f"bad id {str(value)[:140]!r}")
+    return value
 
 
 class StateError(ValueError):
@@ -93,7 +122,7 @@ class MerchantState:
     merchant_id: str
     currency: str = ""
     category: str = ""
-    status: str = "active"
+    status: str = ""  # "" until merchant.onboarded (or a status update) arrives: never lent to before
     since: int = 0  # first event time (onboarding when seen), epoch seconds
     latest: int = 0  # latest event time applied
     buckets: dict[int, list[int]] = field(default_factory=dict)
@@ -202,7 +231,11 @@ class MerchantState:
             return None
         if event.get("subject") != self.merchant_id:
             raise StateError(f"event {event.get('id')!r} is for {event.get('subject')!r}, not {self.merchant_id!r}")
-        h = short_hash(str(event.get("id")))
+        eid = event.get("id")
+        if type(eid) is not str or not (0 < len(eid) <= 128 and eid.isascii() and eid.isprintable()) or " " in eid:
+            # the schema's Id: decisions name it as their trigger, and it is the dedupe key
+            raise StateError(f"event id {str(eid)[:140]!r} is not an identifier")
+        h = short_hash(eid)
         if h in self.seen:
             return None
         # Handlers read and check all their inputs before changing anything, and the id is remembered only
@@ -211,8 +244,8 @@ class MerchantState:
             ts = event_ts(event["time"])
             data = event.get("data") or {}
             _HANDLERS[etype](self, data, ts)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StateError(f"cannot apply {etype} {event.get('id')!r}: {exc!r}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # AttributeError: data not an object
+            raise StateError(f"cannot apply {etype} {eid!r}: {exc!r}") from None
         self._remember(h)
         if not self.since or ts < self.since:
             self.since = ts
@@ -228,9 +261,14 @@ class MerchantState:
             del self.buckets[day]
         # Two spare days keep features as of a recent past time stable (same retention as closed receivables).
         self.buyers = [b for b in self.buyers if b[0] > now // DAY - BUYER_WINDOW_DAYS - 2]
+        stale, horizon = now - CLOSED_RETENTION, now - RECEIVABLE_HORIZON
         for oid, rec in list(self.receivables.items()):
-            old_open = rec[R_PLACED] and rec[R_PLACED] < now - 60 * DAY
-            if (rec[R_CLOSED] and rec[R_CLOSED] < now - CLOSED_RETENTION) or old_open:
+            placed, closed = rec[R_PLACED], rec[R_CLOSED]
+            # An order known only from later events (shipped, delivered, refunded, charged back: typically a
+            # return of an order settled and forgotten long ago) is kept only as long as a closed one, so such
+            # phantoms never pile up and crowd real receivables out of the bounded table.
+            if (closed and closed < stale) or (placed and placed < horizon) \
+                    or (not placed and not closed and max(rec[R_SHIPPED], rec[R_DELIVERY]) < stale):
                 self._forget(oid)
 
     def _forget(self, order_id: str) -> None:
@@ -245,28 +283,43 @@ class MerchantState:
         day = ts // DAY
         b = self.buckets.get(day)
         if b is None:
+            if day <= self.latest // DAY - WINDOW_DAYS:
+                return [0] * BUCKET_FIELDS  # a late event older than the window: no feature reads that day
             b = self.buckets[day] = [0] * BUCKET_FIELDS
         return b
 
     def _money(self, obj: dict[str, Any]) -> int:
+        """The amount of a Money object in the merchant's currency (the first one seen sets it): an amount out
+        of the schema's range or in another currency is refused, never summed with the merchant's own."""
         amount, currency = obj["amount"], obj["currency"]
-        if type(amount) is not int or amount < 0:
+        if type(amount) is not int or not 0 <= amount <= MAX_AMOUNT:
             raise ValueError(f"bad amount {amount!r}")
-        if not self.currency:
+        if currency != self.currency:
+            if self.currency:
+                raise ValueError(f"currency {currency!r} is not the merchant's {self.currency!r}")
+            if type(currency) is not str or currency not in CURRENCY_EXPONENTS:
+                raise ValueError(f"unknown currency {currency!r}")
             self.currency = currency
-        return int(amount)
+        return amount
 
-    def _receivable(self, order_id: str) -> list[int] | None:
-        """The order's receivable, created on first sight; None when the order was closed long ago."""
+    def _receivable(self, order_id: str, ts: int) -> list[int] | None:
+        """The order's receivable, created on first sight; None when the order was closed long ago, or when the
+        event (`ts`) is older than any receivable the state tracks (a late event of an order that can no
+        longer be financed)."""
         rec = self.receivables.get(order_id)
         if rec is None:
-            if short_hash(order_id) in self.closed:
+            if ts < self.latest - RECEIVABLE_HORIZON or short_hash(order_id) in self.closed:
                 return None
+            if len(self.receivables) >= MAX_RECEIVABLES:
+                self._forget(min(self.receivables, key=self._eviction_order))
             rec = self.receivables[order_id] = [0, 0, 0, 0, 0, 0, 0]
-            if len(self.receivables) > MAX_RECEIVABLES:
-                oldest = min(self.receivables, key=lambda k: self.receivables[k][R_PLACED] or 2**62)
-                self._forget(oldest)
         return rec
+
+    def _eviction_order(self, order_id: str) -> tuple[int, int]:
+        """When the table is full: closed receivables go first, then orders never placed or paid here, then the
+        oldest open ones."""
+        rec = self.receivables[order_id]
+        return (0 if rec[R_CLOSED] else 1 if not rec[R_PLACED] else 2), rec[R_PLACED]
 
     def _close(self, rec: list[int], flag: int, ts: int) -> None:
         rec[R_FLAGS] |= flag
@@ -276,24 +329,47 @@ class MerchantState:
     # --- marketplace handlers ---
 
     def _onboarded(self, data: dict[str, Any], ts: int) -> None:
-        self.currency, self.category = data["currency"], data["category"]
+        currency, category = data["currency"], data["category"]
+        if not (type(category) is str and category):
+            raise ValueError(f"bad category {category!r}")
+        if currency != self.currency:
+            if type(currency) is not str or currency not in CURRENCY_EXPONENTS:
+                raise ValueError(f"unknown currency {currency!r}")
+            if self.currency and (self.buckets or self.receivables or self.loans):
+                # Its history is in the old currency: mixing the two would misstate every amount.
+                raise ValueError(f"currency change from {self.currency!r} to {currency!r} while the merchant "
+                                 "has sales or advances in the old one")
+        self.currency, self.category = currency, category
+        if not self.status:
+            self.status = "active"  # a status update seen before the (late) onboarding stays in force
         self.since = ts if not self.since else min(self.since, ts)
 
     def _updated(self, data: dict[str, Any], ts: int) -> None:
-        if "category" in data:
-            self.category = data["category"]
-        if "status" in data:
-            self.status = data["status"]
+        category, status = data.get("category", self.category), data.get("status", self.status)
+        if "category" in data and not (type(category) is str and category):
+            raise ValueError(f"bad category {category!r}")
+        if "status" in data and status not in STATUSES:
+            raise ValueError(f"bad status {status!r}")
+        self.category, self.status = category, status
 
     def _placed(self, data: dict[str, Any], ts: int) -> None:
-        order_id, buyer_id, amount = data["order_id"], str(data["buyer_id"]), self._money(data["amount"])
-        b = self.bucket(ts)
-        b[PLACED_GMV] += amount
-        b[PLACED_N] += 1
-        self._sample_buyer(ts // DAY, order_id, buyer_id)
-        rec = self._receivable(order_id)
+        order_id, buyer_id, amount = _id(data["order_id"]), str(data["buyer_id"]), self._money(data["amount"])
+        # A zero-amount order sells nothing: it is not counted (it would only dilute the refund, cancellation and
+        # chargeback rates and the buyer sample), and nothing is tracked for it that is not tracked already.
+        rec = self._receivable(order_id, ts) if amount else self.receivables.get(order_id)
+        if rec is not None and rec[R_FLAGS] & F_PLACED:
+            # The same order placed again (re-sent under a new event id, or amended): it counts once, from its
+            # first placement, and its receivable never grows.
+            rec[R_PLACED] = min(rec[R_PLACED], ts)
+            rec[R_AMOUNT] = min(rec[R_AMOUNT], amount)
+            return
+        if amount:
+            b = self.bucket(ts)
+            b[PLACED_GMV] += amount
+            b[PLACED_N] += 1
+            self._sample_buyer(ts // DAY, order_id, buyer_id)
         if rec is not None:
-            rec[R_AMOUNT] = amount
+            rec[R_AMOUNT] = min(rec[R_AMOUNT], amount) if rec[R_FLAGS] & F_PAID else amount
             rec[R_PLACED] = ts
             if rec[R_FLAGS] & F_SETTLED and not rec[R_FLAGS] & F_PLACED and rec[R_CLOSED] >= ts:
                 # its settlement arrived first: count the settlement lag now
@@ -316,18 +392,18 @@ class MerchantState:
 
     def _paid(self, data: dict[str, Any], ts: int) -> None:
         amount = self._money(data["amount"])
-        rec = self._receivable(data["order_id"])
+        rec = self._receivable(_id(data["order_id"]), ts)
         if rec is not None:
+            # What the buyer paid is what is on its way: the receivable is the smaller of the placed and paid amounts.
+            rec[R_AMOUNT] = min(rec[R_AMOUNT], amount) if rec[R_FLAGS] & (F_PLACED | F_PAID) else amount
             rec[R_FLAGS] |= F_PAID
-            if not rec[R_AMOUNT]:
-                rec[R_AMOUNT] = amount
             if not rec[R_PLACED]:
                 rec[R_PLACED] = ts
 
     def _shipped(self, data: dict[str, Any], ts: int) -> None:
         expected = data.get("expected_delivery_at")
         expected_ts = int(parse_rfc3339(expected).timestamp()) if expected else 0
-        rec = self._receivable(data["order_id"])
+        rec = self._receivable(_id(data["order_id"]), ts)
         if rec is not None:
             rec[R_FLAGS] |= F_SHIPPED
             rec[R_SHIPPED] = ts
@@ -335,35 +411,35 @@ class MerchantState:
                 rec[R_DELIVERY] = expected_ts
 
     def _delivered(self, data: dict[str, Any], ts: int) -> None:
-        rec = self._receivable(data["order_id"])
+        rec = self._receivable(_id(data["order_id"]), ts)
         if rec is not None:
             rec[R_FLAGS] |= F_DELIVERED
             rec[R_DELIVERY] = ts
 
     def _cancelled(self, data: dict[str, Any], ts: int) -> None:
-        order_id = data["order_id"]
+        order_id = _id(data["order_id"])
         self.bucket(ts)[CANCEL_N] += 1
-        rec = self._receivable(order_id)
+        rec = self._receivable(order_id, ts)
         if rec is not None:
             self._close(rec, F_CANCELLED, ts)
 
     def _refunded(self, data: dict[str, Any], ts: int) -> None:
-        order_id, amount = data["order_id"], self._money(data["amount"])
+        order_id, amount = _id(data["order_id"]), self._money(data["amount"])
         b = self.bucket(ts)
         b[REFUND_N] += 1
         b[REFUND_GMV] += amount
-        rec = self._receivable(order_id)
+        rec = self._receivable(order_id, ts)
         if rec is not None:
             rec[R_REFUNDED] += amount
             if rec[R_AMOUNT] and rec[R_REFUNDED] >= rec[R_AMOUNT]:
                 self._close(rec, F_REFUNDED, ts)
 
     def _chargeback(self, data: dict[str, Any], ts: int) -> None:
-        order_id, amount = data["order_id"], self._money(data["amount"])
+        order_id, amount = _id(data["order_id"]), self._money(data["amount"])
         b = self.bucket(ts)
         b[CHARGEBACK_N] += 1
         b[CHARGEBACK_GMV] += amount
-        rec = self.receivables.get(order_id)
+        rec = self._receivable(order_id, ts)  # created when the order's own events come later: it stays closed
         if rec is not None:
             rec[R_REFUNDED] += amount
             if rec[R_AMOUNT] and rec[R_REFUNDED] >= rec[R_AMOUNT]:
@@ -371,12 +447,14 @@ class MerchantState:
 
     def _settled(self, data: dict[str, Any], ts: int) -> None:
         self._money(data["gross"])
-        items = [(item["order_id"], self._money(item["amount"])) for item in data["orders"]]
+        items = [(_id(item["order_id"]), self._money(item["amount"])) for item in data["orders"]]
         b = self.bucket(ts)
         for order_id, amount in items:
+            rec = self._receivable(order_id, ts)
+            if rec is not None and rec[R_FLAGS] & F_SETTLED:
+                continue  # settled already (the settlement re-sent under a new id, or the order listed twice)
             b[SETTLED_GMV] += amount
             b[SETTLED_N] += 1
-            rec = self._receivable(order_id)
             if rec is None:
                 continue
             if rec[R_FLAGS] & F_PLACED and rec[R_PLACED] <= ts:
@@ -393,31 +471,40 @@ class MerchantState:
     def _disbursed(self, data: dict[str, Any], ts: int) -> None:
         owed = self._money(data["principal"]) + self._money(data["fee"])
         due = int(parse_rfc3339(data["due_at"]).timestamp())
-        self.loans[data["loan_id"]] = [ts, owed, owed, due, 0]
-        for order_id in data.get("order_ids", ()):
+        loan_id, order_ids = _id(data["loan_id"]), [_id(o) for o in data.get("order_ids") or ()]
+        if self._loan_closed(loan_id):
+            return  # redelivered, or late after the loan's own repayment or charge-off: nothing is owed
+        self.loans[loan_id] = [ts, owed, owed, due, 0]
+        for order_id in order_ids:
             rec = self.receivables.get(order_id)
             if rec is not None:
                 rec[R_FLAGS] |= F_FINANCED
         if self.offer and self.offer[0] == data.get("offer_id"):
             self.offer = []
         if len(self.loans) > MAX_LOANS:
-            oldest = min(self.loans, key=lambda k: self.loans[k][L_TS])
-            del self.loans[oldest]
+            # Forget the advance that matters least: never a past-due one (it freezes the limit), else the one
+            # with the least left to pay (the oldest first), so outstanding is understated the least.
+            loans = self.loans
+            del loans[min(loans, key=lambda k: (loans[k][L_DPD] > 0, loans[k][L_REMAINING], loans[k][L_TS]))]
 
     def _repayment(self, data: dict[str, Any], ts: int) -> None:
-        loan = self.loans.get(data["loan_id"])
+        self._money(data["amount"])  # read, so a malformed event is refused before anything counts it
+        loan, remaining = self.loans.get(_id(data["loan_id"])), self._money(data["remaining"])
         if loan is not None:
-            loan[L_REMAINING] = min(loan[L_REMAINING], self._money(data["remaining"]))
+            loan[L_REMAINING] = min(loan[L_REMAINING], remaining)
 
     def _repaid(self, data: dict[str, Any], ts: int) -> None:
         repaid_at = int(parse_rfc3339(data["repaid_at"]).timestamp()) if data.get("repaid_at") else ts
-        loan = self.loans.pop(data["loan_id"], None)
+        loan_id = _id(data["loan_id"])
+        if self._loan_closed(loan_id):
+            return  # repaid (or charged off) already: one loan counts once
+        loan = self.loans.pop(loan_id, None)
         on_time = 1 if loan is None or repaid_at <= loan[L_DUE] else 0
-        self._history([ts, on_time, KIND_REPAID])
+        self._history([ts, on_time, KIND_REPAID, short_hash(loan_id)])
 
     def _delinquent(self, data: dict[str, Any], ts: int) -> None:
         dpd, remaining = int(data["days_past_due"]), self._money(data["remaining"])
-        loan = self.loans.get(data["loan_id"])
+        loan = self.loans.get(_id(data["loan_id"]))
         if loan is not None:
             loan[L_DPD] = max(loan[L_DPD], dpd)
             loan[L_REMAINING] = min(loan[L_REMAINING], remaining)
@@ -425,8 +512,16 @@ class MerchantState:
             self.worst_dpd, self.worst_dpd_ts = dpd, ts
 
     def _charged_off(self, data: dict[str, Any], ts: int) -> None:
-        self.loans.pop(data["loan_id"], None)
-        self._history([ts, 0, KIND_CHARGED_OFF])
+        loan_id = _id(data["loan_id"])
+        self._money(data["amount"])  # read, so a malformed event is refused before anything counts it
+        if self._loan_closed(loan_id):
+            return
+        self.loans.pop(loan_id, None)
+        self._history([ts, 0, KIND_CHARGED_OFF, short_hash(loan_id)])
+
+    def _loan_closed(self, loan_id: str) -> bool:
+        h = short_hash(loan_id)
+        return any(len(row) > 3 and row[3] == h for row in self.loan_history)
 
     def _history(self, row: list[int]) -> None:
         bisect.insort(self.loan_history, row)
