@@ -25,6 +25,7 @@ class UnderwriterSettings:
     loans_topic: str = field(default=topics.LOANS, metadata={"doc": "input: loan lifecycle events"})
     limits_topic: str = field(default=topics.CREDIT_LIMITS, metadata={"doc": "output: credit_limit.updated"})
     offers_topic: str = field(default=topics.LOAN_OFFERS, metadata={"doc": "output: loan_offer.created/withdrawn"})
+    max_future_skew_seconds: int = field(default=300, metadata={"doc": "worker: an input event dated more than this ahead of the wall clock is dead-lettered (as ingest refuses it); -1 disables"})
     rejected_topic: str = field(default=topics.INGEST_REJECTED, metadata={"doc": "output: dead letters (ingest.rejected) of input records the worker cannot apply"})
     model_registry: str = field(default=DEFAULT_REGISTRY, metadata={"doc": "model registry folder (CHAMPION file + versions)"})
     challenger: str = field(default="", metadata={"doc": "registry version to shadow-score beside the champion (empty: none)"})
@@ -45,6 +46,8 @@ class UnderwriterSettings:
     def validate(self) -> None:
         if self.debounce_seconds < 0:
             raise ValueError("debounce_seconds must be >= 0")
+        if self.max_future_skew_seconds < -1:
+            raise ValueError("max_future_skew_seconds must be >= 0, or -1 to disable the check")
         if not self.store.startswith(("rocksdb://", "memory://")):
             raise ValueError(f"store must be rocksdb:// or memory://, got {self.store!r}")
         if self.psi_window < 1:

@@ -83,6 +83,20 @@ def test_a_poison_record_read_again_after_a_restart_gives_the_same_dead_letter_i
     assert len({e["id"] for e in first}) == len(first) == 5
 
 
+def test_an_event_dated_years_ahead_is_dead_lettered_before_it_can_roll_a_history_out() -> None:
+    uw = _underwriter()
+    past = history("m-far", datetime(2025, 1, 1, tzinfo=UTC), 20, Profile(orders_per_day=3))
+    process_batch(uw, None, _records([codec.encode(e) for e in past]), {"event": 0.0, "wall": 0.0})
+    before = uw.state("m-far").to_dict()
+    far = codec.new_event("order.placed", "m-far", {"order_id": "o-far", "buyer_id": "b",
+                          "amount": {"amount": 100, "currency": "BRL"}}, "2099-01-01T00:00:00Z", "mp", id="ev-far")
+    clock = {"event": 0.0, "wall": 0.0}
+    out = process_batch(uw, None, _records([codec.encode(far)], 500), clock)
+    assert [e["type"] for e in out] == [dead_letter.REJECTED_TYPE]
+    assert "ahead of the clock" in out[0]["data"]["errors"][0]["message"]
+    assert uw.state("m-far").to_dict() == before and clock["event"] == 0.0
+
+
 def test_a_refused_event_with_a_far_future_time_does_not_move_the_flush_clock() -> None:
     uw = _underwriter()
     onboard = history("m-clock", datetime(2025, 1, 1, tzinfo=UTC), 1, Profile(orders_per_day=1))[:1]

@@ -255,11 +255,29 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
             await emit(process_batch(uw, store, batch, clock))
             faust_intake.ack(app.consumer, app.sensors, batch)  # no I/O: marks the offsets as processed
             if commit:
-                # The queue ran dry: commit now rather than on Faust's commit timer (broker_commit_interval).
-                # A rebalance between the acks and the next timer tick drops the acked offsets of partitions
-                # that stay assigned, and they would stay uncommitted until new records arrive there. Under
-                # load the queue is never dry, so this is not a commit per batch.
                 await app.consumer.commit()
+
+    committing: list[asyncio.Future[Any] | None] = [None]
+
+    async def _commit() -> None:
+        try:
+            await app.consumer.commit()
+        except Exception as exc:  # the next commit (ours or Faust's commit timer) takes these offsets
+            log.warning("commit failed: %s", exc)
+
+    def commit_soon() -> bool:
+        """Commit the acked offsets in a task of its own; False while an earlier one still runs.
+
+        When the queue runs dry the acked offsets are committed rather than left to Faust's commit timer
+        (broker_commit_interval): a rebalance between the acks and the next timer tick drops the acked offsets of
+        partitions that stay assigned, and they would stay uncommitted until new records arrive there. A commit
+        flushes the producer and waits for the broker (several ms); batches must not wait for it, so it is not
+        awaited under the batch lock. It commits only offsets acked before it started, whose state and decisions
+        are in the producer it flushes first."""
+        if committing[0] is not None and not committing[0].done():
+            return False
+        committing[0] = asyncio.ensure_future(_commit())
+        return True
 
     async def take(record: faust_intake.Record) -> None:
         if not pending:
@@ -291,15 +309,16 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
         if not pending:
             # The queue is dry: commit the tail once, so the last records' offsets never wait for new traffic
             # (a batch cut by the time limit commits nothing, and a rebalance can drop uncommitted acks).
-            if arrivals["count"] != arrivals["committed"]:
+            if arrivals["count"] != arrivals["committed"] and commit_soon():
                 arrivals["committed"] = arrivals["count"]
-                await app.consumer.commit()
             return
         dry = arrivals["count"] == arrivals["seen"]
         arrivals["seen"] = arrivals["count"]
         waited = time.monotonic() - arrivals["first"]
         if dry or (waited >= settings.batch_within_seconds and not behind()) or waited >= settings.batch_max_wait_seconds:
-            await run_batch(commit=dry)
+            await run_batch(commit=False)
+            if dry:
+                commit_soon()
 
     @app.timer(interval=settings.flush_interval_seconds)
     async def flush_pending() -> None:
@@ -384,8 +403,8 @@ def process_batch(uw: Any, store: TableStore | None, batch: list[Any],
                   clock: dict[str, float]) -> list[dict[str, Any]]:
     """Decode and handle a batch of records; returns the events to emit.
 
-    A record that cannot be applied (not JSON, not a JSON object, a type that does not belong on its topic, or
-    refused by the core) is logged, counted and kept: its dead letter (`ingest.rejected`, see
+    A record that cannot be applied (not JSON, not a JSON object, a type that does not belong on its topic, a
+    time more than max_future_skew_seconds ahead of the wall clock, or refused by the core) is logged, counted and kept: its dead letter (`ingest.rejected`, see
     schemas.dead_letter) is among the events returned, so it is produced before the record is acked.
 
     Each record's input position ("topic:partition", offset) goes with it, so records that the restored
@@ -393,7 +412,10 @@ def process_batch(uw: Any, store: TableStore | None, batch: list[Any],
     evs: list[dict[str, Any]] = []
     kept: list[Any] = []
     positions: list[tuple[str, int]] = []
+    times: list[float | None] = []
     dead: list[dict[str, Any]] = []
+    skew = getattr(uw.settings, "max_future_skew_seconds", -1)
+    horizon = time.time() + skew if skew >= 0 else float("inf")
     for event in batch:
         msg = event.message
         try:
@@ -408,9 +430,20 @@ def process_batch(uw: Any, store: TableStore | None, batch: list[Any],
         if allowed is not None and ev.get("type") not in allowed:
             dead.append(_dead_letter(uw, event, "type", f"type {str(ev.get('type'))[:64]!r} does not belong on {msg.topic}", ev))
             continue
+        try:
+            ts: float | None = datetime.fromisoformat(ev["time"].replace("Z", "+00:00")).timestamp()
+        except (KeyError, TypeError, ValueError, AttributeError):
+            ts = None  # the core refuses it with the precise reason
+        if ts is not None and ts > horizon:
+            # Ingest refuses these; a record produced straight to the topic is not trusted either: one event
+            # dated years ahead would roll a merchant's whole history out of its windows.
+            dead.append(_dead_letter(uw, event, "time", f"time {str(ev.get('time'))[:40]!r} is more than {skew} s "
+                                     "ahead of the clock", ev))
+            continue
         subject = ev.get("subject")
         if store is not None and isinstance(subject, str) and subject:
             store.remember(subject, event)
+        times.append(ts)
         evs.append(ev)
         kept.append(event)
         positions.append((f"{msg.topic}:{msg.partition}", msg.offset))
@@ -419,15 +452,10 @@ def process_batch(uw: Any, store: TableStore | None, batch: list[Any],
     for index, error in errors:
         dead.append(_dead_letter(uw, kept[index], "apply", str(error), evs[index]))
     latest = None
-    failed = {index for index, _ in errors}  # a refused event (a year-9999 time) must not move the clock
-    for index, ev in enumerate(evs):
-        if index in failed:
-            continue
-        try:
-            ts = datetime.fromisoformat(ev["time"].replace("Z", "+00:00")).timestamp()
-        except (KeyError, TypeError, ValueError, AttributeError):
-            continue
-        latest = ts if latest is None else max(latest, ts)
+    failed = {index for index, _ in errors}  # a refused event must not move the clock
+    for index, stamp in enumerate(times):
+        if stamp is not None and index not in failed:
+            latest = stamp if latest is None else max(latest, stamp)
     if latest is not None and latest >= clock["event"]:
         clock["event"], clock["wall"] = latest, time.time()
     return out + dead if dead else out
