@@ -32,8 +32,9 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         F("broker_updates_2k", "credit_limit.updated measured at 2,000 ev/s", "updates"),
     ), max_repeat=1,
         notes="events pre-produced to a fresh topic (6 partitions), then `floatbridge underwriter worker` "
-              "processes (memory:// tables) consume them; rate = events / time until the workers' events "
-              "counter reaches the total. Latency: a fresh worker, events produced at a steady 2,000/s, from "
+              "processes (memory:// tables) consume them; rate = events counted from the moment every worker "
+              "handles records (the start-up rebalance stays out of the window) until the workers' events "
+              "counters reach the total. Latency: a fresh worker, events produced at a steady 2,000/s, from "
               "each event's scheduled send time to its credit_limit.updated read back from the broker."),
     Benchmark("latency", "Event -> credit_limit.updated", underwriter.latency, (
         F("p50_ms_1k", "p50 at 1,000 ev/s", "ms"), F("p99_ms_1k", "p99 at 1,000 ev/s", "ms"),

@@ -113,7 +113,8 @@ def _stop_workers(procs: list[tuple[subprocess.Popen[bytes], int]]) -> None:
 
 
 def workers_rate(bootstrap: str, rid: str, topics: dict[str, str], n: int, workers: int) -> float:
-    """Start `workers` processes on a topic already holding n events; events/s from first to last counted."""
+    """Start `workers` processes on a topic already holding n events; events/s from the moment every worker has
+    handled records to the last record counted."""
     work = Path(tempfile.mkdtemp(prefix="fb-bench-uw-"))
     procs = _start_workers(bootstrap, f"{rid}-w{workers}", topics, workers, work)
     started = time.perf_counter()
@@ -123,20 +124,30 @@ def workers_rate(bootstrap: str, rid: str, topics: dict[str, str], n: int, worke
         deadline = time.monotonic() + 120 + n / 500
         while time.monotonic() < deadline:
             _check_alive(procs, work)
-            total = sum(events_counted(port) for _, port in procs)
+            counts = [events_counted(port) for _, port in procs]
+            total = sum(counts)
             now = time.perf_counter()
-            if total and not first:
+            # Counting starts once every worker handles records: the rebalance that a joining worker triggers
+            # (and the records one worker takes alone before it) stays out of the measured window.
+            if all(counts) and not first:
                 first, first_count = now, total
             if total >= n:
                 last = now
                 break
-            # A scrape renders every metric: once counting started, polling faster takes CPU from the workers.
-            time.sleep(0.2 if first else 0.02)
+            # A scrape renders every metric and takes CPU from the workers: once counting started, poll once a
+            # second while the end is far (by the rate so far), every 20 ms when it is near.
+            if not first:
+                time.sleep(0.02)
+            else:
+                rate = (total - first_count) / (now - first) if now > first else 0.0
+                time.sleep(0.02 if rate <= 0 or (n - total) / rate < 1.5 else 1.0)
         if not last:
             raise RuntimeError(f"workers handled {total:.0f} of {n} events in time")
-        if last > first:
+        if first and last > first:
             return (n - first_count) / (last - first)
-        return n / (last - started)  # all handled between two polls (a tiny run): a lower bound, start-up included
+        # All handled between two polls, or before every worker took part (a tiny run): a lower bound, start-up
+        # included.
+        return n / (last - started)
     finally:
         _stop_workers(procs)
 
