@@ -9,11 +9,12 @@ the acceptance API's application service (API-key authentication, then `accept`,
 handler does; `EngineOptions.accept_over_http` runs the FastAPI app in-process instead). The
 simulated marketplace withholds from payouts what `collections.v1` instructs.
 
-Like the Kafka consumers, the services take what the bus delivered in batches: whenever the
-in-process queues run empty, the underwriter gets the events that arrived as one batch (each
-merchant scored at most once per batch) and disbursement applies its events in one SQLite
-transaction. Settlements, refunds and cancellations of merchants who never tried to borrow are
-not sent to disbursement: with no loan there is nothing for it to do with them.
+Like the Kafka consumers, the services take what the bus delivered in batches, never across an
+hourly tick of event time (a fed batch is cut where a tick falls): whenever the in-process queues
+run empty, the underwriter gets the events that arrived as one batch (each merchant scored at most
+once per batch) and disbursement applies its events in one SQLite transaction. Settlements, refunds
+and cancellations of merchants who never tried to borrow are not sent to disbursement: with no loan
+there is nothing for it to do with them.
 
 Time is event time: the engine's clock is the latest event time seen, so a replay of the same
 file gives the same decisions.
@@ -38,10 +39,15 @@ EMITTED_TOPICS = (topics.CREDIT_LIMITS, topics.LOAN_OFFERS, topics.LOANS, topics
 Handler = Callable[[dict[str, Any]], None]
 DISBURSEMENT_MARKETPLACE_TYPES = frozenset({
     "merchant.onboarded", "merchant.updated", "settlement.paid", "order.refunded", "order.cancelled",
+    "order.chargeback",
 })
 # Of those, the ones that only matter to a merchant who has borrowed: with no loan ever taken there are no
 # financed orders, nothing owed and no instruction to refresh, so disbursement would only mark them processed.
-BORROWER_ONLY_TYPES = frozenset({"settlement.paid", "order.refunded", "order.cancelled"})
+BORROWER_ONLY_TYPES = frozenset({"settlement.paid", "order.refunded", "order.cancelled", "order.chargeback"})
+
+
+# What json.dumps(obj, separators=(",", ":")) writes, without building an encoder for every emitted event.
+_RECORD_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 class InProcessBus:
@@ -70,12 +76,13 @@ class InProcessBus:
 
     def drain(self) -> None:
         queue, counts, record, watchers, subs = self._queue, self.counts, self.record, self._watchers, self._subs
+        encode = _RECORD_ENCODER.encode
         while True:
             while queue:
                 topic, _key, event = queue.popleft()
                 counts[topic] += 1
                 if record is not None and topic in EMITTED_TOPICS:
-                    record.write(json.dumps({"topic": topic, **event}, separators=(",", ":")) + "\n")
+                    record.write(encode({"topic": topic, **event}) + "\n")
                 for watcher in watchers:
                     watcher(topic, event)
                 for handler in subs.get(topic, ()):
@@ -416,19 +423,34 @@ class EmbeddedEngine:
 
     # ----------------------------------------------------------------- running
     def feed(self, batch: list[tuple[int, Any]]) -> None:
-        """Submit (line number, raw event) pairs through ingest, then let everything downstream run."""
+        """Submit (line number, raw event) pairs through ingest, then let everything downstream run.
+
+        The batch is cut where an hourly tick falls: the events before the tick are submitted (and every
+        service has handled them) before the tick runs, so aging, debounced decisions, webhook delivery and
+        acceptances at that hour see exactly the events before it, and the marketplace withholds from a
+        payout what collections.v1 asked for as of the payout's own time. (Running every tick of a batch
+        first let a day's aging precede that day's payouts and filled withheld from instructions older than
+        the loans the same batch disbursed.)"""
+        start = 0
+        for i, (_line, raw) in enumerate(batch):
+            t = raw.get("time") if isinstance(raw, dict) else None
+            if not isinstance(t, str):
+                continue
+            try:
+                at = parse_rfc3339(t)
+            except ValueError:
+                continue
+            if at > self.now:
+                if i > start and self._next_tick is not None and at >= self._next_tick:
+                    self._submit(batch[start:i])
+                    start = i
+                self._advance(at)
+        self._submit(batch[start:])
+
+    def _submit(self, batch: list[tuple[int, Any]]) -> None:
         if not batch:
             return
         raws = [self._fill_withheld(raw) if isinstance(raw, dict) else raw for _, raw in batch]
-        for raw in raws:
-            t = raw.get("time") if isinstance(raw, dict) else None
-            if isinstance(t, str):
-                try:
-                    at = parse_rfc3339(t)
-                except ValueError:
-                    continue
-                if at > self.now:
-                    self._advance(at)
         results = self.ingest.submit(raws, intake="replay", received_at=self.now)
         for (line, _raw), res in zip(batch, results, strict=True):
             if res.status.value == "rejected":

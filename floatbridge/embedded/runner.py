@@ -58,7 +58,7 @@ def run_events(engine: EmbeddedEngine, items: Iterable[tuple[int, Any]], total: 
 
 def open_events(path: Path) -> Iterator[str]:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as fh:  # type: ignore[operator]
+    with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
         yield from fh
 
 

@@ -24,7 +24,7 @@ from services.underwriter.domain.state import MerchantState
 
 DAY = 86_400
 DISBURSEMENT_TYPES = frozenset({"merchant.onboarded", "merchant.updated", "settlement.paid", "order.refunded",
-                                "order.cancelled"})
+                                "order.cancelled", "order.chargeback"})
 LOAN_TYPES = frozenset({"loan_offer.accepted", "loan.disbursed", "loan.repayment_applied", "loan.repaid",
                         "loan.delinquent", "loan.charged_off"})
 

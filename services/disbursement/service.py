@@ -7,13 +7,14 @@ touches the tables directly.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
 import threading
 import time as _time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import SimpleNamespace
@@ -31,6 +32,8 @@ from services.disbursement.adapters.orm import (
     credit_limits,
     financed_orders,
     idempotency_keys,
+    journal_entries,
+    journal_lines,
     loans,
     merchant_refunds,
     merchants,
@@ -55,6 +58,7 @@ from services.disbursement.settings import DisbursementSettings
 
 log = logging.getLogger(__name__)
 CLOCK_KEY = "event_clock"
+_MAX_ID = 128  # offer ids are 1-128 characters (schemas: Id; offers.offer_id)
 KILL_KEY = "kill_switch"
 
 
@@ -68,6 +72,10 @@ _ACCEPTED_SINCE = sa.select(sa.func.coalesce(sa.func.sum(loans.c.principal), 0))
 _BAD_LOANS = sa.select(sa.func.count()).select_from(loans).where(
     loans.c.merchant_id == sa.bindparam("p_merchant"),
     loans.c.state.in_([LoanState.DELINQUENT.value, LoanState.CHARGED_OFF.value]))
+# Loans still owed (accepted ones included: their payout may be in flight), for the acceptance re-checks.
+_OWED_LOANS = sa.select(loans.c.currency, loans.c.principal_due, loans.c.fee_due, loans.c.due_at).where(
+    loans.c.merchant_id == sa.bindparam("p_merchant"),
+    loans.c.state.in_([LoanState.ACCEPTED.value, *(s.value for s in OPEN_STATES)]))
 _OFFER_TAKEN = sa.select(sa.func.count()).select_from(loans).where(loans.c.offer_id == sa.bindparam("p_offer"))
 _STORED = sa.select(idempotency_keys).where(idempotency_keys.c.merchant_id == sa.bindparam("p_merchant"),
                                             idempotency_keys.c.key == sa.bindparam("p_key"))
@@ -86,14 +94,24 @@ _INSERT_LOAN = sa.insert(loans)
 _SET_DPD = sa.update(loans).where(loans.c.loan_id == sa.bindparam("p_loan")).values(dpd=sa.bindparam("p_dpd"))
 _BY_API_KEY = sa.select(merchants.c.merchant_id, merchants.c.api_key_hash).where(
     merchants.c.api_key_hash == sa.bindparam("p_hash"))
-_SUPERSEDE_OPEN = sa.update(offers).where(offers.c.merchant_id == sa.bindparam("p_merchant"),
-                                          offers.c.state == OfferState.OPEN.value).values(
+_SUPERSEDE_OLDER = sa.update(offers).where(
+    offers.c.merchant_id == sa.bindparam("p_merchant"), offers.c.state == OfferState.OPEN.value,
+    offers.c.offer_id != sa.bindparam("p_offer"),
+    offers.c.created_at <= sa.bindparam("p_at", type_=offers.c.created_at.type)).values(
     state=OfferState.SUPERSEDED.value)
+_NEWER_OPEN = sa.select(offers.c.offer_id).where(
+    offers.c.merchant_id == sa.bindparam("p_merchant"), offers.c.state == OfferState.OPEN.value,
+    offers.c.offer_id != sa.bindparam("p_offer"),
+    offers.c.created_at > sa.bindparam("p_at", type_=offers.c.created_at.type)).limit(1)
 _WITHDRAW_OPEN = sa.update(offers).where(offers.c.offer_id == sa.bindparam("p_offer"),
                                          offers.c.merchant_id == sa.bindparam("p_merchant"),
                                          offers.c.state == OfferState.OPEN.value).values(
     state=OfferState.WITHDRAWN.value)
 _OFFER = sa.select(offers).where(offers.c.offer_id == sa.bindparam("p_offer"))
+_OPEN_OFFER_OF = sa.select(offers.c.offer_id, offers.c.order_ids, offers.c.data).where(
+    offers.c.merchant_id == sa.bindparam("p_merchant"), offers.c.state == OfferState.OPEN.value)
+_SET_OFFER_DATA = sa.update(offers).where(offers.c.offer_id == sa.bindparam("p_offer")).values(
+    data=sa.bindparam("p_data", type_=offers.c.data.type))
 _ACCEPT_OFFER = sa.update(offers).where(offers.c.offer_id == sa.bindparam("p_offer")).values(
     state=OfferState.ACCEPTED.value)
 _INSERT_IDEMPOTENCY = sa.insert(idempotency_keys)
@@ -129,8 +147,15 @@ _UPDATE_MERCHANT = sa.update(merchants).where(merchants.c.merchant_id == sa.bind
 _OVERDUE = sa.select(loans).where(loans.c.state.in_([s.value for s in OPEN_STATES]),
                                   loans.c.due_at < sa.bindparam("p_now", type_=loans.c.due_at.type))
 _OVERDUE_LOCKED = _OVERDUE.with_for_update()
+# Open offers past their expiry, found through ix_offers_state_expires_at (migration 0005) instead of a scan of
+# every offer ever made. Their order is stated, not left to the plan: on SQLite, rowid order, which is the order
+# the offers were inserted (offers are never deleted or replaced, so rowids only grow) and exactly the order the
+# full-table scan returned before the index existed, so loan_offer.expired events are written as they were.
+# PostgreSQL's scan returned heap order, which is no defined order; it takes creation time, then offer id.
 _EXPIRING = sa.select(offers.c.offer_id, offers.c.merchant_id).where(
     offers.c.state == OfferState.OPEN.value, offers.c.expires_at <= sa.bindparam("p_now", type_=offers.c.expires_at.type))
+_EXPIRING_SQLITE = _EXPIRING.order_by(sa.literal_column("offers.rowid"))
+_EXPIRING_PG = _EXPIRING.order_by(offers.c.created_at, offers.c.offer_id)
 _EXPIRE_OFFER = sa.update(offers).where(offers.c.offer_id == sa.bindparam("p_offer")).values(
     state=OfferState.EXPIRED.value)
 _CHARGE_OFF = sa.update(loans).where(loans.c.loan_id == sa.bindparam("p_loan")).values(
@@ -140,6 +165,18 @@ _SET_DELINQUENT = sa.update(loans).where(loans.c.loan_id == sa.bindparam("p_loan
     state=LoanState.DELINQUENT.value, dpd=sa.bindparam("p_dpd"), bucket=sa.bindparam("p_bucket"))
 
 
+# Per charged-off loan of a merchant: the loss still on the books (written off minus recovered), oldest first.
+_LOSS = sa.case((journal_lines.c.side == "D", journal_lines.c.amount), else_=-journal_lines.c.amount)
+_UNRECOVERED = (
+    sa.select(loans.c.loan_id, sa.func.sum(_LOSS).label("loss"))
+    .select_from(loans.join(journal_entries, journal_entries.c.loan_id == loans.c.loan_id)
+                 .join(journal_lines, journal_lines.c.entry_id == journal_entries.c.entry_id))
+    .where(loans.c.merchant_id == sa.bindparam("p_merchant"), loans.c.state == LoanState.CHARGED_OFF.value,
+           journal_lines.c.account == ledger.Account.CHARGE_OFF_LOSS.value,
+           journal_lines.c.currency == sa.bindparam("p_currency"))
+    .group_by(loans.c.loan_id, loans.c.disbursed_at)
+    .having(sa.func.sum(_LOSS) > 0)
+    .order_by(loans.c.disbursed_at, loans.c.loan_id))
 _PROCESSED_IN = sa.select(processed_events.c.event_id).where(
     processed_events.c.event_id.in_(sa.bindparam("p_ids", expanding=True)))
 # Connection.info key: in a SQLite batch, the event ids already processed (read once, then kept up to date).
@@ -253,6 +290,8 @@ class DisbursementService:
         bad = set(event_types) - repo.WEBHOOK_TYPES
         if bad:
             raise ValueError(f"unknown webhook event types: {', '.join(sorted(bad))}")
+        if api_key is not None and len(api_key) < 16:
+            raise ValueError("an API key must be at least 16 characters")
         secret = webhook_secret or new_secret()
         secret_bytes(secret)  # reject a malformed secret now, not at the first delivery
         values: dict[str, Any] = {"webhook_url": webhook_url, "webhook_secrets": [secret],
@@ -308,6 +347,8 @@ class DisbursementService:
 
     def authenticate(self, api_key: str) -> str | None:
         """The merchant owning `api_key`, comparing hashes in constant time."""
+        if len(api_key) < 16:  # no key that short is ever stored: nothing to look up
+            return None
         digest = hash_api_key(api_key)
         with self.engine.connect() as conn:
             row = repo.run(conn, _BY_API_KEY, {"p_hash": digest}).first()
@@ -445,6 +486,7 @@ class DisbursementService:
             "settlement.paid": self._on_settlement,
             "order.refunded": self._on_order_shortfall,
             "order.cancelled": self._on_order_shortfall,
+            "order.chargeback": self._on_order_shortfall,
         }
 
     def _advance_clock(self, conn: sa.Connection, at: datetime) -> None:
@@ -473,6 +515,9 @@ class DisbursementService:
     def _on_credit_limit(self, conn: sa.Connection, event: dict[str, Any], mid: str, at: datetime) -> None:
         data = event["data"]
         limit, available = Money.from_json(data["limit"]), Money.from_json(data["available"])
+        if available.currency != limit.currency:
+            raise EventRejected(f"credit_limit.updated {event['id']}: available in {available.currency}, "
+                                f"limit in {limit.currency}")
         self._ensure_merchant(conn, mid, limit.currency)
         # Read only by acceptances (their own transactions): inserted with the batch at commit.
         repo.insert_ignore_later(conn, credit_limits, {
@@ -484,16 +529,25 @@ class DisbursementService:
     def _on_offer_created(self, conn: sa.Connection, event: dict[str, Any], mid: str, at: datetime) -> None:
         data = event["data"]
         amount, fee = Money.from_json(data["amount"]), Money.from_json(data["fee"])
+        due_at, expires_at = parse_rfc3339(data["due_at"]), parse_rfc3339(data["expires_at"])
+        order_ids = list(data.get("order_ids", []))
+        problem = _offer_problem(amount, fee, due_at, expires_at, at, order_ids)
+        if problem is not None:
+            raise EventRejected(f"loan_offer.created {data['offer_id']}: {problem}")
         self._ensure_merchant(conn, mid, amount.currency)
-        # One open offer per merchant: a fresh one replaces the stale one.
-        repo.run(conn, _SUPERSEDE_OPEN, {"p_merchant": mid})
+        # One open offer per merchant: a fresh one replaces older ones; one that arrives after a newer offer
+        # (out of order) is stored already superseded; the same offer delivered again changes nothing.
+        newer = repo.run(conn, _NEWER_OPEN, {"p_merchant": mid, "p_offer": data["offer_id"], "p_at": at}).first()
+        if newer is None:
+            repo.run(conn, _SUPERSEDE_OLDER, {"p_merchant": mid, "p_offer": data["offer_id"], "p_at": at})
         repo.insert_ignore(conn, offers, {
-            "offer_id": data["offer_id"], "merchant_id": mid, "state": OfferState.OPEN.value,
+            "offer_id": data["offer_id"], "merchant_id": mid,
+            "state": (OfferState.OPEN if newer is None else OfferState.SUPERSEDED).value,
             "currency": amount.currency, "amount": amount.amount, "fee": fee.amount, "apr": str(data["apr"]),
-            "due_at": parse_rfc3339(data["due_at"]), "expires_at": parse_rfc3339(data["expires_at"]),
-            "created_at": at, "order_ids": list(data.get("order_ids", [])), "data": data,
+            "due_at": due_at, "expires_at": expires_at, "created_at": at, "order_ids": order_ids, "data": data,
         })
-        self._outbox().emit(conn, topic=None, event=event)
+        if newer is None:  # a merchant is never offered what is already replaced
+            self._outbox().emit(conn, topic=None, event=event)
 
     def _on_offer_withdrawn(self, conn: sa.Connection, event: dict[str, Any], mid: str, at: datetime) -> None:
         repo.run(conn, _WITHDRAW_OPEN, {"p_offer": event["data"]["offer_id"], "p_merchant": mid})
@@ -505,6 +559,9 @@ class DisbursementService:
         started = _time.perf_counter()
         if not cmd.idempotency_key or len(cmd.idempotency_key) > 255:
             result = _error(422, "idempotency_key_invalid", "Idempotency-Key must be 1 to 255 characters")
+        elif not cmd.offer_id or len(cmd.offer_id) > _MAX_ID:
+            # No stored offer has such an id (nothing is stored for it either: the answer never changes).
+            result = _error(404, "offer_not_found", "no such offer")
         else:
             result = self._accept(cmd)
         outcome = "accepted" if result.ok else (result.code or "error")
@@ -575,9 +632,12 @@ class DisbursementService:
         """The acceptance facts, and the id of the limit row `available` was read from."""
         merchant = self._merchant(conn, offer.merchant_id)
         delinquent = repo.run(conn, _BAD_LOANS, {"p_merchant": offer.merchant_id}).scalar_one()
+        owed = repo.run(conn, _OWED_LOANS, {"p_merchant": offer.merchant_id}).all()
+        # Past due is a fact of the due date, not of whether the aging pass has run since.
+        delinquent = delinquent or any(aging.days_past_due(r.due_at, now) > 0 for r in owed)
         taken = repo.run(conn, _OFFER_TAKEN, {"p_offer": offer.offer_id}).scalar_one()
         state = OfferState.ACCEPTED if taken else OfferState(offer.state)
-        available, limit_id = self._available(conn, offer.merchant_id)
+        available, limit_id = self._available(conn, offer.merchant_id, owed)
         financed: tuple[str, ...] = ()
         if offer.order_ids:
             rows = repo.run(conn, _FINANCED_IN, {"p_merchant": offer.merchant_id, "p_orders": list(offer.order_ids)})
@@ -586,15 +646,21 @@ class DisbursementService:
             offer_state=state, offer_amount=Money(offer.amount, offer.currency), expires_at=offer.expires_at,
             now=now, kill_switch=self.kill_switch(conn), merchant_status=merchant.status,
             merchant_delinquent=bool(delinquent), available=available, already_financed=financed,
+            owed_currencies=tuple(sorted({str(r.currency) for r in owed})),
+            changed_receivables=tuple(sorted((offer.data or {}).get("changed_orders") or {})),
         ), limit_id
 
-    def _available(self, conn: sa.Connection, merchant_id: str) -> tuple[Money | None, int | None]:
-        """Latest available limit minus principal accepted since that limit arrived."""
+    def _available(self, conn: sa.Connection, merchant_id: str, owed: list[Any]) -> tuple[Money | None, int | None]:
+        """Latest available limit minus principal accepted since that limit arrived, and never more than
+        the latest limit minus what the merchant owes now: a limit the underwriter computed before it
+        heard of a loan (its `available` still counts that money) must not lend the same money twice."""
         lim = repo.run(conn, _LATEST_LIMIT, {"p_merchant": merchant_id}).first()
         if lim is None:
             return None, None
         since = repo.run(conn, _ACCEPTED_SINCE, {"p_merchant": merchant_id, "p_limit": lim.id}).scalar_one()
-        return Money(lim.available_amount - int(since), lim.currency), int(lim.id)
+        outstanding = sum(int(r.principal_due) + int(r.fee_due) for r in owed if r.currency == lim.currency)
+        available = min(lim.available_amount - int(since), lim.limit_amount - outstanding)
+        return Money(available, lim.currency), int(lim.id)
 
     def _open_loan(self, conn: sa.Connection, offer: Any, now: datetime, limit_id: int | None) -> Any:
         """Insert the loan (against the limit row the acceptance checked); returns the row as written."""
@@ -676,8 +742,13 @@ class DisbursementService:
             stuck = conn.execute(sa.select(loans.c.loan_id).where(
                 loans.c.state == LoanState.ACCEPTED.value, loans.c.accepted_at <= cutoff)).scalars().all()
             refunds = conn.execute(sa.select(merchant_refunds).where(merchant_refunds.c.state == "pending")).all()
-        done = sum(1 for loan_id in stuck if self._drive_payout(loan_id))
-        done += sum(1 for r in refunds if self._pay_refund(r))
+        done = 0
+        for what, job in [*((loan_id, functools.partial(self._drive_payout, loan_id)) for loan_id in stuck),
+                          *((r.refund_id, functools.partial(self._pay_refund, r)) for r in refunds)]:
+            try:
+                done += bool(job())
+            except Exception:  # one payout the rail cannot take must not hold up every other one
+                log.exception("recovery of %s failed; the next pass retries", what)
         self._after_commit()
         return done
 
@@ -693,15 +764,31 @@ class DisbursementService:
                 merchant_refunds.c.refund_id == refund.refund_id, merchant_refunds.c.state == "pending")
                 .values(state="paid", payout_id=payout_id)).rowcount
             if changed:
-                repo.post_entry(conn, ledger.overpayment_returned(f"returned:{refund.refund_id}",
+                repo.post_entry(conn, ledger.overpayment_returned(_fit(f"returned:{refund.refund_id}"),
                                 Money(refund.amount, refund.currency)), refund.merchant_id, self.clock())
         return True
 
     # ----------------------------------------------------------------- collections
+    def _first_time(self, conn: sa.Connection, kind: str, mid: str, ref: str) -> bool:
+        """True the first time a marketplace reference (settlement, refund, chargeback id) is seen for this
+        merchant. A sloppy sender may resend one under a new event id: its money must count once."""
+        # "#" never starts a CloudEvents id (schemas: a letter or digit first): no event id can take this key.
+        key = f"#{kind}:{deterministic_id(kind, mid, ref)}"
+        if repo.insert_ignore(conn, processed_events, {"event_id": key, "event_type": kind,
+                                                       "processed_at": self.clock()}):
+            return True
+        log.warning("%s %s of merchant %s was already applied under another event id; ignored", kind, ref, mid)
+        return False
+
     def _on_settlement(self, conn: sa.Connection, event: dict[str, Any], mid: str, at: datetime) -> None:
         data = event["data"]
         settlement_id, withheld = data["settlement_id"], Money.from_json(data["withheld"])
+        if not self._first_time(conn, "settlement.paid", mid, str(settlement_id)):
+            return
+        # A merchant this service never saw onboarded still gets back whatever was withheld from it.
+        self._ensure_merchant(conn, mid, withheld.currency)
         paid_for = _order_amounts(data.get("orders", []), withheld.currency)
+        self._note_offered_orders(conn, mid, paid_for, "settled")
         earmarks: dict[str, Money] = {}
         if paid_for:
             params = {"p_merchant": mid, "p_orders": list(paid_for)}
@@ -718,18 +805,41 @@ class DisbursementService:
                               earmarks, order)
         for loan_id, split in alloc.per_loan:
             self._apply_repayment(conn, mid, loan_id, settlement_id, split.fee, split.principal, at)
-        if alloc.overpayment.amount > 0:
-            refund_id = f"refund:{mid}:{settlement_id}"
-            repo.post_entry(conn, ledger.overpayment(f"overpayment:{mid}:{settlement_id}", alloc.overpayment), mid, at)
+        left = alloc.overpayment
+        if left.amount > 0:
+            left = self._recover_charged_off(conn, mid, settlement_id, left, at)
+        if left.amount > 0:
+            refund_id = _fit(f"refund:{mid}:{settlement_id}", _REFUND_ID_MAX)
+            repo.post_entry(conn, ledger.overpayment(_fit(f"overpayment:{mid}:{settlement_id}"), left), mid, at)
             repo.insert_ignore(conn, merchant_refunds, {
-                "refund_id": refund_id, "merchant_id": mid, "amount": alloc.overpayment.amount,
-                "currency": alloc.overpayment.currency, "state": "pending", "created_at": at})
+                "refund_id": refund_id, "merchant_id": mid, "amount": left.amount,
+                "currency": left.currency, "state": "pending", "created_at": at})
         self._refresh_instruction(conn, mid, at, f"settlement:{settlement_id}")
+
+    def _recover_charged_off(self, conn: sa.Connection, mid: str, settlement_id: str, money: Money,
+                             at: datetime) -> Money:
+        """Money beyond the open loans first recovers what was written off for this merchant (oldest loan
+        first, never more than its loss), booked as a recovery; returns what is left for the merchant."""
+        rows = repo.run(conn, _UNRECOVERED, {"p_merchant": mid, "p_currency": money.currency}).all()
+        for row in rows:
+            if money.is_zero():
+                break
+            part = money.min(Money(int(row.loss), money.currency))
+            if part.amount <= 0:
+                continue
+            repo.post_entry(conn, ledger.recovery(_fit(f"recovery:{row.loan_id}:{settlement_id}"), row.loan_id, part),
+                            mid, at)
+            money = money - part
+            self._outbox().new(conn, topic=topics.LOANS, etype="loan.repayment_applied", merchant_id=mid, data={
+                "loan_id": row.loan_id, "settlement_id": settlement_id, "amount": part.to_json(),
+                "remaining": repo.money(int(row.loss) - part.amount, money.currency)}, time=at,
+                event_id=deterministic_id("loan.repayment_applied", row.loan_id, settlement_id))
+        return money
 
     def _apply_repayment(self, conn: sa.Connection, mid: str, loan_id: str, settlement_id: str,
                          fee: Money, principal: Money, at: datetime) -> None:
         loan = repo.run(conn, _LOAN, {"p_loan": loan_id}).one()
-        repo.post_entry(conn, ledger.repayment(f"repayment:{loan_id}:{settlement_id}", loan_id, fee, principal), mid, at)
+        repo.post_entry(conn, ledger.repayment(_fit(f"repayment:{loan_id}:{settlement_id}"), loan_id, fee, principal), mid, at)
         p_due, f_due = loan.principal_due - principal.amount, loan.fee_due - fee.amount
         target = LoanState.REPAID if p_due == 0 and f_due == 0 else (
             LoanState.DELINQUENT if loan.state == LoanState.DELINQUENT.value else LoanState.REPAYING)
@@ -747,20 +857,40 @@ class DisbursementService:
                    data={"loan_id": loan_id, "repaid_at": format_rfc3339(at)}, time=at,
                    event_id=deterministic_id("loan.repaid", loan_id))
 
+    def _note_offered_orders(self, conn: sa.Connection, mid: str, order_ids: Iterable[str], change: str) -> None:
+        """Remember on the merchant's open offer which of its orders settled, were cancelled, refunded or
+        charged back: an advance on money already paid out (or never coming) is refused at acceptance."""
+        wanted = set(order_ids)
+        if not wanted:
+            return
+        for row in repo.run(conn, _OPEN_OFFER_OF, {"p_merchant": mid}).all():
+            hit = wanted.intersection(row.order_ids or ())
+            if not hit:
+                continue
+            data = dict(row.data or {})
+            changed = dict(data.get("changed_orders") or {})
+            changed.update({oid: changed.get(oid, change) for oid in sorted(hit)})
+            data["changed_orders"] = changed
+            repo.run(conn, _SET_OFFER_DATA, {"p_offer": row.offer_id, "p_data": data})
+
     def _on_order_shortfall(self, conn: sa.Connection, event: dict[str, Any], mid: str, at: datetime) -> None:
         """A refunded or cancelled financed order will not repay its loan: the withhold must cover it."""
-        data = event["data"]
+        data, etype = event["data"], event["type"]
+        self._note_offered_orders(conn, mid, (data["order_id"],), _CLOSED_BY[etype])
         rows = repo.run(conn, _FINANCED_ORDER, {"p_merchant": mid, "p_order": data["order_id"]}).all()
         if not rows:
             return
+        ref = data.get(_SHORTFALL_REFS.get(etype, ""))
+        if ref is not None and not self._first_time(conn, etype, mid, f"{data['order_id']}:{ref}"):
+            return  # the same refund or chargeback resent under another event id
         for row in rows:
-            if event["type"] == "order.cancelled":
+            if etype == "order.cancelled":
                 left = 0
             else:
                 left = max(0, row.expected - Money.from_json(data["amount"]).amount)
             repo.run(conn, _SET_FINANCED, {
                 "p_order": row.order_id, "p_loan": row.loan_id, "p_expected": left,
-                "p_state": "open" if left else ("cancelled" if event["type"] == "order.cancelled" else "refunded")})
+                "p_state": "open" if left else _CLOSED_BY[etype]})
         self._refresh_instruction(conn, mid, at, f"{event['type']}:{event['id']}")
 
     def _refresh_instruction(self, conn: sa.Connection, mid: str, at: datetime, cause: str) -> None:
@@ -773,6 +903,8 @@ class DisbursementService:
             (merchant.last_instruction or {}).get("owed", {}).get("currency") or merchant.currency)
         if currency is None:
             return
+        # One currency per instruction (acceptance refuses a second currency while a loan is owed).
+        open_ = [ln for ln in open_ if ln.principal_due.currency == currency]
         ins = coll.instruction(open_, currency, self.settings.withhold_rate_bps,
                                self.settings.shortfall_withhold_rate_bps)
         data = {"owed": ins.owed.to_json(), "withhold_rate_bps": ins.withhold_rate_bps, "loan_ids": list(ins.loan_ids)}
@@ -804,7 +936,8 @@ class DisbursementService:
         self._after_commit()
 
     def _expire_offers(self, conn: sa.Connection, now: datetime) -> None:
-        for offer_id, mid in repo.run(conn, _EXPIRING, {"p_now": now}).all():
+        expiring = _EXPIRING_PG if self._pg else _EXPIRING_SQLITE
+        for offer_id, mid in repo.run(conn, expiring, {"p_now": now}).all():
             repo.run(conn, _EXPIRE_OFFER, {"p_offer": offer_id})
             self._outbox().new(conn, topic=None, etype="loan_offer.expired", merchant_id=mid,
                                data={"offer_id": offer_id, "reasons": [{"code": "expired", "text": "offer expired"}]},
@@ -870,12 +1003,47 @@ def topics_marketplace_types() -> frozenset[str]:
 
 
 _MARKETPLACE_TYPES = topics_marketplace_types()
+# What a financed order that will not (fully) settle becomes, and the field naming each partial event once.
+_CLOSED_BY = {"order.cancelled": "cancelled", "order.refunded": "refunded", "order.chargeback": "charged_back"}
+_SHORTFALL_REFS = {"order.refunded": "refund_id", "order.chargeback": "chargeback_id"}
+
+
+_ENTRY_ID_MAX = 128  # journal_entries.entry_id
+_REFUND_ID_MAX = 160  # merchant_refunds.refund_id
+
+
+def _fit(key: str, limit: int = _ENTRY_ID_MAX) -> str:
+    """A derived id that fits its column: unchanged when short enough, else its head plus a hash of the
+    whole (ids may be 128 characters each, so `repayment:<loan>:<settlement>` can exceed the column)."""
+    if len(key) <= limit:
+        return key
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:40]
+    return f"{key[:limit - 41]}~{digest}"
+
+
+def _offer_problem(amount: Money, fee: Money, due_at: datetime, expires_at: datetime, at: datetime,
+                   order_ids: list[Any]) -> str | None:
+    """Why an offer cannot be stored as a loan to be, or None. The underwriter never sends such an offer;
+    one that arrives anyway (a bug, a hand-made event) is refused here rather than lent on."""
+    if fee.currency != amount.currency:
+        return f"fee in {fee.currency}, amount in {amount.currency}"
+    if amount.amount <= 0 or fee.amount < 0:
+        return f"amount {amount.amount} and fee {fee.amount} must be > 0 and >= 0"
+    if len(set(order_ids)) != len(order_ids):
+        return "an order is named twice in order_ids"
+    if due_at <= at:
+        return f"due_at {format_rfc3339(due_at)} is not after the offer ({format_rfc3339(at)})"
+    if expires_at <= at:
+        return f"expires_at {format_rfc3339(expires_at)} is not after the offer ({format_rfc3339(at)})"
+    return None
 
 
 def _order_amounts(orders: list[dict[str, Any]], currency: str) -> dict[str, int | None]:
     """Order id -> what the settlement paid for it in the withheld currency (None when not stated)."""
     out: dict[str, int | None] = {}
     for o in orders:
+        if not isinstance(o, dict) or not isinstance(o.get("order_id"), str):
+            continue  # an order the settlement cannot name repays no particular loan; the money still counts
         amount = o.get("amount")
         ok = isinstance(amount, dict) and amount.get("currency") == currency and isinstance(amount.get("amount"), int)
         out[o["order_id"]] = amount["amount"] if ok else None  # type: ignore[index]

@@ -6,6 +6,7 @@ import json
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,3 +114,37 @@ def test_two_replays_of_one_file_pseudonymise_buyers_alike_and_emit_the_same_byt
     assert first.engine.ingest.settings.buyer_hash_key == second.engine.ingest.settings.buyer_hash_key
     a, b = (tmp_path / "a" / "emitted.ndjson").read_bytes(), (tmp_path / "b" / "emitted.ndjson").read_bytes()
     assert a and a == b
+
+
+def test_a_fed_batch_is_cut_at_each_hourly_tick_so_every_tick_sees_exactly_the_events_before_it(
+        tmp_path: Path) -> None:
+    events = sorted((e for i in range(2) for e in healthy_merchant(f"m-tick{i}", END, days=20, seed=i).events),
+                    key=lambda e: e["time"])
+    engine = EmbeddedEngine(EngineOptions(db_path=tmp_path / "d.sqlite", accept="none"))
+    log: list[tuple[str, Any]] = []
+    tick, submit = engine.tick, engine.ingest.submit
+
+    def logged_tick() -> None:
+        log.append(("tick", engine.now))
+        tick()
+
+    def logged_submit(raws: list[Any], **kw: Any) -> Any:
+        log.append(("submit", [datetime.fromisoformat(r["time"].replace("Z", "+00:00")) for r in raws]))
+        return submit(raws, **kw)
+
+    engine.tick, engine.ingest.submit = logged_tick, logged_submit  # type: ignore[method-assign,assignment]
+    engine.feed(list(enumerate(events, 1)))  # one batch spanning many hours of event time
+
+    ticks = [at for kind, at in log if kind == "tick"]
+    assert len(ticks) > 24, "the batch spans days of hourly ticks"
+    submitted = [t for kind, times in log if kind == "submit" for t in times]
+    assert len(submitted) == len(events), "every event submitted once"
+    last_tick = None
+    for kind, value in log:
+        if kind == "tick":
+            last_tick = value
+            continue
+        later = [at for at in ticks if last_tick is None or at > last_tick]
+        next_tick = later[0] if later else None
+        assert last_tick is None or min(value) >= last_tick, "no event is submitted after a later tick ran"
+        assert next_tick is None or max(value) < next_tick, "a tick runs only after the events before it"

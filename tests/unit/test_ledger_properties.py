@@ -1,4 +1,4 @@
-"""Ledger invariants under any sequence of disbursements, repayments, refunds and charge-offs."""
+"""Ledger invariants under any sequence of disbursements, repayments, refunds, charge-offs and recoveries."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ def test_any_sequence_keeps_entries_balanced_and_signs_valid(ops: list[tuple[obj
     t0 = datetime(2025, 1, 1, tzinfo=UTC)
     entries: list[JournalEntry] = []
     loans: dict[str, OpenLoan] = {}
+    lost: dict[str, Money] = {}  # charged off and not yet recovered
     for i, o in enumerate(ops):
         if o[0] == "disburse":
             _, cur, principal, fee = o
@@ -47,14 +48,22 @@ def test_any_sequence_keeps_entries_balanced_and_signs_valid(ops: list[tuple[obj
                 entries.append(ledger.repayment(f"r{i}{lid}", lid, split.fee, split.principal))
                 ln = loans[lid]
                 loans[lid] = replace(ln, principal_due=ln.principal_due - split.principal, fee_due=ln.fee_due - split.fee)
-            if alloc.overpayment.amount:
-                entries.append(ledger.overpayment(f"o{i}", alloc.overpayment))
-                entries.append(ledger.overpayment_returned(f"ret{i}", alloc.overpayment))
+            left = alloc.overpayment
+            for lid in sorted(lost):  # beyond the open loans: recover what was written off first
+                if left.is_zero() or lost[lid].is_zero() or lost[lid].currency != left.currency:
+                    continue
+                part = left.min(lost[lid])
+                entries.append(ledger.recovery(f"rec{i}{lid}", lid, part))
+                lost[lid], left = lost[lid] - part, left - part
+            if left.amount:
+                entries.append(ledger.overpayment(f"o{i}", left))
+                entries.append(ledger.overpayment_returned(f"ret{i}", left))
         elif loans:
             lid = sorted(loans)[int(o[1]) % len(loans)]
             ln = loans.pop(lid)
             if not ln.remaining.is_zero():
                 entries.append(ledger.charge_off(f"c{i}", lid, ln.principal_due, ln.fee_due))
+                lost[lid] = ln.remaining
         for entry in entries[-3:]:
             ledger.validate_entry(entry)
         assert ledger.sign_violations(ledger.balances(entries)) == []
@@ -64,6 +73,7 @@ def test_any_sequence_keeps_entries_balanced_and_signs_valid(ops: list[tuple[obj
         owed = sum(ln.remaining.amount for ln in loans.values() if ln.principal_due.currency == cur)
         receivable = bals.get((Account.LOAN_PRINCIPAL_RECEIVABLE, cur), 0) + bals.get((Account.FEE_RECEIVABLE, cur), 0)
         assert receivable == owed
+        assert bals.get((Account.CHARGE_OFF_LOSS, cur), 0) == sum(v.amount for v in lost.values() if v.currency == cur)
 
 
 def test_unbalanced_entry_rejected() -> None:

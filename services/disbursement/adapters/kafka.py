@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, InterfaceError, OperationalError
 
-from schemas import topics
+from schemas import dead_letter, topics
 from schemas.codec import EventInvalid, decode, encode
 from services.disbursement.service import DisbursementService, EventRejected
 
@@ -67,6 +68,9 @@ def consume(svc: DisbursementService, bootstrap: str, group: str, prefix: str, s
         except KafkaError as exc:
             log.warning("Kafka consumer failed, reconnecting: %s", str(exc)[:200])
             stop.wait(2.0)
+        except Exception:  # anything else: resume from the last committed offset rather than die silently
+            log.exception("disbursement consumer failed; resuming from the last committed offset")
+            stop.wait(5.0)
 
 
 def _consume_until_error(svc: DisbursementService, bootstrap: str, group: str, prefix: str,
@@ -76,13 +80,17 @@ def _consume_until_error(svc: DisbursementService, bootstrap: str, group: str, p
     consumer = KafkaConsumer(
         *[prefix + t for t in CONSUMED], bootstrap_servers=bootstrap, group_id=group,
         enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=max_records)
+    dead_letters = KafkaPublisher(bootstrap)
     try:
         while not stop.is_set():
             batch = consumer.poll(timeout_ms=500)
+            dead: list[dict[str, Any]] = []
             try:
                 for records in batch.values():
                     for record in records:
-                        _apply(svc, record)
+                        letter = _apply(svc, record)
+                        if letter is not None:
+                            dead.append(letter)
             except (OperationalError, InterfaceError) as exc:
                 # Database down (restart, failover): replay the batch once it is back; already applied
                 # events are no-ops thanks to processed_events. Without this the thread died silently.
@@ -91,6 +99,12 @@ def _consume_until_error(svc: DisbursementService, bootstrap: str, group: str, p
                     consumer.seek(tp, records[0].offset)
                 stop.wait(1.0)
                 continue
+            if dead:
+                # Acknowledged before the offsets that skip their records are committed; a failure here
+                # replays the batch (applied events are no-ops, each dead letter keeps its id).
+                for letter in dead:
+                    dead_letters.publish(prefix + topics.INGEST_REJECTED, letter["subject"], letter)
+                dead_letters.flush()
             if batch:
                 consumer.commit()
     finally:
@@ -98,17 +112,35 @@ def _consume_until_error(svc: DisbursementService, bootstrap: str, group: str, p
             consumer.close(autocommit=False)
         except Exception as exc:  # closing after a broker failure is best effort
             log.debug("closing consumer: %s", exc)
+        dead_letters.close()
 
 
-def _apply(svc: DisbursementService, record: Any) -> None:
+def _apply(svc: DisbursementService, record: Any) -> dict[str, Any] | None:
+    """Apply one record; a record that cannot be applied gives its dead letter (schemas.dead_letter) instead."""
+    event: Any = None
+    stage = "decode"
     try:
         event = decode(record.value)
         if not isinstance(event, dict):
-            raise EventRejected("event is not a JSON object")
+            raise EventRejected(f"not a CloudEvent: a JSON {type(event).__name__}, not an object")
+        stage = "type"
         allowed = topics.types_on(record.topic)
         if allowed is not None and event.get("type") not in allowed:
             raise EventRejected(f"type {str(event.get('type'))[:64]!r} does not belong on {record.topic}")
+        stage = "apply"
         svc.handle(event)
-    except (EventRejected, EventInvalid, ValueError) as exc:
-        # Upstream validated it already; a poison event is logged and skipped, never retried forever.
-        log.error("skipping %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
+        return None
+    except (EventRejected, EventInvalid, ValueError, DataError, IntegrityError) as exc:
+        # A poison event (one the database refuses as well: a value too long for its column, a broken
+        # constraint; its transaction rolled back whole) is never retried forever and never ends the consumer
+        # thread: it is logged, counted and kept on the dead-letter topic with its reason.
+        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        log.error("dead-lettering %s[%d]@%d (%s): %s", record.topic, record.partition, record.offset, stage, reason)
+        counter = getattr(getattr(svc, "metrics", None), "rejected_records", None)
+        if counter is not None:
+            counter.labels(stage).inc()
+        ev = event if isinstance(event, dict) else {}
+        return dead_letter.consumer_rejection(
+            record.value, reason, consumer="disbursement", topic=record.topic, partition=record.partition,
+            offset=record.offset, received_at=datetime.now(UTC), subject=ev.get("subject"), event_id=ev.get("id"),
+            event_type=ev.get("type"))

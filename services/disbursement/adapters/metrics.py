@@ -83,6 +83,10 @@ class DisbursementMetrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
         self.events = Counter(f"{NS}_events_consumed_total", "Events handled by type", ["type"], registry=r)
         self.published = Counter(f"{NS}_outbox_published_total", "Outbox rows published", ["topic"], registry=r)
+        self.rejected_records = Counter(
+            f"{NS}_records_rejected_total", "Consumed records that could not be applied, sent to the dead-letter "
+            "topic, by stage (decode: not a CloudEvent; type: not allowed on its topic; apply: refused)",
+            ["stage"], registry=r)
 
     def attach_state(self, engine: sa.Engine, clock: Callable[[], datetime], kill_switch_setting: bool = False) -> None:
         self.registry.register(StateCollector(engine, clock, kill_switch_setting))

@@ -91,6 +91,7 @@ offers = sa.Table(
     sa.Column("order_ids", sa.JSON, nullable=False),
     sa.Column("data", sa.JSON, nullable=False),
     sa.CheckConstraint("amount > 0 AND fee >= 0", name="offers_amounts_valid"),
+    sa.Index("ix_offers_state_expires_at", "state", "expires_at"),
 )
 
 loans = sa.Table(

@@ -69,7 +69,11 @@ class HttpRail:
             raise PayoutFailed(f"payout API unreachable: {exc.__class__.__name__}") from None
         if resp.status_code >= 300:
             raise PayoutFailed(f"payout API answered {resp.status_code}: {resp.text[:200]}")
-        payout_id = resp.json().get("payout_id")
+        try:
+            answer = resp.json()
+        except ValueError:  # a proxy's error page with a 2xx status: not a payout; retried with the same key
+            raise PayoutFailed(f"payout API answer is not JSON (HTTP {resp.status_code})") from None
+        payout_id = answer.get("payout_id") if isinstance(answer, dict) else None
         if not isinstance(payout_id, str) or not payout_id:
             raise PayoutFailed("payout API answer has no payout_id")
         return payout_id

@@ -131,6 +131,14 @@ def charge_off(entry_id: str, loan_id: str, principal_left: Money, fee_left: Mon
     ])
 
 
+def recovery(entry_id: str, loan_id: str, amount: Money) -> JournalEntry:
+    """Money received for a loan already charged off: it reduces the loss (never more than was written off)."""
+    return make_entry(entry_id, "recovery", loan_id, [
+        (Account.FUNDING_CASH, Side.DEBIT, amount),
+        (Account.CHARGE_OFF_LOSS, Side.CREDIT, amount),
+    ])
+
+
 def balances(entries: Iterable[JournalEntry]) -> dict[tuple[Account, str], int]:
     """Debits minus credits per (account, currency)."""
     out: dict[tuple[Account, str], int] = {}

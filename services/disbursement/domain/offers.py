@@ -37,6 +37,10 @@ class AcceptanceFacts:
     available: Money | None  # latest available limit minus what was disbursed since; None = no limit yet
     # Orders of this offer that already back another open loan: one receivable never backs two loans.
     already_financed: tuple[str, ...] = ()
+    # Currencies of the loans the merchant still owes: one currency at a time (collections speak one).
+    owed_currencies: tuple[str, ...] = ()
+    # Orders of this offer settled, cancelled, refunded or charged back since the offer was made.
+    changed_receivables: tuple[str, ...] = ()
 
 
 def refusal(f: AcceptanceFacts) -> Refusal | None:
@@ -59,6 +63,10 @@ def refusal(f: AcceptanceFacts) -> Refusal | None:
         return Refusal("no_credit_limit", "no credit limit is available for this merchant")
     if f.available.currency != f.offer_amount.currency:
         return Refusal("currency_mismatch", f"offer in {f.offer_amount.currency}, limit in {f.available.currency}")
+    other = sorted(c for c in set(f.owed_currencies) if c != f.offer_amount.currency)
+    if other:
+        return Refusal("currency_mismatch", f"a loan in {', '.join(other)} is still owed; "
+                                            f"offers in {f.offer_amount.currency} resume once it is repaid")
     if f.offer_amount.amount > f.available.amount:
         return Refusal(
             "limit_exceeded",
@@ -68,4 +76,9 @@ def refusal(f: AcceptanceFacts) -> Refusal | None:
         shown = ", ".join(f.already_financed[:5])
         return Refusal("receivables_already_financed",
                        f"{len(f.already_financed)} of this offer's orders already back another loan ({shown})")
+    if f.changed_receivables:
+        shown = ", ".join(f.changed_receivables[:5])
+        return Refusal("receivables_changed",
+                       f"{len(f.changed_receivables)} of this offer's orders were settled, cancelled, refunded or "
+                       f"charged back since it was made ({shown}); a fresh offer will follow")
     return None
