@@ -83,3 +83,51 @@ def test_consume_accept_and_relay_round_trip(kafka_bootstrap: str, pg_schema_url
     bus.close()
     producer.close()
     engine.dispose()
+
+
+def test_poison_records_are_dead_lettered_before_their_offsets_are_committed_and_the_consumer_goes_on(
+        kafka_bootstrap: str, pg_schema_url: str, fresh_topic_prefix: str) -> None:
+    from kafka import KafkaConsumer, KafkaProducer
+
+    from schemas.codec import new_event
+
+    prefix = fresh_topic_prefix
+    _create_topics(kafka_bootstrap, [prefix + t for t in (*CONSUMED, topics.INGEST_REJECTED, topics.LOANS,
+                                                          topics.COLLECTIONS)])
+    engine = make_engine(pg_schema_url)
+    upgrade(engine)
+    registry = CollectorRegistry()
+    svc = bootstrap(DisbursementSettings(topic_prefix=prefix), engine=engine, bus=KafkaPublisher(kafka_bootstrap),
+                    transport=Transport(), registry=registry)
+    forged = new_event("loan.repaid", "m1", {"loan_id": "l-1", "repaid_at": "2025-01-02T00:00:00Z"},
+                       "2025-01-02T00:00:00Z", "marketplace", id="ev-forged")
+    bad_offer = offer("m1", "of-bad", 0, 500)  # a zero-amount offer: refused by the service
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    for topic, value in ((topics.MARKETPLACE_EVENTS, encode(onboarded("m1"))), (topics.MARKETPLACE_EVENTS, b"[1]"),
+                         (topics.MARKETPLACE_EVENTS, b"{not json"), (topics.MARKETPLACE_EVENTS, encode(forged)),
+                         (topics.LOAN_OFFERS, encode(bad_offer)),
+                         (topics.LOAN_OFFERS, encode(offer("m1", "of-good", 30_000, 500)))):
+        producer.send(prefix + topic, key=b"m1", value=value)
+    producer.flush()
+    stop = threading.Event()
+    worker = threading.Thread(target=consume, args=(svc, kafka_bootstrap, prefix + "g", prefix, stop), daemon=True)
+    worker.start()
+    try:
+        _wait(lambda: svc.get_offer("m1", "of-good") is not None)
+    finally:
+        stop.set()
+        worker.join(timeout=15)
+    reader = KafkaConsumer(prefix + topics.INGEST_REJECTED, bootstrap_servers=kafka_bootstrap,
+                           auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    dead = [json.loads(r.value) for r in reader]
+    reader.close()
+    assert len(dead) == 4, dead
+    assert {d["data"]["consumer"] for d in dead} == {"disbursement"}
+    assert {d["data"].get("event_id") for d in dead} == {None, "ev-forged", bad_offer["id"]}
+    from schemas.codec import validate
+
+    assert all(validate(d) == [] for d in dead)
+    assert svc.get_offer("m1", "of-bad") is None
+    assert registry.get_sample_value("floatbridge_disbursement_records_rejected_total", {"stage": "decode"}) == 2
+    producer.close()
+    engine.dispose()
