@@ -12,6 +12,7 @@ from typing import Any
 from services.common.timeutil import parse_rfc3339
 
 RECEIVABLES = ("loan_principal_receivable", "fee_receivable")
+OWED_BY_MERCHANT = (*RECEIVABLES, "charge_off_loss")  # written off, not yet recovered: still owed
 PAID_STATES = frozenset({"disbursed", "repaid", "delinquent", "charged_off"})
 
 
@@ -148,10 +149,10 @@ def _signed(line: dict[str, Any]) -> int:
     return int(line["amount"]) if line["side"] == "D" else -int(line["amount"])
 
 
-def _receivables(s: Snapshot, key: str) -> dict[str, int]:
+def _receivables(s: Snapshot, key: str, accounts: tuple[str, ...] = RECEIVABLES) -> dict[str, int]:
     bal: dict[str, int] = defaultdict(int)
     for ln in s.journal_lines:
-        if ln["account"] in RECEIVABLES and ln.get(key):
+        if ln["account"] in accounts and ln.get(key):
             bal[ln[key]] += _signed(ln)
     return bal
 
@@ -194,12 +195,13 @@ def _collections(s: Snapshot, out: list[Discrepancy]) -> dict[str, int]:
     for e in events:
         if e.get("type") == "collection.instruction":
             latest[str(e.get("subject"))] = int(e["data"]["owed"]["amount"])
-    ledger = _receivables(s, "merchant_id")
+    # A charged-off loan is still owed: the instruction asks for the receivables plus the unrecovered loss.
+    ledger = _receivables(s, "merchant_id", OWED_BY_MERCHANT)
     for mid in sorted(set(latest) | {m for m, v in ledger.items() if v}):
         said, booked = latest.get(mid, 0), ledger.get(mid, 0)
         if said != booked:
             out.append(Discrepancy("collections.owed_vs_ledger", mid, f"latest collection.instruction owes {said}, "
-                                   f"ledger receivables {booked}"))
+                                   f"ledger receivables and unrecovered write-offs {booked}"))
     return {"collection_instructions": len(events), "merchants_owing": sum(1 for v in ledger.values() if v)}
 
 

@@ -49,7 +49,8 @@ def register(sub: Any) -> None:
     p.add_argument("--currency", help="ISO 4217 currency")
     p.add_argument("--api-key", help="merchant API key (generated and printed when omitted)")
     p.set_defaults(func=_add)
-    p = msub.add_parser("rotate-secret", help="add a new webhook secret; the previous stays valid until dropped")
+    p = msub.add_parser("rotate-secret", help="make a new webhook secret current; the previous keeps signing "
+                                              "for WEBHOOK_SECRET_OVERLAP_SECONDS")
     p.add_argument("merchant_id")
     p.add_argument("--drop-previous", action="store_true", help="invalidate the previous secret now")
     p.set_defaults(func=_rotate)

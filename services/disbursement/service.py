@@ -45,7 +45,7 @@ from services.disbursement.domain import aging, ledger
 from services.disbursement.domain import collections as coll
 from services.disbursement.domain.loans import OPEN_STATES, AllocationOrder, LoanState, transition
 from services.disbursement.domain.offers import AcceptanceFacts, OfferState, refusal
-from services.disbursement.domain.webhooks_signing import new_secret, secret_bytes
+from services.disbursement.domain.webhooks_signing import active_secrets, new_secret, rotated, secret_bytes
 from services.disbursement.ports import (
     Clock,
     PayoutFailed,
@@ -284,7 +284,11 @@ class DisbursementService:
     def register_merchant(self, merchant_id: str, webhook_url: str | None = None, api_key: str | None = None,
                           webhook_secret: str | None = None, currency: str | None = None,
                           event_types: tuple[str, ...] = ()) -> str:
-        """Create or update a merchant; returns the active webhook secret (generated when not given)."""
+        """Create or update a merchant; returns the current webhook secret (generated when not given).
+
+        Re-registering a merchant with another secret (or none: a new one is drawn) is a rotation: the
+        secrets signing until now keep signing for `webhook_secret_overlap_seconds` of the service clock,
+        so the merchant's receiver verifies every delivery while it switches to the new secret."""
         if not merchant_id:
             raise ValueError("merchant_id must not be empty")
         bad = set(event_types) - repo.WEBHOOK_TYPES
@@ -304,20 +308,27 @@ class DisbursementService:
             if api_key is not None:
                 self._refuse_key_of_another(conn, merchant_id, values["api_key_hash"])
             if not repo.insert_ignore(conn, merchants, {"merchant_id": merchant_id, "status": "active", **values}):
+                current = self._merchant(conn, merchant_id, lock=True).webhook_secrets
+                values["webhook_secrets"] = rotated(current, secret, self.clock(), self._secret_overlap)
                 conn.execute(sa.update(merchants).where(merchants.c.merchant_id == merchant_id).values(**values))
             conn.info.get(repo.TX_WEBHOOK_TARGETS, {}).pop(merchant_id, None)
             conn.info.get(repo.TX_MERCHANTS, set()).add(merchant_id)
         return secret
 
+    @property
+    def _secret_overlap(self) -> timedelta:
+        return timedelta(seconds=self.settings.webhook_secret_overlap_seconds)
+
     def rotate_secret(self, merchant_id: str, new: str | None = None, drop_previous: bool = False) -> str:
-        """Add a new secret; the previous one stays valid (both sign) until the next rotation or drop."""
+        """Make a new secret current; the previous ones keep signing for the configured overlap (both sign),
+        or stop at once with `drop_previous`."""
         secret = new or new_secret()
         secret_bytes(secret)
         with self._tx() as conn:
-            current = self._merchant(conn, merchant_id).webhook_secrets or []
-            kept = [] if drop_previous else current[:1]
+            current = self._merchant(conn, merchant_id, lock=True).webhook_secrets or []
+            overlap = timedelta(0) if drop_previous else self._secret_overlap
             conn.execute(sa.update(merchants).where(merchants.c.merchant_id == merchant_id)
-                         .values(webhook_secrets=[secret, *kept]))
+                         .values(webhook_secrets=rotated(current, secret, self.clock(), overlap)))
         return secret
 
     @staticmethod
@@ -337,11 +348,12 @@ class DisbursementService:
                          .values(api_key_hash=hash_api_key(api_key)))
 
     def list_merchants(self) -> list[dict[str, Any]]:
+        now = self.clock()
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(merchants).order_by(merchants.c.merchant_id)).all()
         return [{
             "merchant_id": r.merchant_id, "currency": r.currency, "status": r.status, "webhook_url": r.webhook_url,
-            "active_secrets": len(r.webhook_secrets or []), "event_types": list(r.event_types or []),
+            "active_secrets": len(active_secrets(r.webhook_secrets, now)), "event_types": list(r.event_types or []),
             "webhook_enabled": r.webhook_enabled, "has_api_key": bool(r.api_key_hash),
         } for r in rows]
 
@@ -363,8 +375,9 @@ class DisbursementService:
     def kill_switch(self, conn: sa.Connection) -> bool:
         return self.settings.kill_switch or repo.get_control(conn, KILL_KEY) == "1"
 
-    def _merchant(self, conn: sa.Connection, merchant_id: str) -> Any:
-        row = repo.run(conn, _MERCHANT, {"p_merchant": merchant_id}).first()
+    def _merchant(self, conn: sa.Connection, merchant_id: str, lock: bool = False) -> Any:
+        stmt = _MERCHANT.with_for_update() if lock and self._pg else _MERCHANT
+        row = repo.run(conn, stmt, {"p_merchant": merchant_id}).first()
         if row is None:
             raise KeyError(f"unknown merchant {merchant_id!r}")
         return row
@@ -905,8 +918,11 @@ class DisbursementService:
             return
         # One currency per instruction (acceptance refuses a second currency while a loan is owed).
         open_ = [ln for ln in open_ if ln.principal_due.currency == currency]
+        # Charged-off loans are still owed: what is left of their write-off stays in the instruction.
+        written_off = [(str(r.loan_id), Money(int(r.loss), currency))
+                       for r in repo.run(conn, _UNRECOVERED, {"p_merchant": mid, "p_currency": currency}).all()]
         ins = coll.instruction(open_, currency, self.settings.withhold_rate_bps,
-                               self.settings.shortfall_withhold_rate_bps)
+                               self.settings.shortfall_withhold_rate_bps, written_off)
         data = {"owed": ins.owed.to_json(), "withhold_rate_bps": ins.withhold_rate_bps, "loan_ids": list(ins.loan_ids)}
         if ins.loan_ids:
             # Receivables still financed: the marketplace withholds their payouts first, in full (up to owed).

@@ -30,6 +30,9 @@ class DisbursementSettings:
     webhook_backoff_cap_seconds: float = 3600.0
     webhook_disable_after_failures: int = 20
     webhook_timeout_seconds: float = 5.0
+    webhook_secret_overlap_seconds: float = field(default=86_400.0, metadata={
+        "doc": "after a rotation or re-registration the previous webhook secret keeps signing (both sign) this "
+               "long, by the service clock (wall clock; event time in the embedded engine); 0 drops it at once"})
     recovery_after_seconds: float = 30.0
     source: str = "urn:floatbridge:disbursement"
 
@@ -43,6 +46,8 @@ class DisbursementSettings:
         for name in ("withhold_rate_bps", "shortfall_withhold_rate_bps"):
             if not 0 <= getattr(self, name) <= 10_000:
                 raise ValueError(f"{name.upper()} must be between 0 and 10000")
+        if not 0 <= self.webhook_secret_overlap_seconds <= 90 * 86_400:
+            raise ValueError("WEBHOOK_SECRET_OVERLAP_SECONDS must be between 0 and 7776000 (90 days)")
         if self.webhook_max_attempts < 1:
             raise ValueError("WEBHOOK_MAX_ATTEMPTS must be at least 1")
 

@@ -6,10 +6,17 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry
+
 from schemas.codec import new_event
+from services.disbursement.bootstrap import bootstrap
+from services.disbursement.service import AcceptOffer, DisbursementService
+from services.disbursement.settings import DisbursementSettings
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 CUR = "BRL"
+M1_KEY = "key-m1-0123456789abcdef"
 
 
 def m(amount: int, currency: str = CUR) -> dict[str, Any]:
@@ -78,3 +85,40 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
+
+
+def service_env(settings: DisbursementSettings | None = None, *, db_url: str | None = None,
+                engine: sa.Engine | None = None, webhook_url: str | None = "https://m1.example/hooks",
+                bus: Bus | None = None, rail: Any = None, onboard: bool = True) -> dict[str, Any]:
+    """The disbursement service through bootstrap with a fake bus (or `bus`), webhook transport and clock (at
+    T0), merchant m1 registered (API key M1_KEY) and, unless `onboard` is false, onboarded:
+    {"svc", "bus", "transport", "clock"}."""
+    bus, transport, clock = bus or Bus(), Transport(), Clock()
+    svc = bootstrap(settings or DisbursementSettings(), db_url=db_url, engine=engine, bus=bus, rail=rail,
+                    transport=transport, clock=clock, registry=CollectorRegistry())
+    svc.register_merchant("m1", webhook_url, M1_KEY)
+    if onboard:
+        svc.handle(onboarded("m1"))
+    return {"svc": svc, "bus": bus, "transport": transport, "clock": clock}
+
+
+def disburse(svc: DisbursementService, offer_id: str, amount: int, fee: int = 0, at: datetime = T0,
+             available: int = 1_000_000, lim: int | None = None, **kw: Any) -> dict[str, Any]:
+    """A limit, an offer to m1 at `at` and its acceptance a minute later; the loan as the 200 answer shows it."""
+    svc.handle(limit("m1", available, at=at, lim=lim))
+    svc.handle(offer("m1", offer_id, amount, fee, at=at, **kw))
+    result = svc.accept(AcceptOffer(offer_id, "m1", "idem-" + offer_id, at + timedelta(minutes=1)))
+    assert result.status_code == 200, result.body
+    return result.body
+
+
+def audit_collections(svc: DisbursementService) -> list[Any]:
+    """What `floatbridge audit` finds wrong between the collection instructions the service published (on
+    its fake bus) and its database's ledger."""
+    from floatbridge.audit.checks import Snapshot, check
+    from floatbridge.audit.sources import read_database
+
+    svc.relay_outbox()  # PostgreSQL: nothing relays on its own
+    snap = Snapshot(collection_events=svc.publisher.of_type("collection.instruction"))  # type: ignore[union-attr]
+    read_database(svc.engine.url.render_as_string(hide_password=False), snap)
+    return [d for d in check(snap).discrepancies if d.check.startswith("collections.")]

@@ -8,45 +8,18 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from prometheus_client import CollectorRegistry
 
 from services.disbursement.adapters.orm import financed_orders, loans, offers
-from services.disbursement.bootstrap import bootstrap
 from services.disbursement.service import AcceptOffer, DisbursementService, EventRejected
 from services.disbursement.settings import DisbursementSettings
-from tests.unit.disbursement_helpers import (
-    T0,
-    Bus,
-    Clock,
-    Transport,
-    ev,
-    limit,
-    m,
-    offer,
-    onboarded,
-    settlement,
-)
+from tests.unit.disbursement_helpers import T0, disburse, ev, limit, m, offer, service_env, settlement
 
 pytestmark = pytest.mark.unit
 
 
 @pytest.fixture()
 def env(tmp_path: Any) -> dict[str, Any]:
-    bus, transport, clock = Bus(), Transport(), Clock()
-    svc = bootstrap(DisbursementSettings(), db_url=f"sqlite:///{tmp_path}/d.db", bus=bus, transport=transport,
-                    clock=clock, registry=CollectorRegistry())
-    svc.register_merchant("m1", "https://m1.example/hooks", "key-m1-0123456789abcdef")
-    svc.handle(onboarded("m1"))
-    return {"svc": svc, "bus": bus, "clock": clock}
-
-
-def disburse(svc: DisbursementService, offer_id: str, amount: int, fee: int = 0, at: Any = T0,
-             available: int = 1_000_000, lim: int | None = None, **kw: Any) -> dict[str, Any]:
-    svc.handle(limit("m1", available, at=at, lim=lim))
-    svc.handle(offer("m1", offer_id, amount, fee, at=at, **kw))
-    result = svc.accept(AcceptOffer(offer_id, "m1", "idem-" + offer_id, at + timedelta(minutes=1)))
-    assert result.status_code == 200, result.body
-    return result.body
+    return service_env(db_url=f"sqlite:///{tmp_path}/d.db")
 
 
 def loan_row(svc: DisbursementService, loan_id: str) -> Any:
@@ -132,6 +105,54 @@ def test_money_withheld_after_charge_off_is_a_recovery_not_a_refund(env: dict[st
     assert bal[("charge_off_loss", "BRL")] == 0
     assert bal[("merchant_payable", "BRL")] == -(9_000 - 7_400)
     assert sum(bal.values()) == 0
+
+
+def test_a_charged_off_loan_is_still_collected_until_recovered_and_the_audit_agrees(env: dict[str, Any]) -> None:
+    from tests.unit.disbursement_helpers import audit_collections
+
+    svc, bus = env["svc"], env["bus"]
+    loan = disburse(svc, "of1", 10_000, 400, due_days=10, order_ids=("o1",))
+    svc.age(T0 + timedelta(days=70))
+    assert loan_row(svc, loan["loan_id"]).state == "charged_off"
+    # Written off, still owed: the marketplace is told to keep withholding all of it, at the shortfall rate
+    # (no receivable covers it any more), the written-off loan named and its financed order still first.
+    ins = bus.of_type("collection.instruction")[-1]["data"]
+    assert ins["owed"] == m(10_400) and ins["loan_ids"] == [loan["loan_id"]]
+    assert ins["withhold_rate_bps"] == 5000 and ins["financed_order_ids"] == ["o1"]
+    assert audit_collections(svc) == []
+    svc.handle(settlement("m1", "st-late", 3_000, T0 + timedelta(days=71)))
+    assert bus.of_type("collection.instruction")[-1]["data"]["owed"] == m(7_400)  # recovered 3 000
+    assert svc.balances()[("charge_off_loss", "BRL")] == 7_400
+    assert audit_collections(svc) == []
+    svc.handle(settlement("m1", "st-last", 7_400, T0 + timedelta(days=72)))
+    last = bus.of_type("collection.instruction")[-1]["data"]
+    assert last["owed"] == m(0) and last["loan_ids"] == [] and last["withhold_rate_bps"] == 0
+    bal = svc.balances()
+    assert bal[("charge_off_loss", "BRL")] == 0 and bal.get(("merchant_payable", "BRL"), 0) == 0
+    assert audit_collections(svc) == []
+
+
+def test_a_written_off_balance_is_asked_after_the_open_loans_and_never_more_than_is_owed(
+        env: dict[str, Any]) -> None:
+    from tests.unit.disbursement_helpers import audit_collections
+
+    svc, bus = env["svc"], env["bus"]
+    old = disburse(svc, "ofA", 10_000, 0, due_days=10, order_ids=("oa",))
+    young = disburse(svc, "ofB", 10_000, 0, at=T0 + timedelta(days=1), due_days=60, order_ids=("ob",))
+    svc.age(T0 + timedelta(days=70))  # the old loan is charged off, the young one is past due but still open
+    assert (loan_row(svc, old["loan_id"]).state, loan_row(svc, young["loan_id"]).state) == ("charged_off",
+                                                                                           "delinquent")
+    ins = bus.of_type("collection.instruction")[-1]["data"]
+    assert ins["owed"] == m(20_000) and ins["loan_ids"] == [young["loan_id"], old["loan_id"]]
+    svc.handle(settlement("m1", "st-1", 12_000, T0 + timedelta(days=71)))  # the open loan first, then recovery
+    assert loan_row(svc, young["loan_id"]).state == "repaid"
+    ins = bus.of_type("collection.instruction")[-1]["data"]
+    assert ins["owed"] == m(8_000) and ins["loan_ids"] == [old["loan_id"]]
+    svc.handle(settlement("m1", "st-2", 9_000, T0 + timedelta(days=72)))  # 1 000 more than is owed
+    bal = svc.balances()
+    assert bal[("charge_off_loss", "BRL")] == 0 and bal[("merchant_payable", "BRL")] == -1_000
+    assert bus.of_type("collection.instruction")[-1]["data"]["owed"] == m(0)
+    assert audit_collections(svc) == []
 
 
 # ----------------------------------------------------------------- underwriter feeds (stale, replayed, inconsistent)
@@ -294,10 +315,8 @@ def test_payout_api_answering_garbage_is_a_failed_payout_that_recovery_pays_once
 
     rail = HttpRail("https://payouts.example", api_key="payout-api-key",
                     client=httpx.Client(base_url="https://payouts.example", transport=httpx.MockTransport(handler)))
-    svc = bootstrap(DisbursementSettings(recovery_after_seconds=0), db_url=f"sqlite:///{tmp_path}/d.db", bus=Bus(),
-                    rail=rail, transport=Transport(), clock=Clock(), registry=CollectorRegistry())
-    svc.register_merchant("m1", None, "key-m1-0123456789abcdef")
-    svc.handle(onboarded("m1"))
+    svc = service_env(DisbursementSettings(recovery_after_seconds=0), db_url=f"sqlite:///{tmp_path}/d.db",
+                      rail=rail, webhook_url=None)["svc"]
     svc.handle(limit("m1", 100_000))
     svc.handle(offer("m1", "of1", 10_000))
     first = svc.accept(AcceptOffer("of1", "m1", "k1", T0 + timedelta(minutes=1)))

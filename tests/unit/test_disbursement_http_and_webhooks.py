@@ -159,3 +159,67 @@ def test_one_dispatch_pass_records_each_outcome_in_delivery_order(env: dict[str,
     assert states == [("m1", "delivered", 1, 200), ("m1", "pending", 1, 500),
                       ("m2", "pending", 1, 500), ("m2", "pending", 1, 500)]
     assert failures == {"m1": 0, "m2": 2}, "a success resets the count, failures add up"
+
+
+def _signed_by(secret: str, headers: dict[str, str], body: bytes, at: Any) -> bool:
+    from services.disbursement.verifier.verify import WebhookVerificationError
+
+    try:
+        verify(secret, headers, body, now=at.timestamp())
+    except WebhookVerificationError:
+        return False
+    return True
+
+
+def test_re_registering_a_merchant_keeps_the_previous_secret_signing_for_the_overlap_then_drops_it(
+        tmp_path: Any) -> None:
+    transport, clock = Transport(), Clock()
+    svc = bootstrap(DisbursementSettings(webhook_secret_overlap_seconds=3_600), db_url=f"sqlite:///{tmp_path}/d.db",
+                    bus=Bus(), transport=transport, clock=clock, registry=CollectorRegistry())
+    old = svc.register_merchant("m1", "https://m1.example/hooks", KEY1)
+    clock.now = T0 + timedelta(minutes=10)
+    new = svc.register_merchant("m1", "https://m1.example/new-hooks", KEY1)  # new endpoint, new secret
+    assert new != old
+    svc.handle(limit("m1", 100_000))
+    inside = T0 + timedelta(minutes=69)  # 59 minutes into the one-hour overlap
+    assert svc.dispatch_webhooks(inside) == 1
+    url, headers, body = transport.calls[-1]
+    assert url == "https://m1.example/new-hooks"
+    assert len(headers["webhook-signature"].split()) == 2
+    assert _signed_by(old, headers, body, inside) and _signed_by(new, headers, body, inside)
+    assert [m["active_secrets"] for m in svc.list_merchants()] == [2]
+
+    svc.handle(limit("m1", 90_000, at=T0 + timedelta(hours=2)))
+    after = T0 + timedelta(minutes=71)  # the overlap ended at T0 + 70 min
+    clock.now = after
+    assert svc.dispatch_webhooks(after) == 1
+    _, headers, body = transport.calls[-1]
+    assert len(headers["webhook-signature"].split()) == 1
+    assert _signed_by(new, headers, body, after) and not _signed_by(old, headers, body, after)
+    assert [m["active_secrets"] for m in svc.list_merchants()] == [1]
+
+
+def test_re_registering_with_the_same_secret_is_no_rotation_and_rotating_with_drop_previous_ends_the_overlap(
+        env: dict[str, Any]) -> None:
+    svc, transport = env["svc"], env["transport"]
+    given = "whsec_" + base64.b64encode(b"0" * 24).decode()
+    svc.register_merchant("m1", "https://m1.example/hooks", KEY1, webhook_secret=given)
+    svc.register_merchant("m1", "https://m1.example/hooks", KEY1, webhook_secret=given)
+    assert [m["active_secrets"] for m in svc.list_merchants()] == [1]
+    newer = svc.rotate_secret("m1")
+    assert [m["active_secrets"] for m in svc.list_merchants()] == [2]
+    newest = svc.rotate_secret("m1", drop_previous=True)
+    svc.handle(limit("m1", 100_000))
+    assert svc.dispatch_webhooks(T0) == 1
+    _, headers, body = transport.calls[-1]
+    assert _signed_by(newest, headers, body, T0)
+    assert not _signed_by(newer, headers, body, T0) and not _signed_by(given, headers, body, T0)
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "7776001"])
+def test_a_webhook_secret_overlap_out_of_range_stops_the_service_at_start(value: str) -> None:
+    from services.common.settings import SettingsError, load
+    from services.disbursement.settings import PREFIX
+
+    with pytest.raises(SettingsError, match="WEBHOOK_SECRET_OVERLAP_SECONDS"):
+        load(DisbursementSettings, PREFIX, environ={PREFIX + "WEBHOOK_SECRET_OVERLAP_SECONDS": value})

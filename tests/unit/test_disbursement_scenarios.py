@@ -8,21 +8,18 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from prometheus_client import CollectorRegistry
 
 from services.disbursement.adapters.payout_rails import SandboxRail
-from services.disbursement.bootstrap import bootstrap
 from services.disbursement.service import AcceptOffer, DisbursementService
-from services.disbursement.settings import DisbursementSettings
 from tests.unit.disbursement_helpers import (
     T0,
     Bus,
-    Clock,
-    Transport,
+    disburse,
     ev,
     limit,
     offer,
     onboarded,
+    service_env,
     settlement,
 )
 
@@ -31,20 +28,7 @@ pytestmark = pytest.mark.unit
 
 @pytest.fixture()
 def env(tmp_path: Any) -> dict[str, Any]:
-    bus, transport, clock = Bus(), Transport(), Clock()
-    svc = bootstrap(DisbursementSettings(), db_url=f"sqlite:///{tmp_path}/d.db", bus=bus, transport=transport,
-                    clock=clock, registry=CollectorRegistry())
-    svc.register_merchant("m1", "https://m1.example/hooks", "key-m1-0123456789abcdef")
-    svc.handle(onboarded("m1"))
-    return {"svc": svc, "bus": bus, "transport": transport, "clock": clock}
-
-
-def disburse(svc: DisbursementService, offer_id: str, amount: int, fee: int, at=T0, **kw: Any) -> dict[str, Any]:
-    svc.handle(limit("m1", 1_000_000, at=at))
-    svc.handle(offer("m1", offer_id, amount, fee, at=at, **kw))
-    result = svc.accept(AcceptOffer(offer_id, "m1", "idem-" + offer_id, at + timedelta(minutes=1)))
-    assert result.status_code == 200, result.body
-    return result.body
+    return service_env(db_url=f"sqlite:///{tmp_path}/d.db")
 
 
 def last_instruction(bus: Bus) -> dict[str, Any]:
@@ -265,9 +249,7 @@ def test_in_process_bus_may_call_back_into_the_service(tmp_path: Any) -> None:
                 svc.handle(limit("m1", 1_000, at=T0 + timedelta(minutes=2)))
 
     bus = EchoBus()
-    svc = bootstrap(DisbursementSettings(), db_url=f"sqlite:///{tmp_path}/e.db", bus=bus, transport=Transport(),
-                    clock=Clock(), registry=CollectorRegistry())
-    svc.register_merchant("m1", "https://m1.example/h", "key-m1-0123456789abcdef")
+    svc = service_env(db_url=f"sqlite:///{tmp_path}/e.db", bus=bus, onboard=False)["svc"]
     assert disburse(svc, "of1", 10_000, 0)["state"] == "disbursed"
     svc.handle(offer("m1", "of2", 5_000, at=T0 + timedelta(minutes=3)))
     result = svc.accept(AcceptOffer("of2", "m1", "k2", T0 + timedelta(minutes=4)))
@@ -299,10 +281,8 @@ def test_a_batch_of_events_in_one_transaction_leaves_what_one_by_one_leaves(tmp_
     later.append(dict(later[0]))  # a redelivered event inside the batch is applied once
 
     def run(name: str, batched: bool) -> tuple[dict[str, Any], list[str]]:
-        bus = Bus()
-        svc = bootstrap(DisbursementSettings(), db_url=f"sqlite:///{tmp_path}/{name}.db", bus=bus,
-                        transport=Transport(), clock=Clock(), registry=CollectorRegistry())
-        svc.register_merchant("m1", "https://m1.example/hooks", "key-m1-0123456789abcdef")
+        env = service_env(db_url=f"sqlite:///{tmp_path}/{name}.db", onboard=False)
+        svc, bus = env["svc"], env["bus"]
         for events in (first, later):
             if batched:
                 svc.handle_many(events)

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from services.disbursement.adapters.orm import merchants, outbox, webhook_deliveries
 from services.disbursement.adapters.repository import run
-from services.disbursement.domain.webhooks_signing import backoff_seconds, headers
+from services.disbursement.domain.webhooks_signing import active_secrets, backoff_seconds, headers
 
 if TYPE_CHECKING:
     from services.disbursement.service import DisbursementService
@@ -134,7 +134,7 @@ def _attempt(svc: DisbursementService, row: Any, m: Any, now: datetime) -> tuple
     try:
         if m is None:
             raise LookupError(f"merchant {row.merchant_id} not found")
-        hdrs = headers(m.webhook_secrets or [], row.msg_id, int(now.timestamp()), body)
+        hdrs = headers(active_secrets(m.webhook_secrets, now), row.msg_id, int(now.timestamp()), body)
         status = int(svc.transport(m.webhook_url, hdrs, body))
     except Exception as exc:  # any transport failure is one failed attempt, never a crashed loop
         error = f"{exc.__class__.__name__}: {exc}"[:500]

@@ -30,19 +30,28 @@ class Instruction:
     loan_ids: tuple[str, ...]
 
 
-def instruction(loans: Sequence[OpenLoan], currency: str, base_bps: int, shortfall_bps: int) -> Instruction:
+def instruction(loans: Sequence[OpenLoan], currency: str, base_bps: int, shortfall_bps: int,
+                written_off: Sequence[tuple[str, Money]] = ()) -> Instruction:
     """Base withhold rate while anything is owed; the higher rate once the financed receivables no longer
-    cover the balance (a financed order was refunded or cancelled)."""
+    cover the balance (a financed order was refunded or cancelled).
+
+    `written_off`: (loan id, amount still unrecovered) of the merchant's charged-off loans, oldest first. A
+    charge-off is the lender's accounting, not a release: the merchant still owes that money, so it stays in
+    `owed` (money withheld for it is booked as a recovery) and, as no receivable covers it any more, it is
+    collected at the shortfall rate. Those loans follow the open ones in `loan_ids`."""
     owed = Money.zero(currency)
     covered = Money.zero(currency)
     for loan in loans:
         owed = owed + loan.remaining
         covered = covered + loan.expected_receivables.min(loan.remaining)
+    lost = [(loan_id, amount) for loan_id, amount in written_off if amount.amount > 0]
+    for _loan_id, amount in lost:
+        owed = owed + amount
     if owed.is_zero():
         return Instruction(owed, 0, ())
     rate = shortfall_bps if covered < owed else base_bps
     ids = tuple(ln.loan_id for ln in sorted(loans, key=lambda ln: (ln.opened_at, ln.loan_id)) if not ln.remaining.is_zero())
-    return Instruction(owed, rate, ids)
+    return Instruction(owed, rate, ids + tuple(loan_id for loan_id, _ in lost if loan_id not in ids))
 
 
 @dataclass(frozen=True, slots=True)
