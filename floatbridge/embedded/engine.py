@@ -12,9 +12,11 @@ simulated marketplace withholds from payouts what `collections.v1` instructs.
 Like the Kafka consumers, the services take what the bus delivered in batches, never across an
 hourly tick of event time (a fed batch is cut where a tick falls): whenever the in-process queues
 run empty, the underwriter gets the events that arrived as one batch (each merchant scored at most
-once per batch) and disbursement applies its events in one SQLite transaction. Settlements, refunds
-and cancellations of merchants who never tried to borrow are not sent to disbursement: with no loan
-there is nothing for it to do with them.
+once per batch) and disbursement applies its events in one SQLite transaction. Settlements, refunds,
+cancellations and chargebacks of merchants who never tried to borrow are not sent to disbursement (with
+no loan there is nothing for it to do with them), except those naming an order of the merchant's open
+offer: acceptance refuses an offer whose orders settled, were cancelled, refunded or charged back since
+(receivables_changed), first loans included.
 
 Time is event time: the engine's clock is the latest event time seen, so a replay of the same
 file gives the same decisions.
@@ -43,6 +45,7 @@ DISBURSEMENT_MARKETPLACE_TYPES = frozenset({
 })
 # Of those, the ones that only matter to a merchant who has borrowed: with no loan ever taken there are no
 # financed orders, nothing owed and no instruction to refresh, so disbursement would only mark them processed.
+# One exception: one naming an order of the merchant's open offer, which acceptance must then refuse.
 BORROWER_ONLY_TYPES = frozenset({"settlement.paid", "order.refunded", "order.cancelled", "order.chargeback"})
 
 
@@ -300,6 +303,9 @@ class EmbeddedEngine:
         self._to_underwriter: list[dict[str, Any]] = []
         # Merchants who ever tried to accept an offer: only their settlements/refunds/cancellations can matter.
         self.borrowers: set[str] = set()
+        # Merchants who have not: their latest offer (id, financed order ids, expiry) while it may be open, so
+        # that a settlement, refund, cancellation or chargeback of one of its orders still reaches acceptance.
+        self.open_offers: dict[str, tuple[str, frozenset[str], datetime]] = {}
         # merchant -> (owed, withhold bps, financed order ids) from the latest collection.instruction
         self.owed: dict[str, tuple[int, int, frozenset[str]]] = {}
         self.line_errors: list[tuple[int, str, list[dict[str, str]]]] = []
@@ -319,6 +325,7 @@ class EmbeddedEngine:
         bus = self.bus
         pending = self._to_disbursement
         borrowers = self.borrowers
+        open_offers = self.open_offers
         if callable(getattr(self.underwriter, "handle_batch", None)):
             to_underwriter: Handler = self._to_underwriter.append
         else:  # a core without batches: one event at a time
@@ -338,9 +345,42 @@ class EmbeddedEngine:
             if etype == "merchant.onboarded":
                 self._flush_disbursement()  # registration is its own transaction: keep the order
                 self._register(event)
-            if etype in borrower_only and event["subject"] not in borrowers and not _withheld(event):
+            if etype in borrower_only and event["subject"] not in borrowers and not _withheld(event) \
+                    and not names_offered_order(event):
                 return
             pending.append(event)
+
+        def names_offered_order(event: dict[str, Any]) -> bool:
+            """True when the event settles, cancels, refunds or charges back an order of the merchant's
+            open offer (the events acceptance's receivables_changed check is made of)."""
+            offered = open_offers.get(event["subject"])
+            if offered is None:
+                return False
+            _offer_id, order_ids, expires_at = offered
+            data = event.get("data") or {}
+            if parse_rfc3339(event["time"]) >= expires_at:
+                del open_offers[event["subject"]]  # expired: acceptance refuses it anyway
+                return False
+            if event["type"] == "settlement.paid":
+                paid = data.get("orders")
+                return isinstance(paid, list) and any(isinstance(o, dict) and o.get("order_id") in order_ids
+                                                      for o in paid)
+            return data.get("order_id") in order_ids
+
+        def offers(event: dict[str, Any]) -> None:
+            mid, etype, data = event["subject"], event["type"], event.get("data") or {}
+            if mid in borrowers:
+                open_offers.pop(mid, None)
+            elif etype == "loan_offer.created":
+                try:
+                    expires_at = parse_rfc3339(data["expires_at"])
+                    order_ids = frozenset(o for o in data.get("order_ids", ()) if isinstance(o, str))
+                except (KeyError, TypeError, ValueError):
+                    return  # disbursement refuses such an offer
+                if order_ids:
+                    open_offers[mid] = (data["offer_id"], order_ids, expires_at)
+            elif etype == "loan_offer.withdrawn" and open_offers.get(mid, ("",))[0] == data.get("offer_id"):
+                del open_offers[mid]
 
         def collections(event: dict[str, Any]) -> None:
             data = event["data"]
@@ -352,6 +392,7 @@ class EmbeddedEngine:
         bus.subscribe(topics.LOANS, to_underwriter)
         bus.subscribe(topics.CREDIT_LIMITS, to_disbursement)
         bus.subscribe(topics.LOAN_OFFERS, to_disbursement)
+        bus.subscribe(topics.LOAN_OFFERS, offers)
         bus.subscribe(topics.COLLECTIONS, collections)
         bus.watch(self.tally.watch)
         bus.on_idle(self._flush_underwriter)
@@ -581,15 +622,36 @@ def _topic_of(event_type: str) -> str:
     return topics.LOANS
 
 
-def numbered(lines: Iterable[str]) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed JSON or the raw text when it is not JSON) for an NDJSON stream."""
-    for n, line in enumerate(lines, 1):
-        text = line.strip()
-        if not text:
-            continue
-        try:
-            yield n, json.loads(text)
-        except ValueError as exc:
-            from services.ingest.domain.model import Malformed
+def numbered(lines: Iterable[str | bytes], chunk: int = 1024) -> Iterator[tuple[int, Any]]:
+    """(line number, event) for each non-blank line of an NDJSON stream, parsed exactly as ingest parses the
+    records it consumes (services.ingest.adapters.jsoncodec.parse_records): a UTF-8 byte order mark is ignored,
+    integers of 20 or more digits stay exact, and a line that is not JSON, or is JSON no event may be (the
+    same key twice in one object, a number no 64-bit float holds, a lone surrogate), becomes a Malformed item
+    naming its line, which ingest rejects (the engine lists it in line_errors) while the rest goes on."""
+    from dataclasses import replace
 
-            yield n, Malformed(text[:65536], f"line {n} is not JSON: {exc}")
+    from services.ingest.adapters.jsoncodec import BOM, parse_records
+    from services.ingest.domain.model import Malformed
+
+    numbers: list[int] = []
+    records: list[bytes] = []
+
+    def parsed() -> Iterator[tuple[int, Any]]:
+        for n, item in zip(numbers, parse_records(records), strict=True):
+            if isinstance(item, Malformed):
+                item = replace(item, text=item.text[:65536], error=f"line {n}: {item.error}")
+            yield n, item
+        numbers.clear()
+        records.clear()
+
+    for n, line in enumerate(lines, 1):
+        data = line if isinstance(line, bytes) else line.encode("utf-8", "surrogatepass")
+        if data.startswith(BOM):
+            data = data[3:]
+        if not data.strip():
+            continue
+        numbers.append(n)
+        records.append(data)
+        if len(records) >= chunk:
+            yield from parsed()
+    yield from parsed()

@@ -65,6 +65,8 @@ def _orjson_dumps(obj: dict[str, Any]) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
 
 
+RELEASING = frozenset({"loan.repayment_applied", "loan.charged_off"})
+
 MATERIAL = frozenset({
     "settlement.paid", "order.refunded", "order.chargeback", "order.cancelled",
     "merchant.onboarded", "merchant.updated",
@@ -191,6 +193,9 @@ class Underwriter:
             if position is not None and state.already_applied(*position):
                 tally[(etype, "replayed")] = tally.get((etype, "replayed"), 0) + 1
                 continue
+            # What a repayment or charge-off releases is read before the event applies (a charge-off closes the
+            # loan that knows the category its exposure was reserved in).
+            release = state.release_of(event) if etype in RELEASING else None
             try:
                 ts = state.apply_ts(event)
             except Exception as exc:
@@ -213,7 +218,8 @@ class Underwriter:
                 continue
             tally[(etype, "applied")] = tally.get((etype, "applied"), 0) + 1
             lags.append(now - ts)
-            self._portfolio_effects(state, event)
+            if release is not None:
+                self._portfolio_effects(state, release)
             material = etype in MATERIAL
             due = material or ts - state.last_scored >= debounce
             if entry is None:
@@ -310,11 +316,13 @@ class Underwriter:
             self._hot.pop(next(iter(self._hot)))
         self._hot[state.merchant_id] = (raw, state)
 
-    def _portfolio_effects(self, state: MerchantState, event: dict[str, Any]) -> None:
-        """Repayments and charge-offs reduce the category exposure the portfolio cap counts."""
-        etype, data = event["type"], event.get("data") or {}
-        if etype == "loan.repayment_applied" or etype == "loan.charged_off":
-            self.portfolio.release(state.category, state.currency, int(data["amount"]["amount"]))
+    def _portfolio_effects(self, state: MerchantState, release: tuple[str, int]) -> None:
+        """Repayments and charge-offs reduce the category exposure the portfolio cap counts, in the category the
+        loan's exposure was reserved in (MerchantState.release_of), not the merchant's current one: after a
+        merchant.updated moved the merchant, releasing under the new category would leave the old counter high
+        for good and push the new one down below what it holds."""
+        category, amount = release
+        self.portfolio.release(category, state.currency, amount)
 
     def _score(self, features: list[float]) -> Score:
         score = self.scorer.score(features)

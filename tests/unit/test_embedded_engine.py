@@ -45,12 +45,19 @@ def test_replay_reports_invalid_lines_with_their_numbers_and_processes_the_rest(
     assert any(e["type"] == "credit_limit.updated" for e in emitted)
     assert all(not validate({k: v for k, v in e.items() if k != "topic"}) for e in emitted)
     assert result.engine.tally.accepted == 0, "--accept none: nobody borrows"
-    from services.disbursement.adapters.orm import processed_events
+    from services.disbursement.adapters.orm import offers, processed_events
 
     with result.engine.disbursement.engine.connect() as conn:
-        handled = {r.event_type for r in conn.execute(processed_events.select()).all()}
+        rows = conn.execute(processed_events.select()).all()
+        offered = {o for r in conn.execute(offers.select()).all() for o in r.order_ids}
+    handled = {r.event_type for r in rows}
     assert "credit_limit.updated" in handled and "merchant.onboarded" in handled
-    assert "settlement.paid" not in handled, "payouts of merchants who never borrowed are not disbursement's work"
+    # Payouts of merchants who never borrowed are not disbursement's work, except those paying an order of an
+    # offer still open (acceptance refuses an offer whose orders were paid out since: receivables_changed).
+    payouts = {e["id"]: e for e in events if e["type"] == "settlement.paid"}
+    forwarded = [payouts[r.event_id] for r in rows if r.event_id in payouts]
+    assert len(forwarded) < len(payouts)
+    assert all(offered & {o["order_id"] for o in e["data"]["orders"]} for e in forwarded)
 
 
 @pytest.mark.parametrize("over_http", [False, True], ids=["service", "http"])
@@ -148,3 +155,84 @@ def test_a_fed_batch_is_cut_at_each_hourly_tick_so_every_tick_sees_exactly_the_e
         next_tick = later[0] if later else None
         assert last_tick is None or min(value) >= last_tick, "no event is submitted after a later tick ran"
         assert next_tick is None or max(value) < next_tick, "a tick runs only after the events before it"
+
+
+@pytest.mark.parametrize("change", ["settlement.paid", "order.refunded", "order.cancelled", "order.chargeback"])
+def test_a_first_offer_whose_order_changed_before_acceptance_is_refused_in_the_embedded_engine(
+        tmp_path: Path, change: str) -> None:
+    import sqlalchemy as sa
+
+    from schemas.codec import new_event
+    from services.disbursement.adapters.orm import offers
+    from tests.scenario import SOURCE
+
+    history = healthy_merchant("m-first", END, days=45, seed=3)
+    engine = EmbeddedEngine(EngineOptions(db_path=tmp_path / "d.sqlite", accept="none"))
+    engine.feed(list(enumerate(history.events, 1)))
+    engine._advance(END + timedelta(hours=2, minutes=30))
+    with engine.disbursement.engine.connect() as conn:
+        offer = conn.execute(sa.select(offers).where(offers.c.merchant_id == "m-first",
+                                                     offers.c.state == "open")).one()
+    assert "m-first" not in engine.borrowers, "a first loan: the merchant never tried to borrow"
+    order_id = offer.order_ids[0]
+    amount = {"amount": dict(history.open_orders)[order_id], "currency": "BRL"}
+    at = engine.now + timedelta(minutes=1)
+    data: dict[str, Any] = {"order_id": order_id}
+    if change == "order.refunded":
+        data.update(refund_id="r-1", amount=amount)
+    elif change == "order.chargeback":
+        data.update(chargeback_id="cb-1", amount=amount)
+    event = settlement("m-first", at, [(order_id, amount["amount"])], "st-early") if change == "settlement.paid" \
+        else new_event(change, "m-first", data, at, SOURCE, id=f"{change}-early")
+    engine.feed([(1, event)])  # before the next hourly tick: the offer is still open, not yet accepted
+
+    status, code = engine._accept(engine.fleet.merchants["m-first"], offer.offer_id, "accept-first")
+    assert (status, code) == (409, "receivables_changed")
+    assert engine.tally.accepted == 0
+
+
+def test_replay_reader_parses_lines_as_ingest_does_duplicate_keys_bom_and_long_integers(tmp_path: Path) -> None:
+    from floatbridge.embedded.engine import numbered
+    from services.ingest.domain.model import Malformed
+
+    lines = [
+        '\ufeff{"id": "e1", "n": 1}',  # a byte order mark before the first line is ignored
+        "",
+        '{"id": "e2", "id": "e2-shadow"}',  # the same key twice: rejected, not the last one kept
+        '{"id": "e3", "big": 123456789012345678901234567890}',  # 30 digits: kept exact
+        '{"id": "e4", "huge": 1e400}',  # no 64-bit float holds it: rejected
+        "{not json",
+        '{"id": "e7"}',
+    ]
+    items = dict(numbered(lines, chunk=2))
+    assert set(items) == {1, 3, 4, 5, 6, 7}  # blank lines skipped, numbers are file lines
+    assert items[1] == {"id": "e1", "n": 1}
+    assert items[4]["big"] == 123456789012345678901234567890 and isinstance(items[4]["big"], int)
+    assert items[7] == {"id": "e7"}
+    for n in (3, 5, 6):
+        assert isinstance(items[n], Malformed) and items[n].error.startswith(f"line {n}: "), items[n]
+    assert "duplicate key 'id'" in items[3].error and items[3].pointer == ""
+    assert "out of range" in items[5].error
+    # Bytes lines (a file read in binary) parse the same way.
+    assert dict(numbered([line.encode() for line in lines])) == items
+
+
+def test_replay_rejects_a_line_with_a_duplicate_key_by_its_number_and_accepts_a_bom_first_line(
+        tmp_path: Path) -> None:
+    events = healthy_merchant("m-dup", END, days=30).events
+    lines = [json.dumps(e) for e in events]
+    lines[0] = "\ufeff" + lines[0]  # the onboarding, behind a byte order mark
+    # An order whose amount names its "amount" key twice: the stdlib parser kept the last, silently.
+    placed = next(i for i, e in enumerate(events) if e["type"] == "order.placed")
+    dup = dict(events[placed], id="dup-keys")
+    lines.insert(placed + 1, json.dumps(dup)[:-1] + ', "id": "dup-keys-2"}')
+    src = tmp_path / "events.ndjson"
+    _write_ndjson(src, lines)
+
+    result = replay_file(src, tmp_path / "out", accept="none", progress=False)
+
+    bad = {line: errs for line, _, errs in result.engine.line_errors}
+    assert set(bad) == {placed + 2}, bad
+    assert any("duplicate key 'id'" in e["message"] for e in bad[placed + 2]), bad
+    emitted = [json.loads(x) for x in (tmp_path / "out" / "emitted.ndjson").read_text().splitlines()]
+    assert any(e["type"] == "credit_limit.updated" and e["subject"] == "m-dup" for e in emitted)  # onboarded

@@ -247,3 +247,71 @@ def test_replayed_decisions_have_the_same_event_ids() -> None:
     _, a = run(events)
     _, b = run(events)
     assert [o["id"] for o in a] == [o["id"] for o in b] and len({o["id"] for o in a}) == len(a)
+
+
+# ----- portfolio exposure follows the category it was reserved in ----------------------------------------------
+
+
+def _portfolio_run() -> tuple[Any, dict[str, Any], datetime]:
+    events = history("m1", START, 60, Profile(category="electronics"))
+    u, out = run(events)
+    offer = [o for o in out if o["type"] == "loan_offer.created"][-1]["data"]
+    assert u.state("m1").offer[0] == offer["offer_id"]
+    assert u.portfolio.counters["cat:electronics:BRL"] == offer["amount"]["amount"]
+    return u, offer, START + timedelta(days=60, hours=1)
+
+
+def _ev(etype: str, data: dict[str, Any], when: datetime, eid: str) -> dict[str, Any]:
+    return codec.new_event(etype, "m1", data, when, "test", id=eid)
+
+
+def test_repayments_and_charge_offs_after_a_category_change_release_the_category_the_loan_was_reserved_in() -> None:
+    u, offer, t = _portfolio_run()
+    amount = offer["amount"]["amount"]
+    u.policy = PolicySettings(kill_switch=True)  # no new offer muddles the counters
+    cats = u.portfolio.counters
+    u.handle(_ev("loan_offer.accepted", {"offer_id": offer["offer_id"]}, t, "acc-1"))
+    # The merchant moves to another category between the acceptance and the payout.
+    u.handle(_ev("merchant.updated", {"category": "books"}, t + timedelta(minutes=1), "upd-1"))
+    u.handle(_ev("loan.disbursed", {"loan_id": "L1", "offer_id": offer["offer_id"], "principal": offer["amount"],
+                                    "fee": offer["fee"], "due_at": offer["due_at"], "payout_id": "p1",
+                                    "order_ids": offer["order_ids"]}, t + timedelta(minutes=2), "disb-1"))
+    assert u.state("m1").category == "books"
+    assert (cats["cat:electronics:BRL"], cats.get("cat:books:BRL", 0)) == (amount, 0)
+    quarter = amount // 4
+    u.handle(_ev("loan.repayment_applied", {"loan_id": "L1", "settlement_id": "s1", "amount": brl(quarter),
+                                            "remaining": brl(amount + offer["fee"]["amount"] - quarter)},
+                 t + timedelta(days=1), "rep-1"))
+    assert (cats["cat:electronics:BRL"], cats.get("cat:books:BRL", 0)) == (amount - quarter, 0)
+    u.handle(_ev("loan.charged_off", {"loan_id": "L1", "amount": brl(quarter)}, t + timedelta(days=40), "co-1"))
+    assert cats["cat:electronics:BRL"] == amount - 2 * quarter
+    # The charge-off re-sent under a new event id, and a recovery after it, release nothing more.
+    u.handle(_ev("loan.charged_off", {"loan_id": "L1", "amount": brl(quarter)}, t + timedelta(days=41), "co-2"))
+    u.handle(_ev("loan.repayment_applied", {"loan_id": "L1", "settlement_id": "s2", "amount": brl(quarter),
+                                            "remaining": brl(0)}, t + timedelta(days=42), "rep-2"))
+    assert (cats["cat:electronics:BRL"], cats.get("cat:books:BRL", 0)) == (amount - 2 * quarter, 0)
+
+
+def test_open_offer_withdrawn_after_a_category_change_is_released_where_it_was_reserved() -> None:
+    u, offer, t = _portfolio_run()
+    cats = u.portfolio.counters
+    u.handle(_ev("merchant.updated", {"category": "books"}, t, "upd-1"))
+    assert u.state("m1").offer[0] == offer["offer_id"]  # not stale: kept
+    u.policy = PolicySettings(kill_switch=True)
+    out = u.handle(_ev("merchant.updated", {"status": "active"}, t + timedelta(minutes=1), "upd-2"))
+    assert [o["data"]["offer_id"] for o in out if o["type"] == "loan_offer.withdrawn"] == [offer["offer_id"]]
+    assert (cats["cat:electronics:BRL"], cats.get("cat:books:BRL", 0)) == (0, 0)
+
+
+def test_state_saved_before_loans_remembered_their_category_still_loads_and_releases_the_current_one() -> None:
+    s = build(history("m1", START, 30, Profile()))
+    s.loans["L0"] = [s.latest, 1_000, 1_000, s.latest + 10 * 86_400, 0]  # a five-field row of an older state
+    restored = MerchantState.from_bytes(s.to_bytes())
+    charge_off = _ev("loan.charged_off", {"loan_id": "L0", "amount": brl(400)}, START + timedelta(days=30), "co-0")
+    assert restored.release_of(charge_off) == ("electronics", 400)
+    restored.apply(charge_off)
+    assert restored.release_of(dict(charge_off, id="co-0-again")) is None
+
+
+def brl(amount: int) -> dict[str, Any]:
+    return {"amount": amount, "currency": "BRL"}

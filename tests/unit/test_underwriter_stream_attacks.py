@@ -6,6 +6,7 @@ events nobody here wrote: late, repeated, contradictory or out-of-range ones.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,7 +17,21 @@ from services.underwriter.bootstrap import bootstrap
 from services.underwriter.domain.features import INDEX, compute_features
 from services.underwriter.domain.policy import PolicySettings
 from services.underwriter.domain.scoring import FixedScorer
-from services.underwriter.domain.state import R_PLACED, MerchantState, StateError
+from services.underwriter.domain.state import (
+    CHARGEBACK_GMV,
+    CHARGEBACK_N,
+    COUNTED_DAYS,
+    DAY,
+    HASH_HEX,
+    MAX_COUNTED_IDS,
+    R_PLACED,
+    REFUND_GMV,
+    REFUND_N,
+    SETTLED_GMV,
+    SETTLED_N,
+    MerchantState,
+    StateError,
+)
 from services.underwriter.settings import load
 from services.underwriter.synthetic import Profile, history
 
@@ -88,7 +103,11 @@ def test_refunds_of_orders_settled_long_ago_do_not_pile_up_as_phantom_receivable
     s = u.state("m1")
     phantoms = [oid for oid, rec in s.receivables.items() if not rec[R_PLACED]]
     assert len(phantoms) <= 1  # the latest day's late refund at most: gone at the next day's first event
-    assert len(s.to_bytes()) <= 4096
+    # The phantoms leave nothing behind: the state stays within 4 KB apart from the ids of the refunds and
+    # settlements counted in the last 32 days (kept so a re-send counts once: ~75 here, a refund a day, ~5.5 bytes
+    # each), which come on top.
+    assert len(replace(s, counted={}).to_bytes()) <= 4096
+    assert len(s.to_bytes()) <= 4096 + 6 * sum(len(v) // HASH_HEX for v in s.counted.values())
     # The real receivables are all still there: the limit rests on the same eligible orders.
     clean = MerchantState("m1")
     for e in base:
@@ -589,3 +608,96 @@ def test_a_merchant_with_many_open_advances_keeps_its_overdue_one_and_its_whole_
         s.apply(_disbursed(f"L{i}", f"o{i}", t + timedelta(minutes=1 + i), f"disb-{i}"))
     assert s.delinquent()  # still frozen: the past-due advance was not forgotten to make room
     assert s.outstanding(s.latest) == 40 * 50_500
+
+
+# ----- refunds, chargebacks and settlements re-sent under a fresh event id ------------------------------------------
+
+
+def _totals(s: MerchantState) -> dict[str, int]:
+    return {name: sum(b[field] for b in s.buckets.values()) for name, field in (
+        ("refunds", REFUND_N), ("refunded", REFUND_GMV), ("chargebacks", CHARGEBACK_N),
+        ("charged_back", CHARGEBACK_GMV), ("settled", SETTLED_N), ("settled_gmv", SETTLED_GMV))}
+
+
+def _resent(e: dict[str, Any], when: datetime, suffix: str) -> dict[str, Any]:
+    return dict(e, id=e["id"] + suffix, time=when.strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
+def test_refund_resent_under_a_new_event_id_with_the_same_refund_id_counts_once() -> None:
+    events = steady(60, refund_rate=0.1)
+    s = MerchantState("m1")
+    for e in events:
+        s.apply(e)
+    refund = [e for e in events if e["type"] == "order.refunded" and t_of(e) < END - timedelta(days=7)][-1]
+    before, features_before = _totals(s), compute_features(s, datetime.fromtimestamp(s.latest, UTC))
+    # Re-sent at its own time and again five days later (its receivable forgotten by then), each under a new id.
+    assert s.apply(_resent(refund, t_of(refund), "-again")) is True
+    assert s.apply(_resent(refund, t_of(refund) + timedelta(days=5), "-later")) is True
+    assert _totals(s) == before
+    assert compute_features(s, datetime.fromtimestamp(s.latest, UTC)) == features_before
+    # Another refund of the same order (its own refund_id) still counts.
+    other = dict(refund, id="other-refund", data=dict(refund["data"], refund_id="r-second", amount=brl(10)))
+    s.apply(other)
+    assert _totals(s)["refunds"] == before["refunds"] + 1 and _totals(s)["refunded"] == before["refunded"] + 10
+
+
+def test_chargeback_resent_under_a_new_event_id_with_the_same_chargeback_id_counts_once() -> None:
+    events = steady(60, chargeback_rate=0.05)
+    s = MerchantState("m1")
+    for e in events:
+        s.apply(e)
+    chargeback = [e for e in events if e["type"] == "order.chargeback"][-1]
+    before = _totals(s)
+    assert before["chargebacks"] > 0
+    s.apply(_resent(chargeback, t_of(chargeback), "-again"))
+    s.apply(_resent(chargeback, t_of(chargeback) + timedelta(days=20), "-later"))
+    assert _totals(s) == before
+
+
+def test_settlement_resent_under_a_new_event_id_more_than_two_days_later_counts_once() -> None:
+    events = steady(60)
+    s = MerchantState("m1")
+    for e in events:
+        s.apply(e)
+    settlements = [e for e in events if e["type"] == "settlement.paid"]
+    old = [e for e in settlements if t_of(e) < END - timedelta(days=10)][-1]  # its receivables are long forgotten
+    as_of = datetime.fromtimestamp(s.latest, UTC)
+    before, features_before = _totals(s), compute_features(s, as_of)
+    s.apply(_resent(old, t_of(old), "-again"))  # its own time, ten days on
+    s.apply(_resent(old, as_of, "-today"))  # or dated today
+    assert _totals(s) == before
+    assert compute_features(s, as_of) == features_before
+    # The state round-trips what it remembers: a restored worker still counts it once.
+    restored = MerchantState.from_bytes(s.to_bytes())
+    restored.apply(_resent(old, as_of, "-after-restore"))
+    assert _totals(restored) == before
+
+
+def test_refund_and_settlement_ids_are_forgotten_with_the_window_that_reads_them() -> None:
+    s = MerchantState("m1")
+    for e in steady(60, refund_rate=0.1, chargeback_rate=0.05):
+        s.apply(e)
+    kinds = {key[0] for key in s.counted}
+    assert kinds == {"r", "c", "s"}
+    today = s.latest // DAY
+    for key in s.counted:
+        assert int(key[1:]) * 7 + 6 > today - COUNTED_DAYS[key[0]]
+    assert min(int(k[1:]) for k in s.counted if k[0] == "s") * 7 >= today - 32 - 6  # 32 days of settlements
+    assert min(int(k[1:]) for k in s.counted if k[0] == "c") * 7 < today - 40  # 90 days of chargebacks
+
+
+def test_a_flood_of_distinct_refunds_keeps_the_remembered_ids_bounded() -> None:
+    s = MerchantState("m1")
+    for e in steady(30):
+        s.apply(e)
+    t = START + timedelta(days=30)
+    for i in range(400):
+        s.apply(ev("order.refunded", {"order_id": f"f-{i}", "refund_id": f"flood-{i}", "amount": brl(1)},
+                   t + timedelta(minutes=i), f"flood-{i}"))
+    assert sum(map(len, s.counted.values())) <= MAX_COUNTED_IDS * HASH_HEX
+    assert len(s.to_bytes()) <= 4096 + 6 * MAX_COUNTED_IDS
+    # The latest ones are remembered: re-sent, they count nothing.
+    before = _totals(s)
+    s.apply(ev("order.refunded", {"order_id": "f-399", "refund_id": "flood-399", "amount": brl(1)},
+               t + timedelta(hours=9), "flood-399-again"))
+    assert _totals(s) == before

@@ -20,7 +20,7 @@ from services.underwriter.domain.policy import (
     accepted_pending,
 )
 from services.underwriter.domain.reasons import Reason
-from services.underwriter.domain.state import DAY, MerchantState, short_hash
+from services.underwriter.domain.state import DAY, O_CAT, MerchantState, short_hash
 
 
 class Portfolio(Protocol):
@@ -84,6 +84,12 @@ def plan_offer(
     return Offer(offer_id, amount, fee, apr, due, as_of + p.offer_ttl_hours * 3600, tuple(r.order_id for r in chosen))
 
 
+def offer_category(state: MerchantState, offer: list[Any]) -> str:
+    """The category an open offer's amount was reserved in (the merchant's current one for offers saved before
+    offers remembered it): releasing it anywhere else would move exposure between categories."""
+    return str(offer[O_CAT]) if len(offer) > O_CAT else state.category
+
+
 def _changed(old: int, new: int, p: PolicySettings) -> bool:
     diff = abs(new - old)
     return diff > 0 and (diff >= p.change_threshold_minor or diff * 10_000 >= p.change_threshold_bps * max(old, 1))
@@ -134,7 +140,7 @@ def decide_actions(
     actions: list[Action] = []
     offer = state.offer
     if offer and int(offer[3]) <= as_of:  # expired on its own: the disbursement service announces it
-        portfolio.release(state.category, state.currency, int(offer[1]))
+        portfolio.release(offer_category(state, offer), state.currency, int(offer[1]))
         state.offer = offer = []
         _set_last(state, None, [])
     pending = accepted_pending(state)
@@ -146,7 +152,7 @@ def decide_actions(
         if why is not None:
             reasons = [why, *(r for r in d.reasons if r.code != why.code)][:20]  # each reason named once
             withdrawn.append(Action("loan_offer.withdrawn", {"offer_id": offer[0], "reasons": reasons}))
-            portfolio.release(state.category, state.currency, int(offer[1]))
+            portfolio.release(offer_category(state, offer), state.currency, int(offer[1]))
             state.offer = offer = []
             _set_last(state, None, [])
     new = None
@@ -160,11 +166,11 @@ def decide_actions(
     actions.extend(withdrawn)
     if new is not None:
         day = as_of // DAY
-        if offer:  # replaced: free what the old one held
-            portfolio.release(state.category, state.currency, int(offer[1]))
+        if offer:  # replaced: free what the old one held, where it held it
+            portfolio.release(offer_category(state, offer), state.currency, int(offer[1]))
         portfolio.reserve(day, state.category, state.currency, new.amount)
         guards = ",".join(r.code for r in d.reasons if r.code in GUARD_CODES)
-        state.offer = [new.offer_id, new.amount, as_of, new.expires_at, guards]
+        state.offer = [new.offer_id, new.amount, as_of, new.expires_at, guards, state.category]
         _set_last(state, None, state.offer[:4])
         actions.append(Action("loan_offer.created", {"offer": new}))
     return actions
@@ -177,7 +183,9 @@ def _new_offer(
     """A fresh offer when there is none open, or when the open one is stale (about to expire, or the merchant
     can now borrow materially more); None otherwise."""
     held = int(state.offer[1]) if state.offer else 0
-    room = portfolio.remaining(as_of // DAY, state.category, state.currency, p) + held
+    # What the open offer holds frees room for its replacement only in the category it holds it in.
+    room = portfolio.remaining(as_of // DAY, state.category, state.currency, p) \
+        + (held if state.offer and offer_category(state, state.offer) == state.category else 0)
     unfinanced = sum(r.amount for r in d.receivables if not r.financed) * max(d.advance_rate_bps, 0) // 10_000
     amount = min(spendable * p.offer_share_bps // 10_000, room, unfinanced)
     if amount < p.min_offer_minor:

@@ -12,6 +12,9 @@ What a stream from outside can do to it (each rule has a scenario test in test_u
 - an order placed again (a fresh event id) counts once; its receivable is the smallest amount placed or paid;
   a settlement re-sent or listing an order twice counts the order's money once; a zero-amount order counts
   nothing; a chargeback or refund seen before its order keeps the order out of the receivables;
+- a refund, chargeback or settlement re-sent under a fresh event id counts once per refund_id / chargeback_id /
+  settlement_id (as disbursement counts them), at its old time or a new one, for as long as the limit reads what
+  it counted (32 days for refunds and settlements, 90 for chargebacks: see `counted` for the bound);
 - events older than the 90-day window (late) add no bucket, events of an order older than 60 days no
   receivable; orders known only from later events (a refund of an order settled and forgotten long ago) are
   dropped after two days and go first when the receivable table is full;
@@ -48,8 +51,12 @@ F_PLACED, F_PAID, F_SHIPPED, F_DELIVERED, F_SETTLED, F_CANCELLED, F_REFUNDED = 1
 F_FINANCED = 128  # a disbursed loan advances against it: it cannot back a second loan
 F_TERMINAL = F_SETTLED | F_CANCELLED | F_REFUNDED
 
-# Loan layout: [disbursed_ts, owed, remaining, due_ts, days_past_due]
-L_TS, L_OWED, L_REMAINING, L_DUE, L_DPD = range(5)
+# Loan layout: [disbursed_ts, owed, remaining, due_ts, days_past_due, category]. The category is the one its
+# offer's exposure was reserved in (the portfolio's per-category counter): repayments and charge-offs release it
+# there even after a merchant.updated changed the merchant's category (rows saved before it have five fields).
+L_TS, L_OWED, L_REMAINING, L_DUE, L_DPD, L_CAT = range(6)
+# Offer layout (`MerchantState.offer`): [offer_id, amount, created_ts, expires_ts, guard codes, category reserved in]
+O_CAT = 5
 # Loan history layout: [ts, on_time (1/0), kind, loan id hash]; kind 1 = repaid, 2 = charged off. The hash makes
 # loans.v1 idempotent per loan: a repeated or late loan.repaid / loan.charged_off counts once, and a loan.disbursed
 # seen after its loan closed does not revive the debt (rows saved before the hash existed have three fields).
@@ -63,6 +70,14 @@ MAX_CLOSED_IDS = 64
 MAX_SEEN = 48
 MAX_LOANS = 64  # open advances; a merchant taking every offer can hold dozens at once
 MAX_LOAN_HISTORY = 24
+# Refund, chargeback and settlement ids counted (see `MerchantState.counted`).
+HASH_HEX = 8  # closed orders and counted ids: 32-bit hashes, as 8 hex digits
+MAX_COUNTED_IDS = 160
+# Days an id is kept, by kind (two spare days, as for closed receivables): refunds are read over 30 days (refund
+# rates, REFUND_SURGE), chargebacks over 90 (chargeback rate, CHARGEBACKS); settlements over 30 by every cap and
+# guard (settled-sales cap and pace, UNSETTLED_SALES) and the 7/30-day features, over 90 by two model features only
+# (settled_gmv_90d, settled_orders_90d): 90 days of daily settlement ids would cost ~350 more bytes of state.
+COUNTED_DAYS = {"r": 30 + 2, "c": WINDOW_DAYS, "s": 30 + 2}
 CLOSED_RETENTION = 2 * DAY  # closed receivables stay visible this long, so features as of t are stable
 RECEIVABLE_HORIZON = 60 * DAY  # an order older than this (event time) is never tracked as a receivable
 
@@ -85,6 +100,27 @@ def _id(value: Any) -> str:
     if type(value) is not str or not value:
         raise ValueError(f"bad id {str(value)[:140]!r}")
     return value
+
+
+def _packed_has(packed: str, h: str) -> bool:
+    """Whether the hex hash `h` is one of the HASH_HEX-digit hashes concatenated in `packed`."""
+    at = packed.find(h)
+    while at >= 0:
+        if at % HASH_HEX == 0:
+            return True
+        at = packed.find(h, at + 1)
+    return False
+
+
+def _closed_hash(order_id: str) -> str:
+    return f"{short_hash(order_id) >> 16:08x}"
+
+
+def _packed_closed(saved: Any) -> str:
+    """`closed` as saved: packed hex, or the list of 48-bit `short_hash` ints states held before (same top bits)."""
+    if isinstance(saved, str):
+        return saved
+    return "".join(f"{h >> 16:08x}" for h in saved[-MAX_CLOSED_IDS:])
 
 
 class StateError(ValueError):
@@ -129,13 +165,18 @@ class MerchantState:
     # Sorted [day, order hash, buyer hash] of up to two orders a day over 30 days: buyer diversity by event time.
     buyers: list[list[int]] = field(default_factory=list)
     receivables: dict[str, list[int]] = field(default_factory=dict)
-    closed: list[int] = field(default_factory=list)  # hashes of orders closed long ago: never resurrected
-    loans: dict[str, list[int]] = field(default_factory=dict)
+    # Orders closed long ago, never resurrected: the last MAX_CLOSED_IDS, as 32-bit hashes (`_closed_hash`, 8 hex
+    # digits each) concatenated, ~40% smaller saved than a list of ints (states saved as a list are converted).
+    closed: str = ""
+    loans: dict[str, list[Any]] = field(default_factory=dict)  # L_* layout (ints, then the category)
     loan_history: list[list[int]] = field(default_factory=list)
     worst_dpd: int = 0
     worst_dpd_ts: int = 0
-    # Open offer: [offer_id, amount, created_ts, expires_ts] or empty.
+    # Open offer: [offer_id, amount, created_ts, expires_ts, guard codes, category reserved in] or empty.
     offer: list[Any] = field(default_factory=list)
+    # The offer last accepted and not yet disbursed, [offer_id, category its exposure was reserved in], or empty:
+    # the loan.disbursed that follows books the loan under that category.
+    accepted: list[Any] = field(default_factory=list)
     # Last emitted decision: [limit, available, reason codes joined by ","].
     last: list[Any] = field(default_factory=list)
     last_scored: int = 0
@@ -149,6 +190,17 @@ class MerchantState:
     # and clears it when it decides). Saved with the state, so a worker that restores the state after a stop,
     # a crash or a rebalance knows the merchant still waits for its debounced decision.
     pending: list[Any] = field(default_factory=list)
+    # Refund, chargeback and settlement ids counted: "<kind><week>" (kind r, c or s; week = epoch day // 7 of the
+    # bucket the event counted in) -> the 32-bit hashes of the ids, as 8 hex digits each, concatenated. One re-sent
+    # under a fresh event id (at its old time or a new one) is found here and counts nothing. An id is kept as long
+    # as the caps, guards and 7/30-day features read what it counted (COUNTED_DAYS: 32 days for refunds and
+    # settlements, 90 for chargebacks): its week goes once all of it is older than that, so within that window a
+    # re-send never counts twice (after it, the original no longer counts there). What this leaves open: a
+    # settlement re-sent 32 to 90 days after the original counts again in settled_gmv_90d / settled_orders_90d.
+    # At most MAX_COUNTED_IDS are kept, the oldest week's first when a stream sends more (~0.9 KB of saved state
+    # then; ~5.5 bytes an id, ~200 bytes for a merchant settled daily with a few refunds). A distinct id is
+    # mistaken for a counted one (and not counted) with odds of at most 160 / 2^32 (1 in 27 million) per event.
+    counted: dict[str, str] = field(default_factory=dict)
 
     # ----- serialisation ---------------------------------------------------------------------------------
 
@@ -160,7 +212,9 @@ class MerchantState:
             "u": self.buyers, "r": self.receivables, "x": self.closed,
             "l": self.loans, "h": self.loan_history, "w": [self.worst_dpd, self.worst_dpd_ts],
             "o": self.offer, "d": self.last, "q": self.last_scored, "e": self.seen,
-        } | ({"p": self.positions} if self.positions else {}) | ({"n": self.pending} if self.pending else {})
+        } | ({"p": self.positions} if self.positions else {}) | ({"n": self.pending} if self.pending else {}) \
+            | ({"i": self.counted} if self.counted else {}) \
+            | ({"a": self.accepted} if self.accepted else {})
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> MerchantState:
@@ -169,10 +223,11 @@ class MerchantState:
                 merchant_id=obj["m"], currency=obj["c"], category=obj["k"], status=obj["s"],
                 since=obj["t0"], latest=obj["t1"],
                 buckets={b[0]: b[1:] for b in obj["b"]},
-                buyers=obj["u"], receivables=obj["r"], closed=obj["x"],
+                buyers=obj["u"], receivables=obj["r"], closed=_packed_closed(obj["x"]),
                 loans=obj["l"], loan_history=obj["h"], worst_dpd=obj["w"][0], worst_dpd_ts=obj["w"][1],
                 offer=obj["o"], last=obj["d"], last_scored=obj["q"], seen=obj["e"],
                 positions=dict(obj.get("p") or {}), pending=list(obj.get("n") or ()),
+                counted=dict(obj.get("i") or {}), accepted=list(obj.get("a") or ()),
             )
         except (KeyError, IndexError, TypeError) as exc:
             raise StateError(f"malformed merchant state: {exc!r}") from None
@@ -259,6 +314,9 @@ class MerchantState:
         first_day = now // DAY - WINDOW_DAYS
         for day in [d for d in self.buckets if d <= first_day]:
             del self.buckets[day]
+        today = now // DAY
+        for key in [k for k in self.counted if int(k[1:]) * 7 + 6 <= today - COUNTED_DAYS[k[0]]]:
+            del self.counted[key]
         # Two spare days keep features as of a recent past time stable (same retention as closed receivables).
         self.buyers = [b for b in self.buyers if b[0] > now // DAY - BUYER_WINDOW_DAYS - 2]
         stale, horizon = now - CLOSED_RETENTION, now - RECEIVABLE_HORIZON
@@ -273,11 +331,9 @@ class MerchantState:
 
     def _forget(self, order_id: str) -> None:
         self.receivables.pop(order_id, None)
-        h = short_hash(order_id)
-        if h not in self.closed:
-            self.closed.append(h)
-            if len(self.closed) > MAX_CLOSED_IDS:
-                del self.closed[0]
+        h = _closed_hash(order_id)
+        if not _packed_has(self.closed, h):
+            self.closed = (self.closed + h)[-MAX_CLOSED_IDS * HASH_HEX:]
 
     def bucket(self, ts: int) -> list[int]:
         day = ts // DAY
@@ -308,7 +364,7 @@ class MerchantState:
         longer be financed)."""
         rec = self.receivables.get(order_id)
         if rec is None:
-            if ts < self.latest - RECEIVABLE_HORIZON or short_hash(order_id) in self.closed:
+            if ts < self.latest - RECEIVABLE_HORIZON or _packed_has(self.closed, _closed_hash(order_id)):
                 return None
             if len(self.receivables) >= MAX_RECEIVABLES:
                 self._forget(min(self.receivables, key=self._eviction_order))
@@ -320,6 +376,38 @@ class MerchantState:
         oldest open ones."""
         rec = self.receivables[order_id]
         return (0 if rec[R_CLOSED] else 1 if not rec[R_PLACED] else 2), rec[R_PLACED]
+
+    @staticmethod
+    def _counted_hash(kind: str, value: Any) -> str | None:
+        """The hash a refund ("r"), chargeback ("c") or settlement ("s") id is remembered under; None for an event
+        without one (not the schema's shape, but such hand-built events still count, by their orders alone)."""
+        if value is None:
+            return None
+        return hashlib.blake2b(f"{kind}:{_id(value)}".encode(), digest_size=HASH_HEX // 2).hexdigest()
+
+    def _was_counted(self, kind: str, h: str | None) -> bool:
+        if h is None:
+            return False
+        for key, packed in self.counted.items():
+            if key[0] != kind:
+                continue
+            if _packed_has(packed, h):
+                return True
+        return False
+
+    def _count(self, kind: str, h: str | None, ts: int) -> None:
+        """Remember `h` as counted in the bucket of `ts` (not for an event too old to be read: it counts nowhere
+        that matters, and a re-send at a newer time may count once)."""
+        day = ts // DAY
+        if h is None or day <= max(self.latest, ts) // DAY - COUNTED_DAYS[kind]:
+            return
+        key = f"{kind}{day // 7}"
+        self.counted[key] = self.counted.get(key, "") + h
+        if sum(map(len, self.counted.values())) > MAX_COUNTED_IDS * HASH_HEX:
+            oldest = min(self.counted, key=lambda k: (int(k[1:]), k))
+            self.counted[oldest] = self.counted[oldest][HASH_HEX:]
+            if not self.counted[oldest]:
+                del self.counted[oldest]
 
     def _close(self, rec: list[int], flag: int, ts: int) -> None:
         rec[R_FLAGS] |= flag
@@ -425,6 +513,10 @@ class MerchantState:
 
     def _refunded(self, data: dict[str, Any], ts: int) -> None:
         order_id, amount = _id(data["order_id"]), self._money(data["amount"])
+        h = self._counted_hash("r", data.get("refund_id"))
+        if self._was_counted("r", h):
+            return  # the same refund re-sent under a new event id
+        self._count("r", h, ts)
         b = self.bucket(ts)
         b[REFUND_N] += 1
         b[REFUND_GMV] += amount
@@ -436,6 +528,10 @@ class MerchantState:
 
     def _chargeback(self, data: dict[str, Any], ts: int) -> None:
         order_id, amount = _id(data["order_id"]), self._money(data["amount"])
+        h = self._counted_hash("c", data.get("chargeback_id"))
+        if self._was_counted("c", h):
+            return  # the same chargeback re-sent under a new event id
+        self._count("c", h, ts)
         b = self.bucket(ts)
         b[CHARGEBACK_N] += 1
         b[CHARGEBACK_GMV] += amount
@@ -448,6 +544,10 @@ class MerchantState:
     def _settled(self, data: dict[str, Any], ts: int) -> None:
         self._money(data["gross"])
         items = [(_id(item["order_id"]), self._money(item["amount"])) for item in data["orders"]]
+        h = self._counted_hash("s", data.get("settlement_id"))
+        if self._was_counted("s", h):
+            return  # the same settlement re-sent under a new event id, after its orders' receivables were forgotten
+        self._count("s", h, ts)
         b = self.bucket(ts)
         for order_id, amount in items:
             rec = self._receivable(order_id, ts)
@@ -466,7 +566,11 @@ class MerchantState:
 
     def _offer_accepted(self, data: dict[str, Any], ts: int) -> None:
         if self.offer and self.offer[0] == data["offer_id"]:
+            self.accepted = [self.offer[0], self._offer_category(self.offer)]
             self.offer = []
+
+    def _offer_category(self, offer: list[Any]) -> str:
+        return str(offer[O_CAT]) if len(offer) > O_CAT else self.category
 
     def _disbursed(self, data: dict[str, Any], ts: int) -> None:
         owed = self._money(data["principal"]) + self._money(data["fee"])
@@ -474,7 +578,21 @@ class MerchantState:
         loan_id, order_ids = _id(data["loan_id"]), [_id(o) for o in data.get("order_ids") or ()]
         if self._loan_closed(loan_id):
             return  # redelivered, or late after the loan's own repayment or charge-off: nothing is owed
-        self.loans[loan_id] = [ts, owed, owed, due, 0]
+        # Booked in the category its offer reserved the exposure in (accepted, or still open if the acceptance
+        # was not seen); a redelivered disbursement keeps the category it was booked in.
+        offer_id, known = data.get("offer_id"), self.loans.get(loan_id)
+        category: str
+        if known is not None and len(known) > L_CAT:
+            category = str(known[L_CAT])
+        elif self.accepted and self.accepted[0] == offer_id:
+            category = str(self.accepted[1])
+        elif self.offer and self.offer[0] == offer_id:
+            category = self._offer_category(self.offer)
+        else:
+            category = self.category
+        if self.accepted and self.accepted[0] == offer_id:
+            self.accepted = []
+        self.loans[loan_id] = [ts, owed, owed, due, 0, category]
         for order_id in order_ids:
             rec = self.receivables.get(order_id)
             if rec is not None:
@@ -527,6 +645,31 @@ class MerchantState:
         bisect.insort(self.loan_history, row)
         if len(self.loan_history) > MAX_LOAN_HISTORY:
             del self.loan_history[0]
+
+    # ----- portfolio exposure -----------------------------------------------------------------------------
+
+    def release_of(self, event: dict[str, Any]) -> tuple[str, int] | None:
+        """(category, amount) of the portfolio exposure a loans.v1 event releases, read BEFORE applying it: a
+        repayment or charge-off releases its amount in the category the loan's exposure was reserved in (the
+        merchant's current one for a loan the state does not know). None when it releases nothing: another
+        type, a charge-off of a loan closed already (re-sent), a repayment of a loan charged off (a recovery:
+        the charge-off released it all), or data the apply will refuse anyway."""
+        etype = event.get("type")
+        if etype != "loan.repayment_applied" and etype != "loan.charged_off":
+            return None
+        data: Any = event.get("data")
+        try:
+            loan_id, amount = _id(data["loan_id"]), data["amount"]["amount"]
+        except (KeyError, TypeError, ValueError):
+            return None
+        if type(amount) is not int or not 0 < amount <= MAX_AMOUNT:
+            return None
+        h = short_hash(loan_id)
+        closed = [row[2] for row in self.loan_history if len(row) > 3 and row[3] == h]
+        if (etype == "loan.charged_off" and closed) or KIND_CHARGED_OFF in closed:
+            return None
+        loan = self.loans.get(loan_id)
+        return (str(loan[L_CAT]) if loan is not None and len(loan) > L_CAT else self.category), amount
 
     # ----- views used by features and policy --------------------------------------------------------------
 
