@@ -72,7 +72,7 @@ def events_counted(port: int) -> float:
 
 def _start_workers(bootstrap: str, app_id: str, topics: dict[str, str], workers: int,
                    work: Path) -> list[tuple[subprocess.Popen[bytes], int]]:
-    from floatbridge.stack import free_port
+    from floatbridge.stack import free_ports
 
     env = dict(os.environ)
     env.update({
@@ -84,10 +84,11 @@ def _start_workers(bootstrap: str, app_id: str, topics: dict[str, str], workers:
         "FLOATBRIDGE_UNDERWRITER_OFFERS_TOPIC": topics["offers"],
     })
     procs: list[tuple[subprocess.Popen[bytes], int]] = []
+    ports = free_ports(2 * workers)  # distinct: two separate picks could return the same port
     for i in range(workers):
-        port = free_port()
+        port = ports[2 * i]
         wenv = env | {"FLOATBRIDGE_UNDERWRITER_METRICS_PORT": str(port),
-                      "FLOATBRIDGE_UNDERWRITER_WEB_PORT": str(free_port()),
+                      "FLOATBRIDGE_UNDERWRITER_WEB_PORT": str(ports[2 * i + 1]),
                       "FLOATBRIDGE_UNDERWRITER_DATA_DIR": str(work / f"w{i}")}
         log = open(work / f"w{i}.log", "wb")  # noqa: SIM115 - closed with the process
         procs.append((subprocess.Popen([sys.executable, "-m", "floatbridge.cli", "underwriter", "worker"],
