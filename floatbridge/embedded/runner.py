@@ -56,9 +56,12 @@ def run_events(engine: EmbeddedEngine, items: Iterable[tuple[int, Any]], total: 
     return time.perf_counter() - started
 
 
-def open_events(path: Path) -> Iterator[str]:
+def open_events(path: Path) -> Iterator[bytes]:
+    """The file's lines as bytes (gzip when it ends in .gz), split at line feeds only: `numbered` decodes each one as
+    ingest decodes a record, so a line that is not valid UTF-8 is reported by its number and skipped rather than
+    read with replacement characters (which ingest never sees in a record it accepts)."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
+    with opener(path, "rb") as fh:
         yield from fh
 
 

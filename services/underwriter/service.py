@@ -65,7 +65,7 @@ def _orjson_dumps(obj: dict[str, Any]) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
 
 
-RELEASING = frozenset({"loan.repayment_applied", "loan.charged_off"})
+RELEASING = frozenset({"loan.repayment_applied", "loan.charged_off", "loan.repaid"})
 
 MATERIAL = frozenset({
     "settlement.paid", "order.refunded", "order.chargeback", "order.cancelled",
@@ -317,10 +317,11 @@ class Underwriter:
         self._hot[state.merchant_id] = (raw, state)
 
     def _portfolio_effects(self, state: MerchantState, release: tuple[str, int]) -> None:
-        """Repayments and charge-offs reduce the category exposure the portfolio cap counts, in the category the
-        loan's exposure was reserved in (MerchantState.release_of), not the merchant's current one: after a
-        merchant.updated moved the merchant, releasing under the new category would leave the old counter high
-        for good and push the new one down below what it holds."""
+        """Repayments, repaid and charged-off loans reduce the category exposure the portfolio cap counts by what
+        the loan's offer reserved (its principal, released once however repayments split between fee and
+        principal), in the category the loan's exposure was reserved in (MerchantState.release_of), not the
+        merchant's current one: after a merchant.updated moved the merchant, releasing under the new category
+        would leave the old counter high for good and push the new one down below what it holds."""
         category, amount = release
         self.portfolio.release(category, state.currency, amount)
 

@@ -217,6 +217,32 @@ def test_replay_reader_parses_lines_as_ingest_does_duplicate_keys_bom_and_long_i
     assert dict(numbered([line.encode() for line in lines])) == items
 
 
+@pytest.mark.parametrize("name", ["events.ndjson", "events.ndjson.gz"])
+def test_replay_reports_a_line_that_is_not_valid_utf8_by_its_number_and_skips_it(tmp_path: Path, name: str) -> None:
+    import gzip
+
+    events = healthy_merchant("m-utf8", END, days=30).events
+    lines = [json.dumps(e, ensure_ascii=False).encode() for e in events]
+    # An order whose buyer id holds a byte no UTF-8 text has: ingest rejects such a record; a replay that read
+    # it with a replacement character would have accepted a buyer id nobody sent.
+    placed = next(i for i, e in enumerate(events) if e["type"] == "order.placed")
+    bad_order = dict(events[placed], id="bad-utf8", data={**events[placed]["data"], "buyer_id": "buyer-XX"})
+    lines.insert(placed + 1, json.dumps(bad_order).encode().replace(b"buyer-XX", b"buyer-\xff\xfe"))
+    raw = b"\n".join(lines) + b"\n"
+    src = tmp_path / name
+    src.write_bytes(gzip.compress(raw) if name.endswith(".gz") else raw)
+
+    result = replay_file(src, tmp_path / "out", accept="none", progress=False)
+
+    bad = {line: errs for line, _, errs in result.engine.line_errors}
+    assert set(bad) == {placed + 2}, bad
+    assert any("UTF-8" in e["message"] for e in bad[placed + 2]), bad
+    assert result.events == len(lines)
+    emitted = [json.loads(x) for x in (tmp_path / "out" / "emitted.ndjson").read_text().splitlines()]
+    assert any(e["type"] == "credit_limit.updated" and e["subject"] == "m-utf8" for e in emitted)
+    assert not any("\ufffd" in json.dumps(e, ensure_ascii=False) for e in emitted)
+
+
 def test_replay_rejects_a_line_with_a_duplicate_key_by_its_number_and_accepts_a_bom_first_line(
         tmp_path: Path) -> None:
     events = healthy_merchant("m-dup", END, days=30).events

@@ -278,18 +278,20 @@ def test_repayments_and_charge_offs_after_a_category_change_release_the_category
                                     "order_ids": offer["order_ids"]}, t + timedelta(minutes=2), "disb-1"))
     assert u.state("m1").category == "books"
     assert (cats["cat:electronics:BRL"], cats.get("cat:books:BRL", 0)) == (amount, 0)
-    quarter = amount // 4
+    quarter, fee = amount // 4, offer["fee"]["amount"]
+    left = amount + fee - quarter
     u.handle(_ev("loan.repayment_applied", {"loan_id": "L1", "settlement_id": "s1", "amount": brl(quarter),
-                                            "remaining": brl(amount + offer["fee"]["amount"] - quarter)},
-                 t + timedelta(days=1), "rep-1"))
-    assert (cats["cat:electronics:BRL"], cats.get("cat:books:BRL", 0)) == (amount - quarter, 0)
-    u.handle(_ev("loan.charged_off", {"loan_id": "L1", "amount": brl(quarter)}, t + timedelta(days=40), "co-1"))
-    assert cats["cat:electronics:BRL"] == amount - 2 * quarter
+                                            "remaining": brl(left)}, t + timedelta(days=1), "rep-1"))
+    # Its fee is paid first (the exposure reserved was the principal): the rest of it releases principal.
+    assert quarter > fee
+    assert (cats["cat:electronics:BRL"], cats.get("cat:books:BRL", 0)) == (left, 0)
+    u.handle(_ev("loan.charged_off", {"loan_id": "L1", "amount": brl(left)}, t + timedelta(days=40), "co-1"))
+    assert cats["cat:electronics:BRL"] == 0  # what the loan still held: all its principal is released
     # The charge-off re-sent under a new event id, and a recovery after it, release nothing more.
-    u.handle(_ev("loan.charged_off", {"loan_id": "L1", "amount": brl(quarter)}, t + timedelta(days=41), "co-2"))
+    u.handle(_ev("loan.charged_off", {"loan_id": "L1", "amount": brl(left)}, t + timedelta(days=41), "co-2"))
     u.handle(_ev("loan.repayment_applied", {"loan_id": "L1", "settlement_id": "s2", "amount": brl(quarter),
                                             "remaining": brl(0)}, t + timedelta(days=42), "rep-2"))
-    assert (cats["cat:electronics:BRL"], cats.get("cat:books:BRL", 0)) == (amount - 2 * quarter, 0)
+    assert (cats["cat:electronics:BRL"], cats.get("cat:books:BRL", 0)) == (0, 0)
 
 
 def test_open_offer_withdrawn_after_a_category_change_is_released_where_it_was_reserved() -> None:

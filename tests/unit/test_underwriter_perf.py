@@ -35,8 +35,9 @@ EXPECTED: list[tuple[float, list[float]]] = [
 # Loan history rows carry the loan id's hash since loans.v1 became idempotent per loan. Re-recorded when the state
 # began to remember the refund, chargeback and settlement ids it counted ("i", so a re-send counts once), the
 # category each loan and offer reserved its exposure in, and closed orders as packed 32-bit hex ("x"); every
-# feature value above is unchanged (this history re-sends nothing).
-STATE_DIGEST = "290e60faa1c51873ba9a87afabac12c0c36de786cd28cd3d093a98e8934dc16b"
+# feature value above is unchanged (this history re-sends nothing). Re-recorded when open loans began to hold the
+# exposure their offer reserved (L_HELD, one int a loan): without that field the state hashes as before.
+STATE_DIGEST = "642644499bd6f80e92443c0386cbacc929e271f9b656d788fe91dfea655a62a4"
 
 
 def golden_state() -> MerchantState:

@@ -250,6 +250,89 @@ def test_loan_disbursed_event_redelivered_after_repayment_does_not_revive_the_de
     assert all(d["outstanding"]["amount"] == 0 for d in limits(out))
 
 
+def test_loan_disbursed_re_sent_under_a_new_id_while_delinquent_keeps_the_repayments_and_the_freeze() -> None:
+    u = engine()
+    feed(u, steady(60))
+    offer_id = u.state("m1").offer[0]
+    t = END + timedelta(hours=1)
+    feed(u, [
+        _disbursed("L1", offer_id, t, "disb-1"),
+        _loan("loan.repayment_applied", {"loan_id": "L1", "settlement_id": "s1", "amount": brl(20_500),
+                                         "remaining": brl(30_000)}, t + timedelta(days=2), "rep-1"),
+        _loan("loan.delinquent", {"loan_id": "L1", "days_past_due": 5, "bucket": "1-7", "remaining": brl(30_000)},
+              t + timedelta(days=29), "dlq-1"),
+    ])
+    frozen = u.state("m1").last
+    out = feed(u, [_disbursed("L1", offer_id, t, "disb-1-resent")])  # same loan, fresh event id
+    s = u.state("m1")
+    assert s.loans["L1"][:5] == [int(t.timestamp()), 50_500, 30_000, s.loans["L1"][3], 5]
+    assert s.delinquent() and s.outstanding(s.latest) == 30_000
+    assert s.last[0] == frozen[0] and s.last[1] == 0  # the limit stays frozen, nothing available
+    assert all(d["available"]["amount"] == 0 for d in limits(out))
+    assert not [o for o in out if o["type"] == "loan_offer.created"]
+
+
+def _open_loan(u: Any) -> tuple[dict[str, Any], datetime, dict[str, int]]:
+    """m1 with an accepted offer paid out as loan L1 (no new offers after it); its principal's exposure reserved."""
+    feed(u, steady(60, category="electronics"))
+    offer = u.state("m1").offer
+    t = END + timedelta(hours=1)
+    u.policy = PolicySettings(kill_switch=True)  # no new offer muddles the counters
+    feed(u, [_loan("loan_offer.accepted", {"offer_id": offer[0]}, t, "acc-1"),
+             _loan("loan.disbursed", {"loan_id": "L1", "offer_id": offer[0], "principal": brl(offer[1]),
+                                      "fee": brl(2_000), "due_at": "2025-04-10T00:00:00Z", "payout_id": "p1"},
+                   t + timedelta(minutes=1), "disb-1")])
+    cats = u.portfolio.counters
+    assert cats["cat:electronics:BRL"] == offer[1]
+    return {"principal": offer[1], "fee": 2_000}, t, cats
+
+
+def test_repayment_re_sent_under_a_new_id_releases_exposure_and_reduces_the_loan_once() -> None:
+    u = engine()
+    loan, t, cats = _open_loan(u)
+    owed = loan["principal"] + loan["fee"]
+    half = owed // 2
+    rep = {"loan_id": "L1", "settlement_id": "s1", "amount": brl(half), "remaining": brl(owed - half)}
+    feed(u, [_loan("loan.repayment_applied", rep, t + timedelta(days=3), "rep-1")])
+    after_one = (cats["cat:electronics:BRL"], u.state("m1").loans["L1"][2])
+    assert after_one == (owed - half, owed - half)  # fee first: the rest of the payment released principal
+    feed(u, [_loan("loan.repayment_applied", rep, t + timedelta(days=3), "rep-1-resent"),
+             _loan("loan.repayment_applied", rep, t + timedelta(days=4), "rep-1-resent-later")])
+    assert (cats["cat:electronics:BRL"], u.state("m1").loans["L1"][2]) == after_one
+
+
+@pytest.mark.parametrize("payments", [
+    [2_000, None],  # the fee first, then the principal in one settlement
+    [1_000, 30_000, None],  # part of the fee, then principal, then the rest
+    [None],  # all in one settlement
+])
+def test_repayments_however_split_between_fee_and_principal_release_exactly_the_principal(
+        payments: list[int | None]) -> None:
+    u = engine()
+    loan, t, cats = _open_loan(u)
+    other = 7_000  # another loan's exposure in the same category must stay counted
+    u.portfolio.reserve(0, "electronics", "BRL", other)
+    remaining = loan["principal"] + loan["fee"]
+    for n, amount in enumerate(payments):
+        paid = remaining if amount is None else amount
+        remaining -= paid
+        feed(u, [_loan("loan.repayment_applied", {"loan_id": "L1", "settlement_id": f"s{n}", "amount": brl(paid),
+                                                  "remaining": brl(remaining)}, t + timedelta(days=n + 1), f"rep-{n}")])
+        assert cats["cat:electronics:BRL"] == other + min(remaining, loan["principal"])
+    feed(u, [_loan("loan.repaid", {"loan_id": "L1", "repaid_at": "2025-03-10T00:00:00Z"}, t + timedelta(days=9),
+                   "paid-1")])
+    assert cats["cat:electronics:BRL"] == other  # released: the principal, not principal + fee
+
+
+def test_loan_repaid_without_its_repayments_seen_releases_its_principal_once() -> None:
+    u = engine()
+    loan, t, cats = _open_loan(u)
+    for n in range(2):
+        feed(u, [_loan("loan.repaid", {"loan_id": "L1", "repaid_at": "2025-03-10T00:00:00Z"},
+                       t + timedelta(days=9 + n), f"paid-{n}")])
+        assert cats["cat:electronics:BRL"] == 0
+
+
 # ----- money: one currency, amounts within the schema -----------------------------------------------------------
 
 

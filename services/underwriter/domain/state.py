@@ -18,8 +18,10 @@ What a stream from outside can do to it (each rule has a scenario test in test_u
 - events older than the 90-day window (late) add no bucket, events of an order older than 60 days no
   receivable; orders known only from later events (a refund of an order settled and forgotten long ago) are
   dropped after two days and go first when the receivable table is full;
-- loans.v1 is idempotent per loan: a repeated or early loan.repaid / loan.charged_off counts once, and a
-  loan.disbursed seen after its loan closed revives nothing;
+- loans.v1 is idempotent per loan: a repeated or early loan.repaid / loan.charged_off counts once, a
+  loan.disbursed seen after its loan closed revives nothing, and one re-sent (a fresh event id) while its loan is
+  open changes nothing (its repayments and days past due stand: the limit stays frozen while it is delinquent);
+  a loan.repayment_applied re-sent (same loan_id and settlement_id) reduces nothing and releases nothing again;
 - status is "" until merchant.onboarded (or a status update): the policy lends nothing to such a merchant.
 """
 
@@ -51,10 +53,14 @@ F_PLACED, F_PAID, F_SHIPPED, F_DELIVERED, F_SETTLED, F_CANCELLED, F_REFUNDED = 1
 F_FINANCED = 128  # a disbursed loan advances against it: it cannot back a second loan
 F_TERMINAL = F_SETTLED | F_CANCELLED | F_REFUNDED
 
-# Loan layout: [disbursed_ts, owed, remaining, due_ts, days_past_due, category]. The category is the one its
+# Loan layout: [disbursed_ts, owed, remaining, due_ts, days_past_due, category, held]. The category is the one its
 # offer's exposure was reserved in (the portfolio's per-category counter): repayments and charge-offs release it
 # there even after a merchant.updated changed the merchant's category (rows saved before it have five fields).
-L_TS, L_OWED, L_REMAINING, L_DUE, L_DPD, L_CAT = range(6)
+# `held` is the exposure the loan still holds there: its principal (what its offer reserved) at disbursement, then
+# min(held, remaining) after each repayment, so fee and principal repaid in any split release exactly the principal
+# in all, and a repayment re-sent (same remaining) releases nothing; the charge-off or repayment of the loan releases
+# what is still held. Rows saved before it existed (five or six fields) release what `release_of` says for them.
+L_TS, L_OWED, L_REMAINING, L_DUE, L_DPD, L_CAT, L_HELD = range(7)
 # Offer layout (`MerchantState.offer`): [offer_id, amount, created_ts, expires_ts, guard codes, category reserved in]
 O_CAT = 5
 # Loan history layout: [ts, on_time (1/0), kind, loan id hash]; kind 1 = repaid, 2 = charged off. The hash makes
@@ -573,7 +579,8 @@ class MerchantState:
         return str(offer[O_CAT]) if len(offer) > O_CAT else self.category
 
     def _disbursed(self, data: dict[str, Any], ts: int) -> None:
-        owed = self._money(data["principal"]) + self._money(data["fee"])
+        principal = self._money(data["principal"])
+        owed = principal + self._money(data["fee"])
         due = int(parse_rfc3339(data["due_at"]).timestamp())
         loan_id, order_ids = _id(data["loan_id"]), [_id(o) for o in data.get("order_ids") or ()]
         if self._loan_closed(loan_id):
@@ -592,7 +599,10 @@ class MerchantState:
             category = self.category
         if self.accepted and self.accepted[0] == offer_id:
             self.accepted = []
-        self.loans[loan_id] = [ts, owed, owed, due, 0, category]
+        if known is None:
+            self.loans[loan_id] = [ts, owed, owed, due, 0, category, principal]
+        # else: the same disbursement re-sent under a new event id. It applies once per loan: the repayments and
+        # days past due seen since stand (resetting them would lift the delinquency freeze).
         for order_id in order_ids:
             rec = self.receivables.get(order_id)
             if rec is not None:
@@ -606,10 +616,15 @@ class MerchantState:
             del loans[min(loans, key=lambda k: (loans[k][L_DPD] > 0, loans[k][L_REMAINING], loans[k][L_TS]))]
 
     def _repayment(self, data: dict[str, Any], ts: int) -> None:
+        """Once per (loan_id, settlement_id): disbursement reports what remains owed after each settlement's
+        payment, and only ever less, so the loan keeps the least remaining it was told and a re-send (same
+        settlement, same remaining), early or late, changes nothing."""
         self._money(data["amount"])  # read, so a malformed event is refused before anything counts it
         loan, remaining = self.loans.get(_id(data["loan_id"])), self._money(data["remaining"])
         if loan is not None:
             loan[L_REMAINING] = min(loan[L_REMAINING], remaining)
+            if len(loan) > L_HELD:
+                loan[L_HELD] = min(loan[L_HELD], remaining)
 
     def _repaid(self, data: dict[str, Any], ts: int) -> None:
         repaid_at = int(parse_rfc3339(data["repaid_at"]).timestamp()) if data.get("repaid_at") else ts
@@ -649,27 +664,43 @@ class MerchantState:
     # ----- portfolio exposure -----------------------------------------------------------------------------
 
     def release_of(self, event: dict[str, Any]) -> tuple[str, int] | None:
-        """(category, amount) of the portfolio exposure a loans.v1 event releases, read BEFORE applying it: a
-        repayment or charge-off releases its amount in the category the loan's exposure was reserved in (the
-        merchant's current one for a loan the state does not know). None when it releases nothing: another
-        type, a charge-off of a loan closed already (re-sent), a repayment of a loan charged off (a recovery:
-        the charge-off released it all), or data the apply will refuse anyway."""
+        """(category, amount) of the portfolio exposure a loans.v1 event releases, read BEFORE applying it, in
+        the category the loan's exposure was reserved in. What a loan releases in all is what its offer reserved,
+        its principal (`L_HELD`): a repayment releases what its new remaining brings the held exposure down by
+        (nothing for the fee part while the remaining is above the principal, nothing for a re-send); a
+        charge-off, or the loan.repaid that closes it, releases what is still held. None when it releases
+        nothing: another type, a loan closed already (a re-send, or a recovery after a charge-off: the close
+        released it all), a loan the state does not know (nothing known was reserved for it: releasing the
+        event's amount could release a fee or a re-send), or data the apply will refuse anyway.
+        Loans saved before `L_HELD` existed (no principal known) release, as before, a repayment's or charge-off's
+        amount, at most what remains owed."""
         etype = event.get("type")
-        if etype != "loan.repayment_applied" and etype != "loan.charged_off":
+        if etype not in ("loan.repayment_applied", "loan.charged_off", "loan.repaid"):
             return None
         data: Any = event.get("data")
         try:
-            loan_id, amount = _id(data["loan_id"]), data["amount"]["amount"]
+            loan_id = _id(data["loan_id"])
+            amount = data["amount"]["amount"] if etype != "loan.repaid" else 0
+            remaining = data["remaining"]["amount"] if etype == "loan.repayment_applied" else 0
         except (KeyError, TypeError, ValueError):
             return None
-        if type(amount) is not int or not 0 < amount <= MAX_AMOUNT:
-            return None
-        h = short_hash(loan_id)
-        closed = [row[2] for row in self.loan_history if len(row) > 3 and row[3] == h]
-        if (etype == "loan.charged_off" and closed) or KIND_CHARGED_OFF in closed:
+        if type(amount) is not int or not 0 <= amount <= MAX_AMOUNT \
+                or type(remaining) is not int or not 0 <= remaining <= MAX_AMOUNT:
             return None
         loan = self.loans.get(loan_id)
-        return (str(loan[L_CAT]) if loan is not None and len(loan) > L_CAT else self.category), amount
+        if loan is None:
+            return None  # unknown, or closed already (a closed loan leaves `loans`)
+        category = str(loan[L_CAT]) if len(loan) > L_CAT else self.category
+        if len(loan) > L_HELD:
+            held = int(loan[L_HELD])
+            release = held - min(held, remaining) if etype == "loan.repayment_applied" else held
+        elif etype == "loan.repaid":
+            release = 0
+        else:
+            release = min(amount, int(loan[L_REMAINING]))
+            if etype == "loan.repayment_applied":
+                release = min(release, int(loan[L_REMAINING]) - min(int(loan[L_REMAINING]), remaining))
+        return (category, release) if release > 0 else None
 
     # ----- views used by features and policy --------------------------------------------------------------
 
