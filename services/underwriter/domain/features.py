@@ -162,23 +162,20 @@ def money_rates(state: MerchantState, as_of: int, refunds: bool = True, chargeba
     Not model features: inputs of the policy's refund and chargeback guards beside the count-based rates, which
     padding a history with tiny orders would dilute; these money-weighted ones it cannot."""
     today = as_of // DAY
-    get = state.buckets.get
-    refund_rate = chargeback_rate = 0.0
-    if refunds:
-        placed = refunded = 0
-        for day in range(today - 29, today + 1):
-            if (b := get(day)) is not None:
-                placed += b[PLACED_GMV]
-                refunded += b[REFUND_GMV]
-        refund_rate = _ratio(refunded, placed)
-    if chargebacks:
-        placed = charged = 0
-        for day in range(today - 89, today + 1):
-            if (b := get(day)) is not None:
-                placed += b[PLACED_GMV]
-                charged += b[CHARGEBACK_GMV]
-        chargeback_rate = _ratio(charged, placed)
+    refund_rate = _gmv_ratio(state, today, 30, REFUND_GMV) if refunds else 0.0
+    chargeback_rate = _gmv_ratio(state, today, 90, CHARGEBACK_GMV) if chargebacks else 0.0
     return refund_rate, chargeback_rate
+
+
+def _gmv_ratio(state: MerchantState, today: int, days: int, column: int) -> float:
+    """`column` over placed GMV, summed over the `days` days up to `today`."""
+    get = state.buckets.get
+    placed = amount = 0
+    for day in range(today - days + 1, today + 1):
+        if (b := get(day)) is not None:
+            placed += b[PLACED_GMV]
+            amount += b[column]
+    return _ratio(amount, placed)
 
 
 def as_dict(features: list[float]) -> dict[str, float]:
