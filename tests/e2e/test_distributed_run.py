@@ -191,3 +191,21 @@ def test_marketplace_history_leads_to_offer_acceptance_payout_and_repayment(stac
         n = conn.execute(sa.select(sa.func.count()).select_from(sandbox_payouts)
                          .where(sandbox_payouts.c.idempotency_key == loan_id)).scalar()
     assert n == 1, "the payout rail paid exactly once for the accepted offer"
+
+    # A record produced straight to the events topic that no service can apply is kept, not dropped: the
+    # underwriter worker and the disbursement consumer each dead-letter it to ingest.rejected.v1.
+    from kafka import KafkaConsumer, KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=cfg.kafka)
+    producer.send(cfg.topic_prefix + "marketplace.events.v1", key=mid.encode(), value=b"[1, 2, 3]").get(30)
+    producer.close()
+    consumers: set[str] = set()
+    reader = KafkaConsumer(cfg.topic_prefix + "ingest.rejected.v1", bootstrap_servers=cfg.kafka,
+                           auto_offset_reset="earliest", enable_auto_commit=False, consumer_timeout_ms=1000)
+    deadline = time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline and consumers != {"underwriter", "disbursement"}:
+            consumers |= {json.loads(rec.value)["data"].get("consumer") for rec in reader} - {None}
+    finally:
+        reader.close()
+    assert consumers == {"underwriter", "disbursement"}, consumers
