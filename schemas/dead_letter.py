@@ -23,8 +23,9 @@ REJECTED_SCHEMA = "https://schemas.floatbridge.dev/v1/ingest.rejected.schema.jso
 RAW_CAP_BYTES = 64 * 1024
 REDACTED = "[redacted]"
 MAX_MESSAGE = 1000
-# A payload that is not JSON may still hold a buyer member: its value is blanked in the text.
-_BUYER_MEMBER = re.compile(r'("[Bb][Uu][Yy][Ee][Rr][^"\\]*"\s*:\s*)("(?:[^"\\]|\\.)*"|[^,}\]\s]+)')
+# A payload that is not JSON may still hold a buyer member: its value is blanked in the text (redact_text).
+_RAW_KEY = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:\s*')
+_RAW_VALUE = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\Z)|[\[{].*|[^,}\]\s]*', re.DOTALL)
 _ID_NAMESPACE = uuid.UUID("6d1f6f0e-5b2a-4c1e-9a55-0c3d2b7a9e10")
 
 
@@ -34,11 +35,40 @@ def redact(raw: bytes) -> str:
     try:
         doc = json.loads(text)
     except (ValueError, RecursionError):
-        return _BUYER_MEMBER.sub(lambda m: m.group(1) + json.dumps(REDACTED), text)
+        return redact_text(text)
     try:
         return json.dumps(_blank(doc), ensure_ascii=False, separators=(",", ":"))
     except RecursionError:
-        return _BUYER_MEMBER.sub(lambda m: m.group(1) + json.dumps(REDACTED), text)
+        return redact_text(text)
+
+
+def redact_text(text: str) -> str:
+    """Text that is not JSON with the value of every buyer member blanked, however its name is escaped
+    (`"buyer\\u005fid"`), whatever the value (an unterminated string, an object: the rest of the text)."""
+    out: list[str] = []
+    pos = 0
+    for m in _RAW_KEY.finditer(text):
+        if m.start() < pos:
+            continue
+        if not _buyer_key(m.group(1)):
+            continue
+        value = _RAW_VALUE.match(text, m.end())
+        end = value.end() if value else m.end()
+        out.append(text[pos:m.end()])
+        out.append('"[redacted]"')
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _buyer_key(escaped: str) -> bool:
+    if "\\" not in escaped:
+        return escaped[:5].lower() == "buyer"
+    try:
+        name = json.loads(f'"{escaped}"')
+    except ValueError:
+        return True  # an escape that does not decode: blank the value rather than guess
+    return isinstance(name, str) and name[:5].lower() == "buyer"
 
 
 def _blank(node: Any) -> Any:

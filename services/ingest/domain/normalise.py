@@ -28,8 +28,6 @@ _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}\Z")
 # Lines that were not JSON may still hold a buyer id; blank its value before keeping the text.
 # A member name in text that is not JSON (its escapes decoded before it is judged), and the value after it:
 # a string (to the end of the text when unterminated), an object or array (the rest of the text), or a bare token.
-_RAW_KEY = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:\s*')
-_RAW_VALUE = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\Z)|[\[{].*|[^,}\]\s]*', re.DOTALL)
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -348,30 +346,3 @@ def _redact_buyer(val: Any, ctx: NormaliseContext) -> str:
     return ctx.hash_buyer(val) if isinstance(val, str) else "[redacted]"
 
 
-def redact_text(text: str) -> str:
-    """Text that is not JSON with the value of every buyer member blanked, however its name is escaped
-    (`"buyer\\u005fid"`), whatever the value (an unterminated string, an object: the rest of the text)."""
-    out: list[str] = []
-    pos = 0
-    for m in _RAW_KEY.finditer(text):
-        if m.start() < pos:
-            continue
-        if not _buyer_key(m.group(1)):
-            continue
-        value = _RAW_VALUE.match(text, m.end())
-        end = value.end() if value else m.end()
-        out.append(text[pos:m.end()])
-        out.append('"[redacted]"')
-        pos = end
-    out.append(text[pos:])
-    return "".join(out)
-
-
-def _buyer_key(escaped: str) -> bool:
-    if "\\" not in escaped:
-        return escaped[:5].lower() == "buyer"
-    try:
-        name = json.loads(f'"{escaped}"')
-    except ValueError:
-        return True  # an escape that does not decode: blank the value rather than guess
-    return isinstance(name, str) and name[:5].lower() == "buyer"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from schemas.dead_letter import REJECTED_SCHEMA, REJECTED_TYPE, redact_text
 from services.common.timeutil import format_rfc3339
 from services.ingest.domain.model import (
     EventResult,
@@ -26,7 +27,7 @@ from services.ingest.domain.model import (
     Rejection,
     Status,
 )
-from services.ingest.domain.normalise import NormaliseContext, normalise, redact_raw, redact_text
+from services.ingest.domain.normalise import NormaliseContext, normalise, redact_raw
 from services.ingest.domain.ports import (
     Claim,
     ClaimRequest,
@@ -36,8 +37,6 @@ from services.ingest.domain.ports import (
     SinkUnavailable,
 )
 
-REJECTED_TYPE = "ingest.rejected"
-REJECTED_SCHEMA = "https://schemas.floatbridge.dev/v1/ingest.rejected.schema.json"
 MAX_ERRORS = 200
 
 
