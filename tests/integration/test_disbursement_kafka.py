@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -41,6 +43,19 @@ def _wait(pred: Any, timeout: float = 30.0) -> None:
     raise AssertionError("condition not reached in time")
 
 
+@contextmanager
+def _consuming(svc: Any, bootstrap: str, prefix: str) -> Iterator[None]:
+    """The disbursement consumer loop in a thread for the duration of the block."""
+    stop = threading.Event()
+    worker = threading.Thread(target=consume, args=(svc, bootstrap, prefix + "g", prefix, stop), daemon=True)
+    worker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        worker.join(timeout=15)
+
+
 def test_consume_accept_and_relay_round_trip(kafka_bootstrap: str, pg_schema_url: str,
                                               fresh_topic_prefix: str) -> None:
     from kafka import KafkaConsumer, KafkaProducer
@@ -59,17 +74,11 @@ def test_consume_accept_and_relay_round_trip(kafka_bootstrap: str, pg_schema_url
                          (topics.CREDIT_LIMITS, lim), (topics.LOAN_OFFERS, offer("m1", "of1", 30_000, 500))):
         producer.send(prefix + topic, key=b"m1", value=encode(event))
     producer.flush()
-    stop = threading.Event()
-    worker = threading.Thread(target=consume, args=(svc, kafka_bootstrap, prefix + "g", prefix, stop), daemon=True)
-    worker.start()
-    try:
+    with _consuming(svc, kafka_bootstrap, prefix):
         _wait(lambda: svc.get_offer("m1", "of1") is not None)
         result = svc.accept(AcceptOffer("of1", "m1", "k1", T0))
         assert result.status_code == 200
         assert svc.relay_outbox() >= 3  # loan_offer.accepted, loan.disbursed, collection.instruction
-    finally:
-        stop.set()
-        worker.join(timeout=15)
     consumer = KafkaConsumer(prefix + topics.LOANS, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
                              consumer_timeout_ms=5000)
     types = [json.loads(r.value)["type"] for r in consumer]
@@ -109,14 +118,8 @@ def test_poison_records_are_dead_lettered_before_their_offsets_are_committed_and
                          (topics.LOAN_OFFERS, encode(offer("m1", "of-good", 30_000, 500)))):
         producer.send(prefix + topic, key=b"m1", value=value)
     producer.flush()
-    stop = threading.Event()
-    worker = threading.Thread(target=consume, args=(svc, kafka_bootstrap, prefix + "g", prefix, stop), daemon=True)
-    worker.start()
-    try:
+    with _consuming(svc, kafka_bootstrap, prefix):
         _wait(lambda: svc.get_offer("m1", "of-good") is not None)
-    finally:
-        stop.set()
-        worker.join(timeout=15)
     reader = KafkaConsumer(prefix + topics.INGEST_REJECTED, bootstrap_servers=kafka_bootstrap,
                            auto_offset_reset="earliest", consumer_timeout_ms=5000)
     dead = [json.loads(r.value) for r in reader]
