@@ -110,6 +110,8 @@ class Stack:
             "FLOATBRIDGE_DISBURSEMENT_HTTP_HOST": "127.0.0.1",
             "FLOATBRIDGE_DISBURSEMENT_HTTP_PORT": str(c.disbursement_port),
             "FLOATBRIDGE_DISBURSEMENT_ADMIN_API_KEY": c.admin_api_key,
+            # a local stack: the merchants' webhook receivers run on this machine
+            "FLOATBRIDGE_DISBURSEMENT_WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",
             "PYTHONUNBUFFERED": "1",
         })
         if c.topic_prefix:

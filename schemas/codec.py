@@ -18,7 +18,7 @@ import json
 import re
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from importlib import resources
@@ -61,6 +61,9 @@ Path = tuple[str, ...]  # keys into the data; "*" stands for every item of an ar
 class FieldError:
     pointer: str
     message: str
+    # What rule the error breaks: "schema" (structure, envelope), "money" (integer minor units, known and single
+    # currency, settlement arithmetic) or "time" (RFC 3339 with an offset). Not part of equality or of to_json.
+    kind: str = field(default="schema", compare=False)
 
     def to_json(self) -> dict[str, str]:
         return {"pointer": self.pointer, "message": self.message}
@@ -296,16 +299,17 @@ def _money_errors(data: Any, rules: _Rules) -> list[FieldError]:
     for path in rules.integers:
         for ptr, value in _values(data, path):
             if isinstance(value, float):
-                errors.append(FieldError(ptr, f"must be an integer (minor units for money), got the number {value!r}"))
+                errors.append(FieldError(ptr, f"must be an integer (minor units for money), got the number {value!r}",
+                                         "money"))
     seen: dict[str, str] = {}
     for path in rules.currencies:
         for ptr, cur in _values(data, path):
             if isinstance(cur, str) and cur not in CURRENCY_EXPONENTS:
-                errors.append(FieldError(ptr, f"unknown ISO 4217 currency {cur[:8]!r}"))
+                errors.append(FieldError(ptr, f"unknown ISO 4217 currency {cur[:8]!r}", "money"))
             elif isinstance(cur, str):
                 seen.setdefault(cur, ptr)
     if len(seen) > 1:
-        errors.append(FieldError("/data", "mixed currencies in one event: " + ", ".join(sorted(seen))))
+        errors.append(FieldError("/data", "mixed currencies in one event: " + ", ".join(sorted(seen)), "money"))
     return errors
 
 
@@ -321,17 +325,46 @@ def _time_errors(ptr: str, value: Any) -> list[FieldError]:
             return []
         except ValueError:
             pass  # the general parser words the error
+    problem = time_problem(value)
+    return [FieldError(ptr, problem, "time")] if problem else []
+
+
+def time_problem(value: str) -> str | None:
+    """What is wrong with an RFC 3339 timestamp (with an offset), or None.
+
+    Stricter than a bare parse_rfc3339 in two ways: digits must be ASCII (RFC 3339's DIGIT; `\\d` would take
+    `２０２４` or Arabic-Indic digits), and an instant outside years 1-9999 once converted to UTC
+    (`0001-01-01T00:00:00+01:00`) is an error, not an OverflowError."""
+    if not value.isascii():
+        return f"not an RFC 3339 timestamp (only ASCII digits and separators): {value[:64]!r}"
     try:
         parse_rfc3339(value)
     except TimeError as exc:
-        return [FieldError(ptr, str(exc))]
-    return []
+        return str(exc)
+    except OverflowError:
+        return f"timestamp {value[:64]!r} is outside years 1-9999 once converted to UTC"
+    return None
 
 
 def _amount(data: Any, key: str) -> int | None:
     money = data.get(key) if isinstance(data, dict) else None
     amount = money.get("amount") if isinstance(money, dict) else None
     return amount if type(amount) is int else None
+
+
+# ISO 3166-1 alpha-2 codes assigned to a country or territory (249, as in tzdata's iso3166.tab), plus XK
+# (Kosovo: user-assigned, but what the EU, SWIFT and card networks use). "ZZ" or "XX" are not countries.
+_COUNTRY_CODES = """
+AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS BT BV BW BY BZ
+CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ EC EE EG EH ER ES ET FI FJ FK FM FO
+FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE
+JM JO JP KE KG KH KI KM KN KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO
+MP MQ MR MS MT MU MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT PW
+PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ TK TL TM
+TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW
+XK
+"""
+COUNTRIES = frozenset(_COUNTRY_CODES.split())
 
 
 def _semantic_errors(event: dict[str, Any], etype: str | None) -> list[FieldError]:
@@ -344,10 +377,15 @@ def _semantic_errors(event: dict[str, Any], etype: str | None) -> list[FieldErro
     for path in rules.timestamps:
         for ptr, value in _values(data, path):
             errors.extend(_time_errors(ptr, value))
+    if etype == "merchant.onboarded" and type(data) is dict:
+        country = data.get("country")
+        if type(country) is str and len(country) == 2 and country.isupper() and country not in COUNTRIES:
+            errors.append(FieldError("/data/country", f"{country!r} is not an assigned ISO 3166-1 alpha-2 country code"))
     if etype == "settlement.paid":
         gross, fees, withheld, net = (_amount(data, k) for k in ("gross", "fees", "withheld", "net"))
         if None not in (gross, fees, withheld, net) and net != gross - fees - withheld:  # type: ignore[operator]
-            errors.append(FieldError("/data/net", f"net {net} != gross {gross} - fees {fees} - withheld {withheld}"))
+            errors.append(FieldError("/data/net", f"net {net} != gross {gross} - fees {fees} - withheld {withheld}",
+                                     "money"))
         errors.extend(_settled_orders_errors(data, gross))
     return errors
 
@@ -378,7 +416,7 @@ def _settled_orders_errors(data: Any, gross: int | None) -> list[FieldError]:
                     errors.append(FieldError(f"/data/orders/{n}/order_id", f"order {_short(oid)} is listed twice"))
                 seen.add(oid)
     if gross is not None and total > gross:
-        errors.append(FieldError("/data/orders", f"orders add up to {total}, more than gross {gross}"))
+        errors.append(FieldError("/data/orders", f"orders add up to {total}, more than gross {gross}", "money"))
     return errors
 
 
@@ -426,6 +464,10 @@ def _validate(event: dict[str, Any]) -> list[FieldError]:
     if known is not None:
         errors.extend(_schema_errors(known, event.get("data"), "/data"))
     semantic = _semantic_errors(event, known)
+    if known is not None and _may_contradict(event, known):
+        semantic.extend(_identity_errors(event, known))
+    if not event.keys() <= _ENVELOPE_KEYS:
+        semantic.extend(_extension_errors(event))
     if semantic:
         # A semantic error adds nothing where the schema already flagged the same field.
         flagged = {e.pointer for e in errors}
@@ -433,6 +475,50 @@ def _validate(event: dict[str, Any]) -> list[FieldError]:
     if not errors:  # the common case: nothing to deduplicate
         return errors
     return list(dict.fromkeys(errors))  # the envelope and the data schema may both say "data must be an object"
+
+
+_MARKETPLACE = frozenset(MARKETPLACE_TYPES)
+# Members by which a marketplace may (needlessly) repeat the merchant in `data`; the subject is the merchant.
+_MERCHANT_KEYS = ("merchant_id", "merchantId")
+_DATASCHEMAS = {t: f"{SCHEMA_BASE}{t}.schema.json" for t in EVENT_TYPES}
+
+
+def _may_contradict(event: dict[str, Any], etype: str) -> bool:
+    """The cheap test before _identity_errors: False when the envelope plainly agrees with itself."""
+    schema = event.get("dataschema")
+    if schema is not None and schema != _DATASCHEMAS[etype]:
+        return True
+    data = event.get("data")
+    return type(data) is dict and ("merchant_id" in data or "merchantId" in data)
+
+
+def _identity_errors(event: dict[str, Any], etype: str) -> list[FieldError]:
+    """The envelope must not contradict itself: `dataschema`, when given, is the schema of `type` (a reader
+    that follows it must not validate the data against another type), and on a marketplace event a merchant
+    id repeated in `data` is the `subject` (else which merchant is it: the one keyed, or the one named?)."""
+    errors: list[FieldError] = []
+    schema = event.get("dataschema")
+    if schema is not None and schema != _DATASCHEMAS[etype]:
+        errors.append(FieldError("/dataschema", f"{_short(schema)} is not the schema of type {etype} "
+                                 f"({_DATASCHEMAS[etype]})"))
+    data = event.get("data")
+    if etype in _MARKETPLACE and type(data) is dict:
+        for key in _MERCHANT_KEYS:
+            if key in data and data[key] != event.get("subject"):
+                errors.append(FieldError(f"/data/{key}", f"{_short(data[key])} differs from subject "
+                                         f"{_short(event.get('subject'))}, the merchant of the event"))
+    return errors
+
+
+_CE_INTEGER = range(-(2**31), 2**31)  # CloudEvents 1.0 type system: Integer is a signed 32-bit whole number
+
+
+def _extension_errors(event: dict[str, Any]) -> list[FieldError]:
+    """Extension attributes hold CloudEvents values: an integer beyond 32 bits has no CloudEvents form (a binary-mode
+    header or another SDK would change or refuse it)."""
+    return [FieldError(f"/{_escape(k)}", f"extension attribute integer {_short(v)} is outside the CloudEvents "
+                                         "Integer range (-2^31..2^31-1)")
+            for k, v in event.items() if k not in _ENVELOPE_KEYS and type(v) is int and v not in _CE_INTEGER]
 
 
 def validate(event: Any) -> list[FieldError]:

@@ -308,7 +308,11 @@ class EmbeddedEngine:
         self.open_offers: dict[str, tuple[str, frozenset[str], datetime]] = {}
         # merchant -> (owed, withhold bps, financed order ids) from the latest collection.instruction
         self.owed: dict[str, tuple[int, int, frozenset[str]]] = {}
+        # settlement event id -> what the marketplace withheld from it (filled once, per event id)
+        self._withheld_by_id: dict[str, int] = {}
         self.line_errors: list[tuple[int, str, list[dict[str, str]]]] = []
+        # event id -> line of the events being submitted: a service that cannot apply one names its line
+        self._lines: dict[str, int] = {}
         self.events_in = 0
         self._next_tick: datetime | None = None
         # Webhook rows appear only when disbursement handled something; skip empty dispatch passes.
@@ -407,10 +411,8 @@ class EmbeddedEngine:
         out, errors = self.underwriter.handle_batch(batch)
         for event in out:
             self.bus.publish(_topic_of(event["type"]), event["subject"], event)
-        if errors:
-            index, exc = errors[0]
-            raise RuntimeError(f"underwriter could not apply {batch[index].get('type')} "
-                               f"{batch[index].get('id')}: {exc}") from exc
+        for index, exc in errors:  # the rest of the batch applied: as the worker, dead-letter it and go on
+            self._consumer_rejected("underwriter", batch[index], exc)
 
     def _flush_disbursement(self) -> None:
         """Disbursement's consumer commits what it was given in one transaction, then relays its outbox."""
@@ -418,7 +420,39 @@ class EmbeddedEngine:
             batch = self._to_disbursement[:]
             self._to_disbursement.clear()
             self._outbox_dirty = True
-            self.disbursement.handle_many(batch)
+            from sqlalchemy.exc import DataError, IntegrityError
+
+            from schemas.codec import EventInvalid
+
+            poison = (ValueError, EventInvalid, DataError, IntegrityError)  # what the Kafka consumer dead-letters
+            try:
+                self.disbursement.handle_many(batch)
+            except poison:
+                # handle_many kept the events before the one that failed; apply the rest one by one (each exactly
+                # once: those already processed are skipped), dead-lettering each that cannot be applied.
+                for event in batch:
+                    try:
+                        self.disbursement.handle(event)
+                    except poison as exc:
+                        self._consumer_rejected("disbursement", event, exc)
+
+    def _consumer_rejected(self, consumer: str, event: dict[str, Any], exc: Exception) -> None:
+        """A marketplace event ingest accepted but a service cannot apply (an order in another currency than the
+        merchant's, say: ingest cannot know it): the Kafka services dead-letter such a record and go on, so the
+        replay reports it by its line, counts it as rejected and goes on. An event the engine itself produced
+        that a service refuses is a defect and stops the run."""
+        eid = str(event.get("id"))
+        line = self._lines.get(eid)
+        if line is None:
+            raise RuntimeError(f"{consumer} could not apply {event.get('type')} {eid}: {exc}") from exc
+        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        issue = {"pointer": "", "message": f"{consumer}: {reason}"}
+        for seen_line, seen_id, issues in reversed(self.line_errors):
+            if seen_line == line and seen_id == eid:  # the other service refused it too: one line, both reasons
+                issues.append(issue)
+                return
+        self.line_errors.append((line, eid, [issue]))
+        self.tally.rejected += 1
 
     def _register(self, event: dict[str, Any]) -> None:
         mid = event["subject"]
@@ -452,7 +486,14 @@ class EmbeddedEngine:
             gross, fees = int(data["gross"]["amount"]), int(data["fees"]["amount"])
             already = int(data["withheld"]["amount"])
             orders = [o for o in data.get("orders", []) if isinstance(o, dict)]
-            take = 0 if already else self.withhold(str(event.get("subject")), gross, fees, orders)
+            eid = event.get("id")
+            take = self._withheld_by_id.get(eid) if isinstance(eid, str) else None
+            if take is None:
+                take = 0 if already else self.withhold(str(event.get("subject")), gross, fees, orders)
+                if isinstance(eid, str):
+                    # The same payout re-sent (same id, same bytes) must reach ingest as the same event, an exact
+                    # duplicate, not with what a later instruction would withhold (a conflicting event).
+                    self._withheld_by_id[eid] = take
         except (KeyError, TypeError, ValueError):
             return event  # malformed: ingest rejects it with the precise pointer
         if take <= 0:
@@ -493,11 +534,17 @@ class EmbeddedEngine:
             return
         raws = [self._fill_withheld(raw) if isinstance(raw, dict) else raw for _, raw in batch]
         results = self.ingest.submit(raws, intake="replay", received_at=self.now)
+        lines = self._lines
         for (line, _raw), res in zip(batch, results, strict=True):
             if res.status.value == "rejected":
                 self.line_errors.append((line, res.event_id or "", [e.to_json() for e in res.errors]))
+            elif res.event_id is not None:
+                lines.setdefault(res.event_id, line)
         self.events_in += len(batch)
-        self.bus.drain()
+        try:
+            self.bus.drain()
+        finally:
+            lines.clear()
 
     def _advance(self, at: datetime) -> None:
         if self._next_tick is None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
@@ -29,6 +30,7 @@ from services.common.timeutil import format_rfc3339, parse_rfc3339
 from services.disbursement.adapters import repository as repo
 from services.disbursement.adapters.metrics import DisbursementMetrics
 from services.disbursement.adapters.orm import (
+    audit_log,
     credit_limits,
     financed_orders,
     idempotency_keys,
@@ -45,7 +47,8 @@ from services.disbursement.domain import aging, ledger
 from services.disbursement.domain import collections as coll
 from services.disbursement.domain.loans import OPEN_STATES, AllocationOrder, LoanState, transition
 from services.disbursement.domain.offers import AcceptanceFacts, OfferState, refusal
-from services.disbursement.domain.webhooks_signing import active_secrets, new_secret, rotated, secret_bytes
+from services.disbursement.domain.webhook_targets import TargetRefused, url_problem
+from services.disbursement.domain.webhooks_signing import BadSecret, active_secrets, new_secret, rotated, secret_bytes
 from services.disbursement.ports import (
     Clock,
     PayoutFailed,
@@ -108,6 +111,7 @@ _WITHDRAW_OPEN = sa.update(offers).where(offers.c.offer_id == sa.bindparam("p_of
                                          offers.c.state == OfferState.OPEN.value).values(
     state=OfferState.WITHDRAWN.value)
 _OFFER = sa.select(offers).where(offers.c.offer_id == sa.bindparam("p_offer"))
+_OFFER_OWNER = sa.select(offers.c.merchant_id).where(offers.c.offer_id == sa.bindparam("p_offer"))
 _OPEN_OFFER_OF = sa.select(offers.c.offer_id, offers.c.order_ids, offers.c.data).where(
     offers.c.merchant_id == sa.bindparam("p_merchant"), offers.c.state == OfferState.OPEN.value)
 _SET_OFFER_DATA = sa.update(offers).where(offers.c.offer_id == sa.bindparam("p_offer")).values(
@@ -144,6 +148,8 @@ _SET_INSTRUCTION = sa.update(merchants).where(merchants.c.merchant_id == sa.bind
 
 _KEY_HOLDER = sa.select(merchants.c.merchant_id).where(merchants.c.api_key_hash == sa.bindparam("p_hash"))
 _UPDATE_MERCHANT = sa.update(merchants).where(merchants.c.merchant_id == sa.bindparam("p_merchant"))
+_MERCHANT_STATUS_AT = sa.select(merchants.c.currency, merchants.c.status_at).where(
+    merchants.c.merchant_id == sa.bindparam("p_merchant"))
 _OVERDUE = sa.select(loans).where(loans.c.state.in_([s.value for s in OPEN_STATES]),
                                   loans.c.due_at < sa.bindparam("p_now", type_=loans.c.due_at.type))
 _OVERDUE_LOCKED = _OVERDUE.with_for_update()
@@ -156,7 +162,10 @@ _EXPIRING = sa.select(offers.c.offer_id, offers.c.merchant_id).where(
     offers.c.state == OfferState.OPEN.value, offers.c.expires_at <= sa.bindparam("p_now", type_=offers.c.expires_at.type))
 _EXPIRING_SQLITE = _EXPIRING.order_by(sa.literal_column("offers.rowid"))
 _EXPIRING_PG = _EXPIRING.order_by(offers.c.created_at, offers.c.offer_id)
-_EXPIRE_OFFER = sa.update(offers).where(offers.c.offer_id == sa.bindparam("p_offer")).values(
+# Only while still open: an acceptance may have committed since the expiring offers were read (PostgreSQL,
+# READ COMMITTED), and an accepted offer must never turn expired nor be announced as such.
+_EXPIRE_OFFER = sa.update(offers).where(offers.c.offer_id == sa.bindparam("p_offer"),
+                                        offers.c.state == OfferState.OPEN.value).values(
     state=OfferState.EXPIRED.value)
 _CHARGE_OFF = sa.update(loans).where(loans.c.loan_id == sa.bindparam("p_loan")).values(
     state=LoanState.CHARGED_OFF.value, dpd=sa.bindparam("p_dpd"), principal_due=0, fee_due=0,
@@ -274,6 +283,21 @@ class DisbursementService:
     def _outbox(self) -> repo.Outbox:
         return repo.Outbox(self.settings.source, self.settings.topic_prefix, self.clock())
 
+    def _audit(self, conn: sa.Connection, actor: str, action: str, merchant_id: str | None, ref: str | None,
+               outcome: str, detail: dict[str, Any] | None = None) -> None:
+        """One row of the append-only audit trail, written with the caller's transaction (never a secret)."""
+        repo.insert_ignore_later(conn, audit_log, {
+            "at": self.clock(), "actor": _fit(actor, 160), "action": action, "merchant_id": merchant_id,
+            "ref": None if ref is None else _fit(ref, 160), "outcome": outcome[:64], "detail": detail or {}})
+
+    def audit_trail(self, merchant_id: str | None = None) -> list[dict[str, Any]]:
+        """The audit trail in the order it was written (one merchant's, or all of it)."""
+        stmt = sa.select(audit_log).order_by(audit_log.c.id)
+        if merchant_id is not None:
+            stmt = stmt.where(audit_log.c.merchant_id == merchant_id)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(stmt).all()]
+
     def _after_commit(self) -> None:
         # SQLite (one process): nothing to relay unless a transaction of this service wrote outbox rows
         # since the last relay began.
@@ -296,8 +320,12 @@ class DisbursementService:
             raise ValueError(f"unknown webhook event types: {', '.join(sorted(bad))}")
         if api_key is not None and len(api_key) < 16:
             raise ValueError("an API key must be at least 16 characters")
+        if webhook_url is not None:
+            problem = url_problem(webhook_url, self.settings.webhook_allow_private_targets)
+            if problem is not None:
+                raise TargetRefused(f"webhook URL refused: {problem}")
         secret = webhook_secret or new_secret()
-        secret_bytes(secret)  # reject a malformed secret now, not at the first delivery
+        _check_secret(secret)  # reject a malformed or guessable secret now, not at the first delivery
         values: dict[str, Any] = {"webhook_url": webhook_url, "webhook_secrets": [secret],
                                   "event_types": list(event_types), "webhook_enabled": True, "webhook_failures": 0}
         if api_key is not None:
@@ -307,10 +335,15 @@ class DisbursementService:
         with self._tx() as conn:
             if api_key is not None:
                 self._refuse_key_of_another(conn, merchant_id, values["api_key_hash"])
-            if not repo.insert_ignore(conn, merchants, {"merchant_id": merchant_id, "status": "active", **values}):
+            created = repo.insert_ignore(conn, merchants, {"merchant_id": merchant_id, "status": "active", **values})
+            if not created:
                 current = self._merchant(conn, merchant_id, lock=True).webhook_secrets
                 values["webhook_secrets"] = rotated(current, secret, self.clock(), self._secret_overlap)
                 conn.execute(sa.update(merchants).where(merchants.c.merchant_id == merchant_id).values(**values))
+            self._audit(conn, "operator", "merchant_registered" if created else "merchant_updated", merchant_id, None,
+                        "ok", {"webhook_host": urlsplit(webhook_url).hostname if webhook_url else None,
+                               "event_types": sorted(event_types), "api_key_set": api_key is not None,
+                               "secret_given": webhook_secret is not None})
             conn.info.get(repo.TX_WEBHOOK_TARGETS, {}).pop(merchant_id, None)
             conn.info.get(repo.TX_MERCHANTS, set()).add(merchant_id)
         return secret
@@ -323,12 +356,14 @@ class DisbursementService:
         """Make a new secret current; the previous ones keep signing for the configured overlap (both sign),
         or stop at once with `drop_previous`."""
         secret = new or new_secret()
-        secret_bytes(secret)
+        _check_secret(secret)
         with self._tx() as conn:
             current = self._merchant(conn, merchant_id, lock=True).webhook_secrets or []
             overlap = timedelta(0) if drop_previous else self._secret_overlap
             conn.execute(sa.update(merchants).where(merchants.c.merchant_id == merchant_id)
                          .values(webhook_secrets=rotated(current, secret, self.clock(), overlap)))
+            self._audit(conn, "operator", "webhook_secret_rotated", merchant_id, None, "ok",
+                        {"drop_previous": drop_previous})
         return secret
 
     @staticmethod
@@ -346,6 +381,7 @@ class DisbursementService:
             self._refuse_key_of_another(conn, merchant_id, hash_api_key(api_key))
             conn.execute(sa.update(merchants).where(merchants.c.merchant_id == merchant_id)
                          .values(api_key_hash=hash_api_key(api_key)))
+            self._audit(conn, "operator", "api_key_set", merchant_id, None, "ok")
 
     def list_merchants(self) -> list[dict[str, Any]]:
         now = self.clock()
@@ -371,6 +407,7 @@ class DisbursementService:
     def set_kill_switch(self, on: bool) -> None:
         with self._tx() as conn:
             repo.set_control(conn, KILL_KEY, "1" if on else "0")
+            self._audit(conn, "operator", "kill_switch", None, None, "on" if on else "off")
 
     def kill_switch(self, conn: sa.Connection) -> bool:
         return self.settings.kill_switch or repo.get_control(conn, KILL_KEY) == "1"
@@ -384,12 +421,16 @@ class DisbursementService:
 
     # ----------------------------------------------------------------- reads
     def get_loan(self, merchant_id: str, loan_id: str) -> dict[str, Any] | None:
+        if not _storable(loan_id) or not _storable(merchant_id):
+            return None  # no stored id holds NUL or a lone surrogate (PostgreSQL cannot even be asked)
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(loans).where(loans.c.loan_id == loan_id,
                                                       loans.c.merchant_id == merchant_id)).first()
         return None if row is None else repo.loan_view(row)
 
     def get_offer(self, merchant_id: str, offer_id: str) -> dict[str, Any] | None:
+        if not _storable(offer_id) or not _storable(merchant_id):
+            return None
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(offers).where(offers.c.offer_id == offer_id,
                                                        offers.c.merchant_id == merchant_id)).first()
@@ -457,6 +498,8 @@ class DisbursementService:
             at = parse_rfc3339(event["time"])
         except (KeyError, TypeError, ValueError) as exc:
             raise EventRejected(f"event envelope incomplete: {exc}") from None
+        for name, value in (("type", etype), ("id", eid), ("subject", subject)):
+            _text(value, f"event {name}")
         handler = self._handlers().get(etype)
         seen: set[str] | None = conn.info.get(TX_PROCESSED)
         row = {"event_id": eid, "event_type": etype, "processed_at": self.clock()}
@@ -477,7 +520,9 @@ class DisbursementService:
         if handler is not None:
             try:
                 handler(conn, event, subject, at)
-            except (KeyError, TypeError) as exc:
+            except (KeyError, TypeError, AttributeError) as exc:
+                # AttributeError: `data` or a Money that is a list or a string (an event produced straight to
+                # the topic, past ingest): refused like any malformed field, never an endless retry.
                 raise EventRejected(f"{etype} {eid}: missing or malformed field {exc}") from None
         return str(etype)
 
@@ -520,10 +565,22 @@ class DisbursementService:
 
     def _on_merchant(self, conn: sa.Connection, event: dict[str, Any], mid: str, at: datetime) -> None:
         data = event["data"]
+        for key in ("currency", "status"):
+            if key in data:
+                _text(data[key], f"{event['type']} {key}")
         self._ensure_merchant(conn, mid, data.get("currency"))
+        current = repo.run(conn, _MERCHANT_STATUS_AT, {"p_merchant": mid}).first()
+        if current is not None and current.status_at is not None and at < current.status_at:
+            # Older than what was applied (re-sent late by the marketplace): it changes nothing, except a
+            # currency the merchant does not have yet.
+            log.warning("merchant %s: %s %s is older than its latest update; ignored", mid, event["type"],
+                        event["id"])
+            if "currency" in data and current.currency is None:
+                repo.run(conn, _UPDATE_MERCHANT, {"p_merchant": mid, "currency": data["currency"]})
+            return
         values = {k: data[k] for k in ("currency", "status") if k in data}
-        if values:  # the columns set are the keys given
-            repo.run(conn, _UPDATE_MERCHANT, {"p_merchant": mid, **values})
+        # the columns set are the keys given
+        repo.run(conn, _UPDATE_MERCHANT, {"p_merchant": mid, **values, "status_at": at})
 
     def _on_credit_limit(self, conn: sa.Connection, event: dict[str, Any], mid: str, at: datetime) -> None:
         data = event["data"]
@@ -531,6 +588,9 @@ class DisbursementService:
         if available.currency != limit.currency:
             raise EventRejected(f"credit_limit.updated {event['id']}: available in {available.currency}, "
                                 f"limit in {limit.currency}")
+        trigger = data.get("trigger_event_id")
+        if trigger is not None:
+            _text(trigger, "credit_limit.updated trigger_event_id")
         self._ensure_merchant(conn, mid, limit.currency)
         # Read only by acceptances (their own transactions): inserted with the batch at commit.
         repo.insert_ignore_later(conn, credit_limits, {
@@ -541,15 +601,23 @@ class DisbursementService:
 
     def _on_offer_created(self, conn: sa.Connection, event: dict[str, Any], mid: str, at: datetime) -> None:
         data = event["data"]
+        _text(data["offer_id"], "loan_offer.created offer_id")
         amount, fee = Money.from_json(data["amount"]), Money.from_json(data["fee"])
         due_at, expires_at = parse_rfc3339(data["due_at"]), parse_rfc3339(data["expires_at"])
         order_ids = list(data.get("order_ids", []))
-        problem = _offer_problem(amount, fee, due_at, expires_at, at, order_ids)
+        problem = _offer_problem(amount, fee, due_at, expires_at, at, order_ids, self.settings.max_term_days) or \
+            _orders_problem(data.get("orders"), order_ids, amount.currency)
         if problem is not None:
             raise EventRejected(f"loan_offer.created {data['offer_id']}: {problem}")
         self._ensure_merchant(conn, mid, amount.currency)
+        stored = repo.run(conn, _OFFER_OWNER, {"p_offer": data["offer_id"]}).first()
+        if stored is not None:
+            if stored.merchant_id != mid:
+                # Never stored for this merchant, and its open offer is left alone.
+                raise EventRejected(f"loan_offer.created {event['id']}: offer id already belongs to another merchant")
+            return  # the same offer delivered again (under a new event id): stored and announced once
         # One open offer per merchant: a fresh one replaces older ones; one that arrives after a newer offer
-        # (out of order) is stored already superseded; the same offer delivered again changes nothing.
+        # (out of order) is stored already superseded.
         newer = repo.run(conn, _NEWER_OPEN, {"p_merchant": mid, "p_offer": data["offer_id"], "p_at": at}).first()
         if newer is None:
             repo.run(conn, _SUPERSEDE_OLDER, {"p_merchant": mid, "p_offer": data["offer_id"], "p_at": at})
@@ -563,16 +631,21 @@ class DisbursementService:
             self._outbox().emit(conn, topic=None, event=event)
 
     def _on_offer_withdrawn(self, conn: sa.Connection, event: dict[str, Any], mid: str, at: datetime) -> None:
-        repo.run(conn, _WITHDRAW_OPEN, {"p_offer": event["data"]["offer_id"], "p_merchant": mid})
-        self._outbox().emit(conn, topic=None, event=event)
+        # Announced only when an open offer was withdrawn: the underwriter may withdraw an offer the merchant
+        # has already accepted (it has not heard of the acceptance yet); that merchant must not be told the
+        # loan it was paid was withdrawn.
+        offer_id = _text(event["data"]["offer_id"], "loan_offer.withdrawn offer_id")
+        if repo.run(conn, _WITHDRAW_OPEN, {"p_offer": offer_id, "p_merchant": mid}).rowcount:
+            self._outbox().emit(conn, topic=None, event=event)
 
     # ----------------------------------------------------------------- acceptance
     def accept(self, cmd: AcceptOffer) -> AcceptResult:
         """Accept an offer: checks, loan + ledger in one transaction, then the payout (idempotent per loan)."""
         started = _time.perf_counter()
-        if not cmd.idempotency_key or len(cmd.idempotency_key) > 255:
-            result = _error(422, "idempotency_key_invalid", "Idempotency-Key must be 1 to 255 characters")
-        elif not cmd.offer_id or len(cmd.offer_id) > _MAX_ID:
+        if not cmd.idempotency_key or len(cmd.idempotency_key) > 255 or not _storable(cmd.idempotency_key):
+            result = _error(422, "idempotency_key_invalid",
+                            "Idempotency-Key must be 1 to 255 characters, without NUL or unpaired surrogates")
+        elif not cmd.offer_id or len(cmd.offer_id) > _MAX_ID or not _storable(cmd.offer_id):
             # No stored offer has such an id (nothing is stored for it either: the answer never changes).
             result = _error(404, "offer_not_found", "no such offer")
         else:
@@ -631,13 +704,24 @@ class DisbursementService:
             if stored is not None:
                 return stored, None
             offer = repo.run(conn, _OFFER.with_for_update() if self._pg else _OFFER, {"p_offer": cmd.offer_id}).first()
+            actor = "merchant:" + cmd.merchant_id
             if offer is None or offer.merchant_id != cmd.merchant_id:
                 # Same answer whether the offer does not exist or belongs to someone else.
+                self._audit(conn, actor, "accept", cmd.merchant_id, cmd.offer_id, "offer_not_found",
+                            {"idempotency_key": cmd.idempotency_key})
                 return self._remember(conn, cmd, _error(404, "offer_not_found", "no such offer")), None
             facts, limit_id = self._facts(conn, offer, cmd.now)
             why = refusal(facts)
+            decided = {"idempotency_key": cmd.idempotency_key, "amount": facts.offer_amount.to_json(),
+                       "available": None if facts.available is None else facts.available.to_json(),
+                       "limit_id": limit_id, "kill_switch": facts.kill_switch, "merchant_status": facts.merchant_status}
+            self._audit(conn, actor, "accept", cmd.merchant_id, cmd.offer_id,
+                        "accepted" if why is None else why.code, decided)
             if why is not None:
-                return self._remember(conn, cmd, _error(409, why.code, why.message)), None
+                refused = _error(409, why.code, why.message)
+                # A refusal that may not hold tomorrow (kill switch, limit, status...) is not stored: a retry
+                # with the same Idempotency-Key once the cause is gone is decided again, not answered "no".
+                return (self._remember(conn, cmd, refused) if why.final else refused), None
             loan = self._open_loan(conn, offer, cmd.now, limit_id)
             return self._remember(conn, cmd, AcceptResult(202, repo.loan_view(loan))), loan.loan_id
 
@@ -657,6 +741,7 @@ class DisbursementService:
             financed = tuple(sorted({str(r.order_id) for r in rows}))
         return AcceptanceFacts(
             offer_state=state, offer_amount=Money(offer.amount, offer.currency), expires_at=offer.expires_at,
+            due_at=offer.due_at,
             now=now, kill_switch=self.kill_switch(conn), merchant_status=merchant.status,
             merchant_delinquent=bool(delinquent), available=available, already_financed=financed,
             owed_currencies=tuple(sorted({str(r.currency) for r in owed})),
@@ -715,6 +800,7 @@ class DisbursementService:
         """(disbursed, the loan's view when this call disbursed it). `accepted`: (merchant, principal,
         currency) of a loan this process has just committed in `accepted`, so it is not read back before
         paying (the payout is idempotent per loan; the state is checked again, locked, before any write)."""
+        first_try = accepted
         if accepted is None:
             with self.engine.connect() as conn:
                 loan = repo.run(conn, _LOAN, {"p_loan": loan_id}).one()
@@ -724,8 +810,20 @@ class DisbursementService:
         merchant_id, principal, currency = accepted
         try:
             payout_id = self.rail.pay(PayoutRequest(loan_id, merchant_id, principal, currency, f"loan {loan_id}"))
-        except PayoutFailed as exc:
-            log.warning("payout of %s failed, recovery will retry: %s", loan_id, exc)
+        except Exception as exc:  # noqa: BLE001 - whatever the rail raised, the loan is committed and stays owed
+            # A rail adapter bug or an unexpected error is a failed payout like PayoutFailed: the acceptance
+            # stands (202, loan `accepted`) and recovery retries with the same idempotency key; it must not
+            # turn into a server error for a loan that exists.
+            if isinstance(exc, PayoutFailed):
+                log.warning("payout of %s failed, recovery will retry: %s", loan_id, exc)
+            else:
+                log.exception("payout of %s raised; recovery will retry", loan_id)
+            if first_try is None:
+                return False, None  # a recovery retry: only the first failure is audited (not one row a pass)
+            with self._tx() as conn:
+                self._audit(conn, "system", "payout", merchant_id, loan_id, "failed",
+                            {"amount": repo.money(principal, currency),
+                             "error": f"{'' if isinstance(exc, PayoutFailed) else type(exc).__name__ + ': '}{exc}"[:300]})
             return False, None
         with self._tx() as conn:
             loan = repo.run(conn, _LOAN.with_for_update() if self._pg else _LOAN, {"p_loan": loan_id}).one()
@@ -736,6 +834,8 @@ class DisbursementService:
                                           "amount": loan.principal, "currency": loan.currency, "created_at": now})
             transition(LoanState(loan.state), LoanState.DISBURSED)
             repo.run(conn, _LOAN_DISBURSED, {"p_loan": loan_id, "p_payout": payout_id, "p_at": now})
+            repo.post_entry(conn, ledger.payout(f"payout:{loan_id}", loan_id, Money(loan.principal, loan.currency)),
+                            loan.merchant_id, now)
             self._outbox().new(conn, topic=topics.LOANS, etype="loan.disbursed", merchant_id=loan.merchant_id, data={
                 "loan_id": loan_id, "offer_id": loan.offer_id, "principal": repo.money(loan.principal, loan.currency),
                 "fee": repo.money(loan.fee, loan.currency), "due_at": format_rfc3339(loan.due_at),
@@ -743,6 +843,8 @@ class DisbursementService:
             view = repo.loan_view(SimpleNamespace(**{**loan._asdict(), "state": LoanState.DISBURSED.value,
                                                      "payout_id": payout_id, "disbursed_at": now}))
             repo.run(conn, _ANSWER_DISBURSED, {"p_offer": loan.offer_id, "p_response": view})
+            self._audit(conn, "system", "payout", loan.merchant_id, loan_id, "paid",
+                        {"payout_id": payout_id, "amount": repo.money(loan.principal, loan.currency)})
             self._refresh_instruction(conn, loan.merchant_id, now, f"disbursed:{loan_id}")
         self.metrics.disbursed.labels(loan.currency).inc(loan.principal)
         return True, view
@@ -779,6 +881,8 @@ class DisbursementService:
             if changed:
                 repo.post_entry(conn, ledger.overpayment_returned(_fit(f"returned:{refund.refund_id}"),
                                 Money(refund.amount, refund.currency)), refund.merchant_id, self.clock())
+                self._audit(conn, "system", "refund_payout", refund.merchant_id, refund.refund_id, "paid",
+                            {"payout_id": payout_id, "amount": repo.money(refund.amount, refund.currency)})
         return True
 
     # ----------------------------------------------------------------- collections
@@ -795,7 +899,10 @@ class DisbursementService:
 
     def _on_settlement(self, conn: sa.Connection, event: dict[str, Any], mid: str, at: datetime) -> None:
         data = event["data"]
-        settlement_id, withheld = data["settlement_id"], Money.from_json(data["withheld"])
+        settlement_id = _text(data["settlement_id"], "settlement.paid settlement_id")
+        withheld = Money.from_json(data["withheld"])
+        if withheld.amount < 0:
+            raise EventRejected(f"settlement.paid {event['id']}: withheld {withheld.amount} is negative")
         if not self._first_time(conn, "settlement.paid", mid, str(settlement_id)):
             return
         # A merchant this service never saw onboarded still gets back whatever was withheld from it.
@@ -889,18 +996,26 @@ class DisbursementService:
     def _on_order_shortfall(self, conn: sa.Connection, event: dict[str, Any], mid: str, at: datetime) -> None:
         """A refunded or cancelled financed order will not repay its loan: the withhold must cover it."""
         data, etype = event["data"], event["type"]
+        _text(data["order_id"], f"{etype} order_id")
+        amount = None if etype == "order.cancelled" else Money.from_json(data["amount"])
+        if amount is not None and amount.amount < 0:
+            raise EventRejected(f"{etype} {event['id']}: amount {amount.amount} is negative")
         self._note_offered_orders(conn, mid, (data["order_id"],), _CLOSED_BY[etype])
         rows = repo.run(conn, _FINANCED_ORDER, {"p_merchant": mid, "p_order": data["order_id"]}).all()
         if not rows:
             return
+        if amount is not None:
+            currency = repo.run(conn, _LOAN, {"p_loan": rows[0].loan_id}).one().currency
+            if amount.currency != currency:
+                # Not comparable with what the order was expected to bring back: refused (dead-lettered for
+                # ops), never subtracted as if it were the loan's currency.
+                raise EventRejected(f"{etype} {event['id']}: amount in {amount.currency}, the financed order's "
+                                    f"loan is in {currency}")
         ref = data.get(_SHORTFALL_REFS.get(etype, ""))
         if ref is not None and not self._first_time(conn, etype, mid, f"{data['order_id']}:{ref}"):
             return  # the same refund or chargeback resent under another event id
         for row in rows:
-            if etype == "order.cancelled":
-                left = 0
-            else:
-                left = max(0, row.expected - Money.from_json(data["amount"]).amount)
+            left = 0 if amount is None else max(0, row.expected - amount.amount)
             repo.run(conn, _SET_FINANCED, {
                 "p_order": row.order_id, "p_loan": row.loan_id, "p_expected": left,
                 "p_state": "open" if left else _CLOSED_BY[etype]})
@@ -954,13 +1069,18 @@ class DisbursementService:
     def _expire_offers(self, conn: sa.Connection, now: datetime) -> None:
         expiring = _EXPIRING_PG if self._pg else _EXPIRING_SQLITE
         for offer_id, mid in repo.run(conn, expiring, {"p_now": now}).all():
-            repo.run(conn, _EXPIRE_OFFER, {"p_offer": offer_id})
+            if not repo.run(conn, _EXPIRE_OFFER, {"p_offer": offer_id}).rowcount:
+                continue  # accepted (or withdrawn) meanwhile
             self._outbox().new(conn, topic=None, etype="loan_offer.expired", merchant_id=mid,
                                data={"offer_id": offer_id, "reasons": [{"code": "expired", "text": "offer expired"}]},
                                time=now, event_id=deterministic_id("loan_offer.expired", offer_id))
 
     def _age_loan(self, conn: sa.Connection, loan: Any, now: datetime, dpd_only: list[dict[str, Any]]) -> bool:
         dpd = aging.days_past_due(loan.due_at, now)
+        if dpd < (loan.dpd or 0):
+            # An aging pass at an earlier time than one already applied (a late `age --now`, a clock that went
+            # back): a loan never ages backwards, nor is told again that it entered an earlier bucket.
+            return False
         remaining = repo.money(loan.principal_due + loan.fee_due, loan.currency)
         ob = self._outbox()
         if aging.should_charge_off(dpd, self.settings.charge_off_dpd):
@@ -969,6 +1089,8 @@ class DisbursementService:
                                                     Money(loan.principal_due, loan.currency),
                                                     Money(loan.fee_due, loan.currency)), loan.merchant_id, now)
             repo.run(conn, _CHARGE_OFF, {"p_loan": loan.loan_id, "p_dpd": dpd, "p_at": now})
+            self._audit(conn, "system", "charge_off", loan.merchant_id, loan.loan_id, "charged_off",
+                        {"amount": remaining, "days_past_due": dpd})
             ob.new(conn, topic=topics.LOANS, etype="loan.charged_off", merchant_id=loan.merchant_id,
                    data={"loan_id": loan.loan_id, "amount": remaining}, time=now,
                    event_id=deterministic_id("loan.charged_off", loan.loan_id))
@@ -1038,20 +1160,67 @@ def _fit(key: str, limit: int = _ENTRY_ID_MAX) -> str:
 
 
 def _offer_problem(amount: Money, fee: Money, due_at: datetime, expires_at: datetime, at: datetime,
-                   order_ids: list[Any]) -> str | None:
+                   order_ids: list[Any], max_term_days: int = 60) -> str | None:
     """Why an offer cannot be stored as a loan to be, or None. The underwriter never sends such an offer;
     one that arrives anyway (a bug, a hand-made event) is refused here rather than lent on."""
     if fee.currency != amount.currency:
         return f"fee in {fee.currency}, amount in {amount.currency}"
     if amount.amount <= 0 or fee.amount < 0:
         return f"amount {amount.amount} and fee {fee.amount} must be > 0 and >= 0"
+    if not all(isinstance(o, str) and 0 < len(o) <= _MAX_ID and _storable(o) for o in order_ids):
+        return "order_ids must be ids (text of 1-128 characters)"
     if len(set(order_ids)) != len(order_ids):
         return "an order is named twice in order_ids"
     if due_at <= at:
         return f"due_at {format_rfc3339(due_at)} is not after the offer ({format_rfc3339(at)})"
     if expires_at <= at:
         return f"expires_at {format_rfc3339(expires_at)} is not after the offer ({format_rfc3339(at)})"
+    if due_at > at + timedelta(days=max_term_days):
+        return f"due_at {format_rfc3339(due_at)} is more than {max_term_days} days after the offer"
     return None
+
+
+def _orders_problem(orders: Any, order_ids: list[Any], currency: str) -> str | None:
+    """Why an offer's optional per-order amounts (what each financed order is expected to bring back) cannot
+    be used, or None: read at acceptance, a malformed one would fail every acceptance of the offer."""
+    if orders is None:
+        return None
+    if not isinstance(orders, list):
+        return "orders must be a list"
+    for o in orders:
+        amount = o.get("amount") if isinstance(o, dict) else None
+        if not isinstance(o, dict) or o.get("order_id") not in order_ids or not isinstance(amount, dict) \
+                or type(amount.get("amount")) is not int or amount["amount"] < 0 or amount.get("currency") != currency:
+            return f"orders must name order_ids with a non-negative amount in {currency}"
+    return None
+
+
+def _check_secret(secret: str) -> None:
+    """A webhook secret given by an operator: whsec_ + base64 of 24 to 64 random bytes (Standard Webhooks);
+    a short one (a few bytes) could be found by trying every value against one signed delivery."""
+    size = len(secret_bytes(secret))
+    if not 24 <= size <= 64:
+        raise BadSecret(f"a webhook secret must hold 24 to 64 bytes, this one holds {size}")
+
+
+def _text(value: Any, what: str) -> str:
+    """`value` when it is text a database can store as an id, else EventRejected: an integer or an object
+    where an id belongs (an event produced straight to the topic) would otherwise fail in PostgreSQL with an
+    error the consumer cannot tell from a real fault."""
+    if not isinstance(value, str) or not value or not _storable(value):
+        raise EventRejected(f"{what} must be non-empty text, got {type(value).__name__}")
+    return value
+
+
+def _storable(text: str) -> bool:
+    """True when a text can be a stored id: PostgreSQL refuses NUL in text, UTF-8 refuses lone surrogates."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _order_amounts(orders: list[dict[str, Any]], currency: str) -> dict[str, int | None]:

@@ -25,11 +25,16 @@ class DisbursementSettings:
     withhold_rate_bps: int = field(default=2000, metadata={"doc": "withhold rate while a balance is owed"})
     shortfall_withhold_rate_bps: int = field(default=5000, metadata={"doc": "rate when receivables no longer cover"})
     charge_off_dpd: int = 60
+    max_term_days: int = field(default=60, metadata={
+        "doc": "an offer due more than this many days after it was made is refused"})
     webhook_max_attempts: int = 8
     webhook_backoff_base_seconds: float = 5.0
     webhook_backoff_cap_seconds: float = 3600.0
     webhook_disable_after_failures: int = 20
     webhook_timeout_seconds: float = 5.0
+    webhook_allow_private_targets: bool = field(default=False, metadata={
+        "doc": "allow webhook URLs on loopback or private networks (a local stack); link-local and metadata "
+               "addresses are refused whatever this says"})
     webhook_secret_overlap_seconds: float = field(default=86_400.0, metadata={
         "doc": "after a rotation or re-registration the previous webhook secret keeps signing (both sign) this "
                "long, by the service clock (wall clock; event time in the embedded engine); 0 drops it at once"})
@@ -48,6 +53,8 @@ class DisbursementSettings:
                 raise ValueError(f"{name.upper()} must be between 0 and 10000")
         if not 0 <= self.webhook_secret_overlap_seconds <= 90 * 86_400:
             raise ValueError("WEBHOOK_SECRET_OVERLAP_SECONDS must be between 0 and 7776000 (90 days)")
+        if not 1 <= self.max_term_days <= 366:
+            raise ValueError("MAX_TERM_DAYS must be between 1 and 366")
         if self.webhook_max_attempts < 1:
             raise ValueError("WEBHOOK_MAX_ATTEMPTS must be at least 1")
 

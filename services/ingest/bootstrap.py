@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 def codec_validator() -> Validator:
     from schemas.codec import validate
 
-    def run(event: dict[str, Any]) -> list[tuple[str, str]]:
-        return [(e.pointer, e.message) for e in validate(event)]
+    def run(event: dict[str, Any]) -> list[tuple[str, ...]]:
+        return [(e.pointer, e.message, e.kind) for e in validate(event)]
 
     return run
 

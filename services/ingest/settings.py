@@ -85,4 +85,4 @@ def hash_key(key: str) -> str:
 
 
 def load_settings(**overrides: object) -> IngestSettings:
-    return load(IngestSettings, PREFIX, **overrides)
+    return load(IngestSettings, PREFIX, None, **overrides)

@@ -66,3 +66,9 @@ def test_missing_header_is_named() -> None:
     del h["webhook-timestamp"]
     with pytest.raises(WebhookVerificationError, match="missing header webhook-timestamp"):
         verify(SECRET, h, BODY, now=TS)
+
+
+@pytest.mark.parametrize("forged", ["v1,é" + "A" * 40, "v1,\udcff", "v1,ü v1,ß"])
+def test_a_forged_signature_with_non_ascii_characters_is_refused_not_a_crash(forged: str) -> None:
+    with pytest.raises(WebhookVerificationError, match="no signature matches"):
+        verify(SECRET, {**spec_headers(), "webhook-signature": forged}, BODY, now=TS)

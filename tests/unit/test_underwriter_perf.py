@@ -37,7 +37,10 @@ EXPECTED: list[tuple[float, list[float]]] = [
 # category each loan and offer reserved its exposure in, and closed orders as packed 32-bit hex ("x"); every
 # feature value above is unchanged (this history re-sends nothing). Re-recorded when open loans began to hold the
 # exposure their offer reserved (L_HELD, one int a loan): without that field the state hashes as before.
-STATE_DIGEST = "642644499bd6f80e92443c0386cbacc929e271f9b656d788fe91dfea655a62a4"
+# Re-recorded when buckets gained cancelled money (CANCEL_GMV, saved only where non-zero: the other eleven fields of
+# every bucket are unchanged), settlement ids began to be kept 90 days (older than 32 as 16-bit "S<week>" hashes) and
+# event ids began to be saved as packed 40-bit hex ("e"); every other member and every feature value is unchanged.
+STATE_DIGEST = "c23aff5101d9435cb5794aefe3960ede6451621b8ef8b9f0b1817cfa09ccb498"
 
 
 def golden_state() -> MerchantState:

@@ -346,7 +346,7 @@ def test_order_in_another_currency_is_rejected_and_never_summed_with_the_merchan
     out, errors = u.handle_batch(usd)
     assert [i for i, _ in errors] == [0, 1] and out == []  # shipped has no money: it applies, to an unknown order
     s = u.state("m1")
-    assert s.buckets == {int(k): v for k, v in ((b[0], b[1:]) for b in before["b"])}
+    assert s.to_dict()["b"] == before["b"]
     assert "usd-1" not in s.receivables or not s.receivables["usd-1"][R_PLACED]
 
 
@@ -761,12 +761,14 @@ def test_refund_and_settlement_ids_are_forgotten_with_the_window_that_reads_them
     for e in steady(60, refund_rate=0.1, chargeback_rate=0.05):
         s.apply(e)
     kinds = {key[0] for key in s.counted}
-    assert kinds == {"r", "c", "s"}
+    assert kinds == {"r", "c", "s", "S"}  # "S": settlement ids older than 32 days, kept short
     today = s.latest // DAY
     for key in s.counted:
         assert int(key[1:]) * 7 + 6 > today - COUNTED_DAYS[key[0]]
-    assert min(int(k[1:]) for k in s.counted if k[0] == "s") * 7 >= today - 32 - 6  # 32 days of settlements
-    assert min(int(k[1:]) for k in s.counted if k[0] == "c") * 7 < today - 40  # 90 days of chargebacks
+    assert min(int(k[1:]) for k in s.counted if k[0] == "r") * 7 >= today - 32 - 6  # 32 days of refunds
+    assert min(int(k[1:]) for k in s.counted if k[0] == "s") * 7 >= today - 32 - 6  # 32 days of full ones
+    assert min(int(k[1:]) for k in s.counted if k[0] == "S") * 7 < today - 40  # 90 days of settlements
+    assert min(int(k[1:]) for k in s.counted if k[0] == "c") * 7 < today - 40  # and of chargebacks
 
 
 def test_a_flood_of_distinct_refunds_keeps_the_remembered_ids_bounded() -> None:

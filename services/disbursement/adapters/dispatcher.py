@@ -102,15 +102,42 @@ def _claim(svc: DisbursementService, now: datetime, limit: int) -> Sequence[Any]
 
 def dispatch(svc: DisbursementService, now: datetime, limit: int = 100) -> int:
     """Claim due deliveries, send them (outside any transaction: a receiver may call back), then record
-    every outcome in one transaction, in delivery order (the same final state as one write per attempt)."""
+    every outcome in one transaction, in delivery order (the same final state as one write per attempt).
+
+    A slow or dead endpoint must not hold everyone else's deliveries: once a merchant's endpoint could not be
+    reached in this pass (timeout, refused connection), its other deliveries are not tried in this pass; and
+    no delivery is sent once the claim's lease may have run out (another replica may have claimed it). Both
+    are handed back unattempted (their attempt count unchanged) for a later pass. Returns the attempts made."""
     rows = _claim(svc, now, limit)
     if not rows:
         return 0
     endpoints = _endpoints(svc, {row.merchant_id for row in rows})
-    outcomes = [_attempt(svc, row, endpoints.get(row.merchant_id), now) for row in rows]
+    deadline = time.monotonic() + max(1.0, CLAIM_LEASE.total_seconds() - svc.settings.webhook_timeout_seconds - 5)
+    sent: list[Any] = []
+    outcomes: list[tuple[int | None, str]] = []
+    later: list[dict[str, Any]] = []
+    unreachable: set[str] = set()
+    for row in rows:
+        if row.merchant_id in unreachable:
+            later.append({"row_id": row.id, "row_next": now + timedelta(seconds=svc.settings.webhook_backoff_base_seconds)})
+            continue
+        if time.monotonic() > deadline:
+            later.append({"row_id": row.id, "row_next": now})
+            continue
+        outcome = _attempt(svc, row, endpoints.get(row.merchant_id), now)
+        if outcome[0] is None:
+            unreachable.add(row.merchant_id)
+        sent.append(row)
+        outcomes.append(outcome)
     with svc._tx() as conn:
-        _record(conn, svc, rows, outcomes, now)
-    return len(rows)
+        _record(conn, svc, sent, outcomes, now)
+        if later:
+            run(conn, _HAND_BACK, later)
+    return len(sent)
+
+
+_HAND_BACK = sa.update(webhook_deliveries).where(webhook_deliveries.c.id == sa.bindparam("row_id")).values(
+    next_attempt_at=sa.bindparam("row_next", type_=webhook_deliveries.c.next_attempt_at.type))
 
 
 _ENDPOINTS = sa.select(merchants.c.merchant_id, merchants.c.webhook_url, merchants.c.webhook_secrets).where(

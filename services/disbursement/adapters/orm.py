@@ -48,6 +48,9 @@ merchants = sa.Table(
     sa.Column("webhook_enabled", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.Column("webhook_failures", sa.Integer, nullable=False, server_default="0"),
     sa.Column("last_instruction", sa.JSON),
+    # Event time of the latest merchant.onboarded/updated applied (migration 0007): an older one re-sent later
+    # never overrides it (a stale "active" must not lift a suspension).
+    _ts("status_at", nullable=True),
 )
 
 control = sa.Table(
@@ -220,4 +223,20 @@ idempotency_keys = sa.Table(
     sa.Column("status_code", sa.Integer, nullable=False),
     sa.Column("response", sa.JSON, nullable=False),
     _ts("created_at"),
+)
+
+
+# Append-only (triggers refuse UPDATE, DELETE and TRUNCATE: migration 0006): every acceptance decision, payout,
+# refund payout, charge-off and operator action, with who made it. Money movements themselves are the journal.
+audit_log = sa.Table(
+    "audit_log", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    _ts("at"),
+    sa.Column("actor", sa.String(160), nullable=False),
+    sa.Column("action", sa.String(48), nullable=False),
+    sa.Column("merchant_id", sa.String(128)),
+    sa.Column("ref", sa.String(160)),
+    sa.Column("outcome", sa.String(64), nullable=False),
+    sa.Column("detail", sa.JSON, nullable=False),
+    sa.Index("ix_audit_log_merchant", "merchant_id", "id"),
 )

@@ -90,12 +90,22 @@ def reversing_entry(entry: JournalEntry, entry_id: str) -> JournalEntry:
 
 
 def disbursement(entry_id: str, loan_id: str, principal: Money, fee: Money) -> JournalEntry:
-    """Fee income is recognised at disbursement against a fee receivable (kept simple on purpose)."""
+    """At acceptance: the merchant owes principal and fee, and until the payout sends it Floatbridge owes the
+    merchant the principal (a payable, not cash: a payout that fails or is still retrying has moved no money).
+    Fee income is recognised here against a fee receivable (kept simple on purpose)."""
     return make_entry(entry_id, "disbursement", loan_id, [
         (Account.LOAN_PRINCIPAL_RECEIVABLE, Side.DEBIT, principal),
-        (Account.FUNDING_CASH, Side.CREDIT, principal),
+        (Account.MERCHANT_PAYABLE, Side.CREDIT, principal),
         (Account.FEE_RECEIVABLE, Side.DEBIT, fee),
         (Account.FEE_INCOME, Side.CREDIT, fee),
+    ])
+
+
+def payout(entry_id: str, loan_id: str, principal: Money) -> JournalEntry:
+    """The payout rail sent the principal: the payable to the merchant is settled in cash."""
+    return make_entry(entry_id, "payout", loan_id, [
+        (Account.MERCHANT_PAYABLE, Side.DEBIT, principal),
+        (Account.FUNDING_CASH, Side.CREDIT, principal),
     ])
 
 

@@ -17,10 +17,22 @@ class OfferState(StrEnum):
     SUPERSEDED = "superseded"
 
 
+# Refusals that hold only while the world stays as it is (the switch, the merchant's status, its loans, its
+# limit): the same request may succeed later, so such an answer is never stored under an Idempotency-Key
+# (a retry with the same key is decided again). Every other refusal is final for that offer.
+TRANSIENT_REFUSALS = frozenset({"kill_switch", "merchant_inactive", "merchant_delinquent", "no_credit_limit",
+                                "currency_mismatch", "limit_exceeded"})
+
+
 @dataclass(frozen=True, slots=True)
 class Refusal:
     code: str
     message: str
+
+    @property
+    def final(self) -> bool:
+        """True when no later retry of the same acceptance can succeed."""
+        return self.code not in TRANSIENT_REFUSALS
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +53,9 @@ class AcceptanceFacts:
     owed_currencies: tuple[str, ...] = ()
     # Orders of this offer settled, cancelled, refunded or charged back since the offer was made.
     changed_receivables: tuple[str, ...] = ()
+    # When the loan would be due: an offer still open after that (its receivables were late) would lend money
+    # already past due on the day it is paid.
+    due_at: datetime | None = None
 
 
 def refusal(f: AcceptanceFacts) -> Refusal | None:
@@ -55,6 +70,8 @@ def refusal(f: AcceptanceFacts) -> Refusal | None:
         return Refusal("offer_superseded", "a newer offer replaced this one")
     if f.offer_state is OfferState.EXPIRED or f.now >= f.expires_at:
         return Refusal("offer_expired", "this offer has expired")
+    if f.due_at is not None and f.now >= f.due_at:
+        return Refusal("offer_expired", "this offer's due date has passed; a fresh offer will follow")
     if f.merchant_status != "active":
         return Refusal("merchant_inactive", f"merchant status is {f.merchant_status}")
     if f.merchant_delinquent:

@@ -58,7 +58,9 @@ def verify(secret: str, headers: Mapping[str, str], body: bytes | str, now: floa
     matched = False
     for candidate in signatures.split():
         version, _, sig = candidate.partition(",")
-        if version == "v1" and hmac.compare_digest(sig, expected):
+        # Compared as bytes: compare_digest refuses non-ASCII text with a TypeError, which a forged header
+        # would otherwise turn into a crash of the receiver instead of a refusal.
+        if version == "v1" and hmac.compare_digest(sig.encode("utf-8", "surrogateescape"), expected.encode("ascii")):
             matched = True
     if not matched:
         raise WebhookVerificationError("no signature matches: wrong secret or modified body")

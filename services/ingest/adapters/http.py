@@ -10,6 +10,7 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Literal
+from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import FastAPI, Request, Response
@@ -189,6 +190,32 @@ def _request_headers(scope: Scope) -> tuple[str | None, str | None, str, str]:
     return auth, length, ctype or "", encoding or ""
 
 
+# Query parameters that carry a credential by their name alone (whatever their value).
+_CREDENTIAL_PARAMS = frozenset(("api_key", "apikey", "api-key", "key", "access_token", "token", "auth",
+                                "authorization", "bearer", "secret", "password"))
+
+
+def credential_in_query(query: bytes, authorization: str | None) -> bool:
+    """True when the URL's query string carries an API key: a parameter named like a credential, or any
+    value equal to the key of the Authorization header. URLs end up in proxy and access logs and browser
+    histories, so such a request is refused even when its Authorization header is good. (Values are not
+    compared with the stored keys: that would tell a caller with one good key whether a guess is another.)"""
+    if not query:
+        return False
+    try:
+        pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+    except ValueError:
+        return False
+    token = authorization[7:].strip() if authorization and authorization[:7].lower() == "bearer " else ""
+    for name, value in pairs:
+        if name.strip().lower() in _CREDENTIAL_PARAMS:
+            return True
+        if token and hmac.compare_digest(value.strip().encode("utf-8", "surrogatepass"),
+                                         token.encode("utf-8", "surrogatepass")):
+            return True
+    return False
+
+
 def key_ok(header: str | None, hashes: frozenset[str]) -> bool:
     # RFC 9110 section 11.1: the scheme is case-insensitive ("bearer", "BEARER"); one or more spaces follow it.
     if not header or header[:7].lower() != "bearer " or not header[7:].strip():
@@ -220,6 +247,10 @@ def create_app(rt: IngestRuntime, limiter: FailedAuthLimiter | None = None) -> F
             return _problem(429, "too_many_failed_attempts", "too many failed authentications from this address",
                             {"Retry-After": str(wait)})
         authorization, declared, content_type, content_encoding = _request_headers(scope)
+        if credential_in_query(scope.get("query_string", b""), authorization):
+            metrics.refused.labels("auth").inc()
+            return _problem(400, "credentials_in_query", "never put the API key in the URL (it ends up in logs); "
+                            "send it as 'Authorization: Bearer <key>' and rotate a key that was sent this way")
         if not key_ok(authorization, rt.key_hashes):
             limiter.failed(client)
             metrics.refused.labels("auth").inc()
@@ -265,7 +296,8 @@ def create_app(rt: IngestRuntime, limiter: FailedAuthLimiter | None = None) -> F
         EVENTS_PATH, summary="Submit a batch of marketplace events", response_model=BatchResponse,
         openapi_extra=_BODY_DOC,
         responses={
-            400: {"model": Problem, "description": "body is not a JSON array (or not JSON)"},
+            400: {"model": Problem, "description": "body is not a JSON array (or not JSON), or the URL's query "
+                  "string carries an API key (refused whatever the Authorization header says)"},
             401: {"model": Problem, "description": "missing or unknown marketplace API key"},
             429: {"model": Problem, "description": "too many failed authentications from this address; "
                   "wait Retry-After seconds"},

@@ -150,6 +150,8 @@ class KafkaSink:
         return failed
 
     def ping(self) -> None:
+        """A metadata round trip to the broker now. partitions_for alone answers from the producer's cached
+        metadata once it has some, so a broker that went down after start-up would still look reachable."""
         from kafka.errors import KafkaError
 
         producer = self._get()
@@ -157,6 +159,18 @@ class KafkaSink:
             producer.partitions_for(self.topics["event"])
         except KafkaError as exc:
             raise SinkUnavailable(f"Kafka metadata unavailable: {exc}") from None
+        metadata, sender = getattr(producer, "_metadata", None), getattr(producer, "_sender", None)
+        if metadata is None or sender is None:  # another kafka-python layout: the cached answer is all there is
+            return
+        answered = threading.Event()
+        future = metadata.request_update()
+        future.add_both(lambda *_: answered.set())
+        sender.wakeup()
+        wait = min(self.timeout_s, 5.0)
+        if not answered.wait(wait):
+            raise SinkUnavailable(f"Kafka metadata unavailable: no answer from {self.bootstrap} within {wait:g} s")
+        if future.failed():
+            raise SinkUnavailable(f"Kafka metadata unavailable: {future.exception}")
 
     def close(self) -> None:
         with self._lock:

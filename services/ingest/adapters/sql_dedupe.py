@@ -106,12 +106,14 @@ class SqlDedupeStore:
     def _dialect_insert(self) -> Any:
         name = self.engine.dialect.name
         if name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        elif name == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        else:
-            raise ValueError(f"dedupe store supports postgresql and sqlite, not {name}")
-        return insert
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert
+        if name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            return sqlite_insert
+        raise ValueError(f"dedupe store supports postgresql and sqlite, not {name}")
 
     def create(self) -> None:
         try:

@@ -19,12 +19,15 @@ from services.common.money import CURRENCY_EXPONENTS, MAX_AMOUNT, Money, MoneyEr
 from services.common.timeutil import TimeError, format_rfc3339, parse_rfc3339
 from services.ingest.domain.model import Issue, Malformed, NormalisedEvent, Reason, Rejection
 
-Validator = Callable[[dict[str, Any]], Sequence[tuple[str, str]]]
+# A validator lists (pointer, message) or (pointer, message, kind) per error; kind "money" or "time" gives the
+# rejection that reason (a mixed-currency event is a money problem even when the schema check finds it).
+Validator = Callable[[dict[str, Any]], Sequence[tuple[str, ...]]]
 Encoder = Callable[[Any], bytes]
 
 BUYER_PREFIX = "bh_"
 _DECIMAL = re.compile(r"-?[0-9]{1,20}(\.[0-9]{1,20})?\Z")  # \Z: "$" would let a trailing newline through
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}\Z")
+_BUYER_ID = re.compile(r"[\x21-\x7e]{1,128}\Z")  # the schemas' Id: what a buyer id must be before it is hashed
 # Lines that were not JSON may still hold a buyer id; blank its value before keeping the text.
 # A member name in text that is not JSON (its escapes decoded before it is judged), and the value after it:
 # a string (to the end of the text when unterminated), an object or array (the rest of the text), or a bare token.
@@ -35,7 +38,7 @@ def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def _no_validation(event: dict[str, Any]) -> Sequence[tuple[str, str]]:
+def _no_validation(event: dict[str, Any]) -> Sequence[tuple[str, ...]]:
     return ()
 
 
@@ -132,7 +135,7 @@ class _Walker:
             for k, v in obj.items():
                 # A plain scalar member is copied as is; only members that may be rewritten or hold
                 # nested values get their JSON pointer built (it is needed only to report issues).
-                if k == "buyer_id" and type(v) is str:  # the common case: no pointer needed
+                if k == "buyer_id" and type(v) is str and _BUYER_ID.match(v):  # the common case: no pointer needed
                     out[k] = self.ctx.hash_buyer(v)
                 elif (k == "buyer_id" or isinstance(v, dict | list) or (isinstance(v, str) and k.endswith("_at"))
                       or (k[:1] in "bB" and _buyerish(k))):
@@ -147,6 +150,9 @@ class _Walker:
     def member(self, key: str, val: Any, ptr: str, depth: int = 1) -> Any:
         if key == "buyer_id":
             if isinstance(val, str):
+                if not _BUYER_ID.match(val):  # checked here: after hashing, any string would pass the schema
+                    self.add(Reason.SCHEMA, ptr, f"buyer_id of {len(val)} characters is not an identifier: "
+                             "1-128 printable ASCII characters, no spaces or control characters")
                 return self.ctx.hash_buyer(val)
             self.add(Reason.SCHEMA, ptr, f"buyer_id must be a string, got {_json_type(val)}")
             return self.ctx.hash_buyer(repr(val))  # never keep the raw value, even in errors
@@ -162,8 +168,14 @@ class _Walker:
             if bounded and now is not None:
                 self.bounds(dt, ptr, now)
             return val
+        if not val.isascii():  # RFC 3339 digits are ASCII; the parser's \\d would also take "２０２４"
+            self.add(Reason.TIME, ptr, f"not an RFC 3339 timestamp (only ASCII digits and separators): {val[:64]!r}")
+            return val
         try:
             dt = parse_rfc3339(val, self.ctx.naive_zone)
+        except OverflowError:  # "0001-01-01T00:00:00+01:00": before year 1 in UTC
+            self.add(Reason.TIME, ptr, f"timestamp {val[:64]!r} is outside years 1-9999 once converted to UTC")
+            return val
         except TimeError as exc:
             leap = _leap_second(val, self.ctx.naive_zone)
             if leap is None:
@@ -173,12 +185,13 @@ class _Walker:
             dt = leap
         if bounded and now is not None:
             self.bounds(dt, ptr, now)
-        return format_rfc3339(dt)
+        return _format_utc(dt)
 
     def bounds(self, dt: datetime, ptr: str, now: datetime) -> None:
         skew = self.ctx.max_future_skew
         if skew is not None and dt > now + skew:
-            self.add(Reason.TIME, ptr, f"time is {int((dt - now).total_seconds())} s in the future "
+            ahead = (dt - now).total_seconds()  # "300 s" for 300.5 s would read as within the limit
+            self.add(Reason.TIME, ptr, f"time is {ahead:.3f}".rstrip("0").rstrip(".") + " s in the future "
                      f"(more than the allowed {int(skew.total_seconds())} s)")
         if dt < self.ctx.min_time:
             self.add(Reason.TIME, ptr, f"time is before {format_rfc3339(self.ctx.min_time)}")
@@ -249,9 +262,17 @@ def _leap_second(val: str, zone: tzinfo | None) -> datetime | None:
         return None
     try:
         dt = parse_rfc3339(m.group(1) + "59" + val[m.end():], zone)
-    except TimeError:
+    except (TimeError, OverflowError):
         return None
     return dt if (dt.hour, dt.minute, dt.second) == (23, 59, 59) else None
+
+
+def _format_utc(dt: datetime) -> str:
+    """format_rfc3339 with a four-digit year: strftime writes year 999 as "999", which is no RFC 3339 timestamp
+    (a valid "0999-05-01T10:00:00Z" would come out as one the sender never sent, and be refused)."""
+    text = format_rfc3339(dt)
+    year = text.split("-", 1)[0]
+    return text if len(year) == 4 else year.zfill(4) + text[len(year):]
 
 
 def _canonical_utc(val: str) -> datetime | None:
@@ -315,8 +336,9 @@ def normalise(raw: Any, ctx: NormaliseContext, now: datetime) -> NormalisedEvent
                                hashlib.sha256(payload).hexdigest())
     own = [i for reason in (Reason.MONEY, Reason.TIME, Reason.SCHEMA) for i in by_reason.get(reason, ())]
     known = {i.pointer for i in own}
-    schema = [Issue(p, m) for p, m in found if not _covered(p, known) and (p, m) not in walker.covered]
-    reason = next((r for r in (Reason.MONEY, Reason.TIME) if by_reason.get(r)), Reason.SCHEMA)
+    kinds = {f[2] for f in found if len(f) > 2}
+    schema = [Issue(f[0], f[1]) for f in found if not _covered(f[0], known) and (f[0], f[1]) not in walker.covered]
+    reason = next((r for r in (Reason.MONEY, Reason.TIME) if by_reason.get(r) or r.value in kinds), Reason.SCHEMA)
     return Rejection(reason, tuple(own + schema), *_ident(raw))
 
 

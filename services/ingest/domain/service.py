@@ -27,7 +27,7 @@ from services.ingest.domain.model import (
     Rejection,
     Status,
 )
-from services.ingest.domain.normalise import NormaliseContext, normalise, redact_raw
+from services.ingest.domain.normalise import NormaliseContext, normalise, redact_raw, valid_id
 from services.ingest.domain.ports import (
     Claim,
     ClaimRequest,
@@ -65,7 +65,7 @@ class IngestService:
 
     def submit(self, raw_events: Sequence[Any], received_at: datetime, intake: str = "http") -> list[EventResult]:
         """Take a batch; every result is final (accepted/duplicate/rejected) or `retry`."""
-        items = [_Item(i, raw, normalise(raw, self.ctx, received_at)) for i, raw in enumerate(raw_events)]
+        items = [_Item(i, raw, _normalise_or_reject(raw, self.ctx, received_at)) for i, raw in enumerate(raw_events)]
         firsts, repeats = self._group(items)
         owner = uuid.uuid4().hex
         try:
@@ -173,6 +173,12 @@ class IngestService:
                         _headers(rid, REJECTED_TYPE))
 
     def _raw_text(self, raw: Any) -> tuple[str, bool]:
+        try:
+            return self._raw_text_of(raw)
+        except Exception as exc:  # never let the dead letter of one event fail the batch
+            return f"[the raw payload could not be kept: {type(exc).__name__}]", True
+
+    def _raw_text_of(self, raw: Any) -> tuple[str, bool]:
         if isinstance(raw, Malformed) and raw.doc is None:
             text = redact_text(raw.text)
         elif isinstance(raw, Malformed):
@@ -184,6 +190,20 @@ class IngestService:
         if len(data) <= cap:
             return text, False
         return data[:cap].decode("utf-8", errors="ignore"), True
+
+
+def _normalise_or_reject(raw: Any, ctx: NormaliseContext, received_at: datetime) -> NormalisedEvent | Rejection:
+    """normalise(), and should an input it was not written for make it raise, a rejection of that event alone:
+    one event must never fail its whole batch (HTTP 500) or stop the Kafka intake on the same record forever."""
+    try:
+        return normalise(raw, ctx, received_at)
+    except Exception as exc:  # a defect, not a verdict on the event: it goes to the dead letter for ops to see
+        ident = raw if isinstance(raw, dict) else {}
+        etype = ident.get("type")
+        return Rejection(Reason.SCHEMA, (Issue("", f"event could not be checked ({type(exc).__name__}); it is kept "
+                                               "in ingest.rejected.v1"),),
+                         valid_id(ident.get("id")), etype[:64] if isinstance(etype, str) else None,
+                         valid_id(ident.get("subject")))
 
 
 _TYPE_HEADERS: dict[str, tuple[str, bytes]] = {}  # one ("ce_type", bytes) per event type, built once

@@ -183,9 +183,12 @@ def _new_offer(
     """A fresh offer when there is none open, or when the open one is stale (about to expire, or the merchant
     can now borrow materially more); None otherwise."""
     held = int(state.offer[1]) if state.offer else 0
-    # What the open offer holds frees room for its replacement only in the category it holds it in.
-    room = portfolio.remaining(as_of // DAY, state.category, state.currency, p) \
-        + (held if state.offer and offer_category(state, state.offer) == state.category else 0)
+    # What the open offer holds frees room for its replacement only where it holds it: in its category, and in
+    # today's origination budget only when it was made today (one made on an earlier day counted against that
+    # day's budget: its replacement is a new origination today and must fit today's).
+    frees = bool(state.offer) and offer_category(state, state.offer) == state.category \
+        and int(state.offer[2]) // DAY == as_of // DAY
+    room = portfolio.remaining(as_of // DAY, state.category, state.currency, p) + (held if frees else 0)
     unfinanced = sum(r.amount for r in d.receivables if not r.financed) * max(d.advance_rate_bps, 0) // 10_000
     amount = min(spendable * p.offer_share_bps // 10_000, room, unfinanced)
     if amount < p.min_offer_minor:

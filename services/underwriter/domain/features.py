@@ -14,12 +14,15 @@ from datetime import datetime
 
 from services.underwriter.domain.state import (
     BUCKET_FIELDS,
+    CANCEL_GMV,
     CANCEL_N,
     CHARGEBACK_GMV,
     CHARGEBACK_N,
     DAY,
     F_PAID,
     F_SHIPPED,
+    KIND_CHARGED_OFF,
+    KIND_REPAID,
     LAG_HOURS,
     LAG_N,
     PLACED_GMV,
@@ -133,7 +136,7 @@ def compute_features(state: MerchantState, as_of: datetime) -> list[float]:
     open_gmv, open_n = _receivables(state, now)
     outstanding = state.outstanding(now)
     history = [row for row in state.loan_history if row[0] <= now]
-    repaid = [row for row in history if row[2] == 1]
+    repaid = [row for row in history if row[2] == KIND_REPAID]
     worst = state.worst_dpd if state.worst_dpd_ts and state.worst_dpd_ts <= now else 0
     return [
         round(tenure, 3),
@@ -151,7 +154,7 @@ def compute_features(state: MerchantState, as_of: datetime) -> list[float]:
         float(open_gmv), float(open_n),
         float(outstanding), _ratio(outstanding, w30[SETTLED_GMV]),
         float(len(repaid)), _ratio(sum(r[1] for r in repaid), len(repaid)) if repaid else 1.0,
-        float(worst), float(len(history) - len(repaid)),
+        float(worst), float(sum(1 for row in history if row[2] == KIND_CHARGED_OFF)),
     ]
 
 
@@ -165,6 +168,13 @@ def money_rates(state: MerchantState, as_of: int, refunds: bool = True, chargeba
     refund_rate = _gmv_ratio(state, today, 30, REFUND_GMV) if refunds else 0.0
     chargeback_rate = _gmv_ratio(state, today, 90, CHARGEBACK_GMV) if chargebacks else 0.0
     return refund_rate, chargeback_rate
+
+
+def cancel_money_rates(state: MerchantState, as_of: int) -> tuple[float, float]:
+    """(cancelled / placed GMV over 7 days, over 30 days) as of `as_of`: the cancellation guard's money-weighted
+    rates beside the count-based features, which tiny (or 1-cent) orders placed to pad the history dilute."""
+    today = as_of // DAY
+    return _gmv_ratio(state, today, 7, CANCEL_GMV), _gmv_ratio(state, today, 30, CANCEL_GMV)
 
 
 def _gmv_ratio(state: MerchantState, today: int, days: int, column: int) -> float:

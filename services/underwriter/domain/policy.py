@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from services.common.money import MAX_AMOUNT
-from services.underwriter.domain.features import INDEX, money_rates
+from services.underwriter.domain.features import INDEX, cancel_money_rates, money_rates
 from services.underwriter.domain.reasons import Reason
 from services.underwriter.domain.state import (
     DAY,
@@ -46,6 +46,7 @@ class PolicySettings:
     spike_keep_bps: int = field(default=5000, metadata={"doc": "share of the advance rate kept on a sales spike"})
     concentration_share: float = field(default=0.2, metadata={"doc": "top buyer share of orders above this cuts the rate"})
     concentration_keep_bps: int = field(default=5000, metadata={"doc": "share kept on buyer concentration"})
+    concentration_top3_share: float = field(default=0.4, metadata={"doc": "the three top buyers' share of orders above this cuts the rate as concentration too (one self-dealer's few accounts, each under the one-buyer share)"})
     self_dealing_repeat_share: float = field(default=0.6, metadata={"doc": "repeat-buyer share above this, with few buyers, is self-dealing"})
     self_dealing_distinct_share: float = field(default=0.5, metadata={"doc": "distinct buyers per order below this, with repeats, is self-dealing"})
     self_dealing_keep_bps: int = field(default=2500, metadata={"doc": "share kept on a self-dealing pattern"})
@@ -218,11 +219,25 @@ def large_orders(receivables: list[Receivable], f: list[float], p: PolicySetting
     return len(big), sum(big), ticket
 
 
-def guards(f: list[float], p: PolicySettings, money: tuple[float, float] = (0.0, 0.0)) -> list[tuple[int, Reason]]:
+def top_buyers_share(state: MerchantState, as_of: int, k: int = 3) -> tuple[float, int]:
+    """(share of the sampled 30-day orders placed by the `k` buyers placing most of them, sampled orders)."""
+    today = as_of // DAY
+    counts = Counter(b[2] for b in state.buyers if today - 30 < b[0] <= today)
+    n = sum(counts.values())
+    return (sum(c for _, c in counts.most_common(k)) / n if n else 0.0), n
+
+
+def guards(
+    f: list[float], p: PolicySettings, money: tuple[float, float] = (0.0, 0.0),
+    cancelled: tuple[float, float] = (0.0, 0.0), top3: tuple[float, int] = (0.0, 0),
+) -> list[tuple[int, Reason]]:
     """Manipulation and risk guards: (share of the advance rate kept, reason) for each one that fires.
 
-    `money` = features.money_rates: refunds and chargebacks weighed by amount, so that they still fire when the
-    order counts are padded with tiny orders."""
+    `money` = features.money_rates and `cancelled` = features.cancel_money_rates (7 and 30 days): refunds,
+    chargebacks and cancellations weighed by amount, so that they still fire when the order counts are padded
+    with tiny orders. `top3` = top_buyers_share: a self-dealer spreading its orders over a few accounts keeps each
+    under the one-buyer share, not the few together (counted once at least guard_min_orders orders are sampled,
+    so that a short sample of distinct buyers never looks concentrated)."""
     out: list[tuple[int, Reason]] = []
     out.extend(_sales_guards(f, p))
     orders30 = f[INDEX["placed_orders_30d"]]
@@ -231,6 +246,9 @@ def guards(f: list[float], p: PolicySettings, money: tuple[float, float] = (0.0,
     if orders30 >= p.guard_min_orders:
         if top > p.concentration_share:
             out.append((p.concentration_keep_bps, Reason("BUYER_CONCENTRATION", f"one buyer placed {top:.0%} of orders in 30 days")))
+        elif top3[0] > p.concentration_top3_share and top3[1] >= p.guard_min_orders:
+            out.append((p.concentration_keep_bps, Reason(
+                "BUYER_CONCENTRATION", f"three buyers placed {top3[0]:.0%} of orders in 30 days")))
         if repeat > p.self_dealing_repeat_share and distinct / orders30 < p.self_dealing_distinct_share:
             out.append((p.self_dealing_keep_bps, Reason(
                 "SELF_DEALING_PATTERN",
@@ -246,6 +264,9 @@ def guards(f: list[float], p: PolicySettings, money: tuple[float, float] = (0.0,
     if max(c7, c30) >= p.cancel_surge_rate:
         days, rate = (7, c7) if c7 >= c30 else (30, c30)
         out.append((p.cancel_keep_bps, Reason("CANCEL_SURGE", f"cancellation rate rose to {rate:.0%} in {days} days")))
+    elif max(cancelled) >= p.cancel_surge_rate:
+        days, rate = (7, cancelled[0]) if cancelled[0] >= cancelled[1] else (30, cancelled[1])
+        out.append((p.cancel_keep_bps, Reason("CANCEL_SURGE", f"cancellations took {rate:.0%} of sales in {days} days")))
     cb = f[INDEX["chargeback_rate_90d"]]
     if cb >= p.chargeback_rate:
         out.append((p.chargeback_keep_bps, Reason("CHARGEBACKS", f"chargebacks on {cb:.1%} of orders in 90 days")))
@@ -385,7 +406,9 @@ def decide_limit(
     # few to fire (with none at all, no money was refunded or charged back either).
     r7, r30, cb = features[INDEX["refund_rate_7d"]], features[INDEX["refund_rate_30d"]], features[INDEX["chargeback_rate_90d"]]
     money = money_rates(state, as_of, refunds=0 < max(r7, r30) < p.refund_surge_rate, chargebacks=0 < cb < p.chargeback_rate)
-    for keep, reason in guards(features, p, money):
+    c7, c30 = features[INDEX["cancel_rate_7d"]], features[INDEX["cancel_rate_30d"]]
+    cancelled = cancel_money_rates(state, as_of) if 0 < max(c7, c30) < p.cancel_surge_rate else (0.0, 0.0)
+    for keep, reason in guards(features, p, money, cancelled, top_buyers_share(state, as_of)):
         rate = rate * keep // 10_000
         reasons.append(reason)
     outsized, excess, ticket = large_orders(receivables, features, p)
@@ -426,7 +449,9 @@ def decide_limit(
 
 
 def _blocked(state: MerchantState, f: list[float], p: PolicySettings) -> Reason | None:
-    if not state.status:
+    if not state.status or not state.category:
+        # No onboarding yet: a merchant.updated {"status": "active"} seen before it does not make one (no category
+        # to hold the exposure in against its cap).
         return Reason("MERCHANT_NOT_ONBOARDED", "the marketplace has not onboarded this merchant (no merchant.onboarded: "
                       "category and country unknown)")
     if state.status != "active":

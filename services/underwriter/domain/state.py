@@ -14,7 +14,7 @@ What a stream from outside can do to it (each rule has a scenario test in test_u
   nothing; a chargeback or refund seen before its order keeps the order out of the receivables;
 - a refund, chargeback or settlement re-sent under a fresh event id counts once per refund_id / chargeback_id /
   settlement_id (as disbursement counts them), at its old time or a new one, for as long as the limit reads what
-  it counted (32 days for refunds and settlements, 90 for chargebacks: see `counted` for the bound);
+  it counted (32 days for refunds, 90 for settlements and chargebacks: see `counted` for the bound);
 - events older than the 90-day window (late) add no bucket, events of an order older than 60 days no
   receivable; orders known only from later events (a refund of an order settled and forgotten long ago) are
   dropped after two days and go first when the receivable table is full;
@@ -22,7 +22,21 @@ What a stream from outside can do to it (each rule has a scenario test in test_u
   loan.disbursed seen after its loan closed revives nothing, and one re-sent (a fresh event id) while its loan is
   open changes nothing (its repayments and days past due stand: the limit stays frozen while it is delinquent);
   a loan.repayment_applied re-sent (same loan_id and settlement_id) reduces nothing and releases nothing again;
-- status is "" until merchant.onboarded (or a status update): the policy lends nothing to such a merchant.
+- status is "" until merchant.onboarded (or a status update): the policy lends nothing to such a merchant, nor
+  to one whose status update came before its onboarding (no category yet); status and category each follow the
+  update with the latest event time (`profile_ts`): a stale "active" re-sent after a suspension lifts nothing;
+- tenure (`since`) rests on activity seen, not on the time an event claims (`_tenure`): an event more than
+  WINDOW_DAYS older than the latest one seen (a backfill bug, a record produced straight to the topic) moves it
+  back not at all, merchant.onboarded included; a silence longer than WINDOW_DAYS starts it again;
+- cancellations count once per order, by number and by the order's amount (CANCEL_GMV), so orders of 1 cent
+  padding the history do not dilute the cancellation guard; a settlement counts an order's money up to what the
+  order sold for; an order shipped again keeps its first shipment (a parcel that never arrives stops counting
+  on time), and one delivered without an order.shipped counts as shipped by its delivery;
+- the buyer sample leaves out orders below a quarter of the 30-day average order (`_sampled`), so dozens of
+  1-cent orders from fresh buyer accounts cannot crowd a self-dealer's own few accounts out of it (which orders
+  enter it then depends on what was applied before them, no longer on the order ids alone);
+- a loan.repaid for a loan never seen disbursed here (another merchant's, or before its disbursement) keeps the
+  loan closed but counts as an on-time repayment only once its loan.disbursed shows the due date.
 """
 
 from __future__ import annotations
@@ -44,8 +58,8 @@ WINDOW_DAYS = 90
 
 # Daily bucket layout: one list of ints per epoch day.
 PLACED_GMV, PLACED_N, SETTLED_GMV, SETTLED_N, REFUND_N, REFUND_GMV, CANCEL_N, CHARGEBACK_N, CHARGEBACK_GMV, \
-    LAG_HOURS, LAG_N = range(11)
-BUCKET_FIELDS = 11
+    LAG_HOURS, LAG_N, CANCEL_GMV = range(12)
+BUCKET_FIELDS = 12  # buckets saved before CANCEL_GMV existed (11 fields) load with a zero there
 
 # Receivable layout: [amount, flags, placed_ts, shipped_ts, delivery_ts, refunded, closed_ts]
 R_AMOUNT, R_FLAGS, R_PLACED, R_SHIPPED, R_DELIVERY, R_REFUNDED, R_CLOSED = range(7)
@@ -66,12 +80,16 @@ O_CAT = 5
 # Loan history layout: [ts, on_time (1/0), kind, loan id hash]; kind 1 = repaid, 2 = charged off. The hash makes
 # loans.v1 idempotent per loan: a repeated or late loan.repaid / loan.charged_off counts once, and a loan.disbursed
 # seen after its loan closed does not revive the debt (rows saved before the hash existed have three fields).
-KIND_REPAID, KIND_CHARGED_OFF = 1, 2
+# Kind 3 = repaid before the state saw the loan disbursed (a loan.repaid naming a loan this merchant never had, e.g.
+# another merchant's, or one that arrived before its disbursement): it keeps the loan closed, but counts as neither
+# repaid nor charged off (nothing says whether it was on time) until its loan.disbursed shows the due date.
+KIND_REPAID, KIND_CHARGED_OFF, KIND_REPAID_UNSEEN = 1, 2, 3
 
 MAX_RECEIVABLES = 200
 MAX_BUYER_SAMPLE = 66
 BUYERS_PER_DAY = 2
 BUYER_WINDOW_DAYS = 30
+SAMPLE_MIN_TICKET_DIVISOR = 4  # orders below a quarter of the 30-day average order stay out of the buyer sample
 MAX_CLOSED_IDS = 64
 MAX_SEEN = 48
 MAX_LOANS = 64  # open advances; a merchant taking every offer can hold dozens at once
@@ -80,10 +98,17 @@ MAX_LOAN_HISTORY = 24
 HASH_HEX = 8  # closed orders and counted ids: 32-bit hashes, as 8 hex digits
 MAX_COUNTED_IDS = 160
 # Days an id is kept, by kind (two spare days, as for closed receivables): refunds are read over 30 days (refund
-# rates, REFUND_SURGE), chargebacks over 90 (chargeback rate, CHARGEBACKS); settlements over 30 by every cap and
-# guard (settled-sales cap and pace, UNSETTLED_SALES) and the 7/30-day features, over 90 by two model features only
-# (settled_gmv_90d, settled_orders_90d): 90 days of daily settlement ids would cost ~350 more bytes of state.
-COUNTED_DAYS = {"r": 30 + 2, "c": WINDOW_DAYS, "s": 30 + 2}
+# rates, REFUND_SURGE), chargebacks over 90 (chargeback rate, CHARGEBACKS), settlements over 90 (settled_gmv_90d,
+# settled_orders_90d, the 90-day placed/settled conversion; the caps and guards read 30): a settlement re-sent under
+# a new id any time its original still counts counts nothing (~300 bytes of saved state for a merchant settled daily).
+COUNTED_DAYS = {"r": 30 + 2, "c": WINDOW_DAYS, "s": WINDOW_DAYS, "S": WINDOW_DAYS}
+# Settlement ids of weeks older than SHORT_AFTER_DAYS (read by the two 90-day features only) are kept as 16-bit
+# hashes (the first 4 of their 8 hex digits) under "S<week>": ~120 bytes less state for a merchant settled daily. A
+# settlement matching only such a short hash counts no settled sales again but still closes its orders, so a
+# distinct one mistaken for it (odds ~1 in 1,000 with 60 such ids) understates settled sales, never more.
+SHORT_AFTER_DAYS, SHORT_HEX = 30 + 2, 4
+# Event ids applied (`MerchantState.seen`): 40-bit hashes (the top 40 bits of `short_hash`), 10 hex digits each.
+SEEN_HEX = 10
 CLOSED_RETENTION = 2 * DAY  # closed receivables stay visible this long, so features as of t are stable
 RECEIVABLE_HORIZON = 60 * DAY  # an order older than this (event time) is never tracked as a receivable
 
@@ -108,14 +133,25 @@ def _id(value: Any) -> str:
     return value
 
 
-def _packed_has(packed: str, h: str) -> bool:
-    """Whether the hex hash `h` is one of the HASH_HEX-digit hashes concatenated in `packed`."""
+def _packed_has(packed: str, h: str, width: int = HASH_HEX) -> bool:
+    """Whether the hex hash `h` is one of the `width`-digit hashes concatenated in `packed`."""
     at = packed.find(h)
     while at >= 0:
-        if at % HASH_HEX == 0:
+        if at % width == 0:
             return True
         at = packed.find(h, at + 1)
     return False
+
+
+def _seen_hash(event_id: str) -> str:
+    return f"{short_hash(event_id) >> 8:010x}"
+
+
+def _packed_seen(saved: Any) -> str:
+    """`seen` as saved: packed hex, or the list of 48-bit `short_hash` ints states held before (same top bits)."""
+    if isinstance(saved, str):
+        return saved
+    return "".join(f"{h >> 8:010x}" for h in saved[-MAX_SEEN:])
 
 
 def _closed_hash(order_id: str) -> str:
@@ -186,7 +222,9 @@ class MerchantState:
     # Last emitted decision: [limit, available, reason codes joined by ","].
     last: list[Any] = field(default_factory=list)
     last_scored: int = 0
-    seen: list[int] = field(default_factory=list)
+    # Event ids applied, the last MAX_SEEN, as 40-bit hashes (`_seen_hash`, 10 hex digits each) concatenated (states
+    # saved with a list of 48-bit ints are converted): a fresh id is mistaken for one of them with odds of 1 in 23e9.
+    seen: str = ""
     # Input position last applied, by source ("topic:partition" -> offset): a worker that restores this state
     # from the changelog and re-reads records the state already holds (its input offsets were committed
     # after the state was written) skips them, however many there are; `seen` only remembers MAX_SEEN ids.
@@ -199,14 +237,18 @@ class MerchantState:
     # Refund, chargeback and settlement ids counted: "<kind><week>" (kind r, c or s; week = epoch day // 7 of the
     # bucket the event counted in) -> the 32-bit hashes of the ids, as 8 hex digits each, concatenated. One re-sent
     # under a fresh event id (at its old time or a new one) is found here and counts nothing. An id is kept as long
-    # as the caps, guards and 7/30-day features read what it counted (COUNTED_DAYS: 32 days for refunds and
-    # settlements, 90 for chargebacks): its week goes once all of it is older than that, so within that window a
-    # re-send never counts twice (after it, the original no longer counts there). What this leaves open: a
-    # settlement re-sent 32 to 90 days after the original counts again in settled_gmv_90d / settled_orders_90d.
-    # At most MAX_COUNTED_IDS are kept, the oldest week's first when a stream sends more (~0.9 KB of saved state
-    # then; ~5.5 bytes an id, ~200 bytes for a merchant settled daily with a few refunds). A distinct id is
+    # as the caps, guards and features read what it counted (COUNTED_DAYS: 32 days for refunds, 90 for settlements
+    # and chargebacks): its week goes once all of it is older than that, so within that window a re-send never
+    # counts twice (after it, the original no longer counts there either). At most MAX_COUNTED_IDS are kept, the
+    # oldest week's first when a stream sends more (~0.9 KB of saved state then; ~5.5 bytes an id, ~500 bytes for
+    # a merchant settled daily with a few refunds): a merchant settled several times a day keeps its latest
+    # settlements' ids, and one re-sent after its id was pushed out counts again. A distinct id is
     # mistaken for a counted one (and not counted) with odds of at most 160 / 2^32 (1 in 27 million) per event.
     counted: dict[str, str] = field(default_factory=dict)
+    # Event times of the status and the category in force, [status_ts, category_ts] (empty until a merchant.updated
+    # or an onboarding sets one): an update older than the one in force is stale and changes nothing, so a late or
+    # re-sent "active" cannot lift a later suspension, nor an old onboarding undo a later category change.
+    profile_ts: list[int] = field(default_factory=list)
 
     # ----- serialisation ---------------------------------------------------------------------------------
 
@@ -214,13 +256,14 @@ class MerchantState:
         return {
             "m": self.merchant_id, "c": self.currency, "k": self.category, "s": self.status,
             "t0": self.since, "t1": self.latest,
-            "b": [[d, *v] for d, v in sorted(self.buckets.items())],
+            # A bucket without cancelled money is saved without its last field (most are; it loads as 0).
+            "b": [[d, *v] if v[CANCEL_GMV] else [d, *v[:CANCEL_GMV]] for d, v in sorted(self.buckets.items())],
             "u": self.buyers, "r": self.receivables, "x": self.closed,
             "l": self.loans, "h": self.loan_history, "w": [self.worst_dpd, self.worst_dpd_ts],
             "o": self.offer, "d": self.last, "q": self.last_scored, "e": self.seen,
         } | ({"p": self.positions} if self.positions else {}) | ({"n": self.pending} if self.pending else {}) \
             | ({"i": self.counted} if self.counted else {}) \
-            | ({"a": self.accepted} if self.accepted else {})
+            | ({"a": self.accepted} if self.accepted else {}) | ({"v": self.profile_ts} if self.profile_ts else {})
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> MerchantState:
@@ -228,12 +271,14 @@ class MerchantState:
             return cls(
                 merchant_id=obj["m"], currency=obj["c"], category=obj["k"], status=obj["s"],
                 since=obj["t0"], latest=obj["t1"],
-                buckets={b[0]: b[1:] for b in obj["b"]},
+                buckets={b[0]: b[1:] if len(b) > BUCKET_FIELDS else b[1:] + [0] * (BUCKET_FIELDS + 1 - len(b))
+                         for b in obj["b"]},
                 buyers=obj["u"], receivables=obj["r"], closed=_packed_closed(obj["x"]),
                 loans=obj["l"], loan_history=obj["h"], worst_dpd=obj["w"][0], worst_dpd_ts=obj["w"][1],
-                offer=obj["o"], last=obj["d"], last_scored=obj["q"], seen=obj["e"],
+                offer=obj["o"], last=obj["d"], last_scored=obj["q"], seen=_packed_seen(obj["e"]),
                 positions=dict(obj.get("p") or {}), pending=list(obj.get("n") or ()),
                 counted=dict(obj.get("i") or {}), accepted=list(obj.get("a") or ()),
+                profile_ts=list(obj.get("v") or ()),
             )
         except (KeyError, IndexError, TypeError) as exc:
             raise StateError(f"malformed merchant state: {exc!r}") from None
@@ -268,16 +313,15 @@ class MerchantState:
 
     def mark_seen(self, event_id: str) -> bool:
         """Record an event id; False when it was already seen (the event must be ignored)."""
-        h = short_hash(event_id)
-        if h in self.seen:
+        h = _seen_hash(event_id)
+        if _packed_has(self.seen, h, SEEN_HEX):
             return False
         self._remember(h)
         return True
 
-    def _remember(self, h: int) -> None:
-        self.seen.append(h)
-        if len(self.seen) > MAX_SEEN:
-            del self.seen[0]
+    def _remember(self, h: str) -> None:
+        seen = self.seen + h
+        self.seen = seen if len(seen) <= MAX_SEEN * SEEN_HEX else seen[-MAX_SEEN * SEEN_HEX:]
 
     # ----- apply -----------------------------------------------------------------------------------------
 
@@ -296,8 +340,8 @@ class MerchantState:
         if type(eid) is not str or not (0 < len(eid) <= 128 and eid.isascii() and eid.isprintable()) or " " in eid:
             # the schema's Id: decisions name it as their trigger, and it is the dedupe key
             raise StateError(f"event id {str(eid)[:140]!r} is not an identifier")
-        h = short_hash(eid)
-        if h in self.seen:
+        h = _seen_hash(eid)
+        if _packed_has(self.seen, h, SEEN_HEX):
             return None
         # Handlers read and check all their inputs before changing anything, and the id is remembered only
         # once the event applied: a rejected event leaves the state as it was (the core keeps live objects).
@@ -308,13 +352,29 @@ class MerchantState:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:  # AttributeError: data not an object
             raise StateError(f"cannot apply {etype} {eid!r}: {exc!r}") from None
         self._remember(h)
-        if not self.since or ts < self.since:
-            self.since = ts
+        self._tenure(ts)
         if ts > self.latest:
             if ts // DAY != self.latest // DAY:
                 self._prune(ts)
             self.latest = ts
         return ts
+
+    def _tenure(self, ts: int) -> None:
+        """Move the tenure anchor `since` for an event applied at `ts` (before `latest` moves).
+
+        Tenure rests on activity the state has seen, not on whatever time an event claims: the first event sets
+        `since`; a later event moves it back only when it is less than WINDOW_DAYS older than the latest event
+        seen (an event dated years back, produced straight to the topic or by a marketplace's backfill bug,
+        moves nothing, whatever its type, merchant.onboarded included); and an event more than WINDOW_DAYS after
+        the latest one seen (a silence longer than every feature window, or a first event dated long ago) starts
+        tenure again at that event: nothing the state saw before it is in any window any more."""
+        if not self.since:
+            self.since = ts
+        elif ts < self.since:
+            if ts > self.latest - WINDOW_DAYS * DAY:
+                self.since = ts
+        elif ts > self.latest + WINDOW_DAYS * DAY:
+            self.since = ts
 
     def _prune(self, now: int) -> None:
         first_day = now // DAY - WINDOW_DAYS
@@ -323,6 +383,10 @@ class MerchantState:
         today = now // DAY
         for key in [k for k in self.counted if int(k[1:]) * 7 + 6 <= today - COUNTED_DAYS[k[0]]]:
             del self.counted[key]
+        for key in [k for k in self.counted if k[0] == "s" and int(k[1:]) * 7 + 6 <= today - SHORT_AFTER_DAYS]:
+            packed, short = self.counted.pop(key), "S" + key[1:]
+            self.counted[short] = self.counted.get(short, "") + "".join(
+                packed[at:at + SHORT_HEX] for at in range(0, len(packed), HASH_HEX))
         # Two spare days keep features as of a recent past time stable (same retention as closed receivables).
         self.buyers = [b for b in self.buyers if b[0] > now // DAY - BUYER_WINDOW_DAYS - 2]
         stale, horizon = now - CLOSED_RETENTION, now - RECEIVABLE_HORIZON
@@ -372,6 +436,11 @@ class MerchantState:
         if rec is None:
             if ts < self.latest - RECEIVABLE_HORIZON or _packed_has(self.closed, _closed_hash(order_id)):
                 return None
+            if ts < self.latest - CLOSED_RETENTION and len(self.closed) >= MAX_CLOSED_IDS * HASH_HEX:
+                # First seen long after it happened, once closed orders have been forgotten (the bounded list is
+                # full): it may have settled, been cancelled or refunded already. Never a receivable (a backfill
+                # of orders paid out weeks ago must not be lent against again).
+                return None
             if len(self.receivables) >= MAX_RECEIVABLES:
                 self._forget(min(self.receivables, key=self._eviction_order))
             rec = self.receivables[order_id] = [0, 0, 0, 0, 0, 0, 0]
@@ -401,6 +470,13 @@ class MerchantState:
                 return True
         return False
 
+    def _settlement_short_counted(self, h: str | None) -> bool:
+        """Whether `h` matches a settlement id kept short (an old week's: see SHORT_AFTER_DAYS)."""
+        if h is None:
+            return False
+        short = h[:SHORT_HEX]
+        return any(key[0] == "S" and _packed_has(packed, short, SHORT_HEX) for key, packed in self.counted.items())
+
     def _count(self, kind: str, h: str | None, ts: int) -> None:
         """Remember `h` as counted in the bucket of `ts` (not for an event too old to be read: it counts nowhere
         that matters, and a re-send at a newer time may count once)."""
@@ -411,7 +487,7 @@ class MerchantState:
         self.counted[key] = self.counted.get(key, "") + h
         if sum(map(len, self.counted.values())) > MAX_COUNTED_IDS * HASH_HEX:
             oldest = min(self.counted, key=lambda k: (int(k[1:]), k))
-            self.counted[oldest] = self.counted[oldest][HASH_HEX:]
+            self.counted[oldest] = self.counted[oldest][SHORT_HEX if oldest[0] == "S" else HASH_HEX:]
             if not self.counted[oldest]:
                 del self.counted[oldest]
 
@@ -433,18 +509,36 @@ class MerchantState:
                 # Its history is in the old currency: mixing the two would misstate every amount.
                 raise ValueError(f"currency change from {self.currency!r} to {currency!r} while the merchant "
                                  "has sales or advances in the old one")
-        self.currency, self.category = currency, category
+        self.currency = currency
+        if not self.profile_ts:
+            self.category = category  # no update seen: nothing to keep (and nothing more to save)
+        elif self._newer(1, ts):
+            self.category = category  # else a category change dated after this onboarding stays in force
         if not self.status:
             self.status = "active"  # a status update seen before the (late) onboarding stays in force
-        self.since = ts if not self.since else min(self.since, ts)
 
     def _updated(self, data: dict[str, Any], ts: int) -> None:
+        """Each of status and category follows the update with the latest event time (see `profile_ts`)."""
         category, status = data.get("category", self.category), data.get("status", self.status)
         if "category" in data and not (type(category) is str and category):
             raise ValueError(f"bad category {category!r}")
         if "status" in data and status not in STATUSES:
             raise ValueError(f"bad status {status!r}")
-        self.category, self.status = category, status
+        if "status" in data and self._newer(0, ts):
+            self.status = status
+        if "category" in data and self._newer(1, ts):
+            self.category = category
+
+    def _newer(self, at: int, ts: int) -> bool:
+        """Whether an update at `ts` of the profile field `at` (0 status, 1 category) is not older than the one in
+        force; if so it becomes the one in force."""
+        times = self.profile_ts
+        if not times:
+            times = self.profile_ts = [0, 0]
+        if ts < times[at]:
+            return False
+        times[at] = ts
+        return True
 
     def _placed(self, data: dict[str, Any], ts: int) -> None:
         order_id, buyer_id, amount = _id(data["order_id"]), str(data["buyer_id"]), self._money(data["amount"])
@@ -461,7 +555,8 @@ class MerchantState:
             b = self.bucket(ts)
             b[PLACED_GMV] += amount
             b[PLACED_N] += 1
-            self._sample_buyer(ts // DAY, order_id, buyer_id)
+            if self._sampled(amount, ts // DAY):
+                self._sample_buyer(ts // DAY, order_id, buyer_id)
         if rec is not None:
             rec[R_AMOUNT] = min(rec[R_AMOUNT], amount) if rec[R_FLAGS] & F_PAID else amount
             rec[R_PLACED] = ts
@@ -470,11 +565,27 @@ class MerchantState:
                 settled = self.bucket(rec[R_CLOSED])
                 settled[LAG_HOURS] += (rec[R_CLOSED] - ts) // 3600
                 settled[LAG_N] += 1
+            if rec[R_FLAGS] & F_CANCELLED and not rec[R_FLAGS] & F_PLACED and rec[R_CLOSED]:
+                self.bucket(rec[R_CLOSED])[CANCEL_GMV] += rec[R_AMOUNT]  # its cancellation arrived first
             rec[R_FLAGS] |= F_PLACED
 
+    def _sampled(self, amount: int, day: int) -> bool:
+        """Whether an order of `amount` placed on `day` enters the buyer sample: not when it is below
+        1 / SAMPLE_MIN_TICKET_DIVISOR of the merchant's average order over the 30 days to then. Orders of a few cents from
+        fresh buyer accounts, placed by the dozen, would otherwise crowd a self-dealer's own few buyers out of the
+        sample and hide their concentration; an honest merchant's orders that small are rare (and a first order,
+        with no average yet, is always sampled)."""
+        get = self.buckets.get
+        gmv = n = 0
+        for d in range(day - 29, day + 1):
+            if (b := get(d)) is not None:
+                gmv += b[PLACED_GMV]
+                n += b[PLACED_N]
+        return not n or amount * n * SAMPLE_MIN_TICKET_DIVISOR >= gmv
+
     def _sample_buyer(self, day: int, order_id: str, buyer_id: str) -> None:
-        """Keep the BUYERS_PER_DAY orders of each day with the smallest order-id hash: a sample that does
-        not depend on arrival order, and that later days never change."""
+        """Keep the BUYERS_PER_DAY orders of each day with the smallest order-id hash among those `_sampled`: a
+        sample that later days never change."""
         buyers = self.buyers
         bisect.insort(buyers, [day, short_hash(order_id, 3), short_hash(buyer_id, 3)])
         # Sorted by day first: the day's entries are the contiguous run [first, end).
@@ -498,23 +609,44 @@ class MerchantState:
         expected = data.get("expected_delivery_at")
         expected_ts = int(parse_rfc3339(expected).timestamp()) if expected else 0
         rec = self._receivable(_id(data["order_id"]), ts)
-        if rec is not None:
-            rec[R_FLAGS] |= F_SHIPPED
-            rec[R_SHIPPED] = ts
-            if expected_ts and not rec[R_FLAGS] & F_DELIVERED:
-                rec[R_DELIVERY] = expected_ts
+        if rec is None:
+            return
+        if rec[R_FLAGS] & F_SHIPPED and rec[R_SHIPPED]:
+            # Shipped again (re-sent, or the merchant re-marking it): the parcel left at its first shipment and is
+            # due by the earliest delivery promised, so re-shipping a parcel that never arrives cannot keep it
+            # looking on its way (eligible) past the overdue window.
+            rec[R_SHIPPED] = min(rec[R_SHIPPED], ts)
+            if expected_ts and rec[R_DELIVERY] and not rec[R_FLAGS] & F_DELIVERED:
+                rec[R_DELIVERY] = min(rec[R_DELIVERY], expected_ts)
+            return
+        rec[R_FLAGS] |= F_SHIPPED
+        rec[R_SHIPPED] = ts
+        if expected_ts and not rec[R_FLAGS] & F_DELIVERED:
+            rec[R_DELIVERY] = expected_ts
 
     def _delivered(self, data: dict[str, Any], ts: int) -> None:
         rec = self._receivable(_id(data["order_id"]), ts)
         if rec is not None:
-            rec[R_FLAGS] |= F_DELIVERED
+            if not rec[R_FLAGS] & F_SHIPPED or rec[R_SHIPPED] > ts:
+                rec[R_SHIPPED] = ts  # delivered, so shipped by then (a marketplace may send no order.shipped)
+            rec[R_FLAGS] |= F_DELIVERED | F_SHIPPED
             rec[R_DELIVERY] = ts
 
     def _cancelled(self, data: dict[str, Any], ts: int) -> None:
+        """Counted once per order (a cancellation re-sent under a new event id counts nothing), by number and by
+        the order's amount (CANCEL_GMV: padding the history with tiny orders dilutes the count-based rate, not the
+        money one); a cancellation seen before its order counts the amount when the order's placement arrives."""
         order_id = _id(data["order_id"])
-        self.bucket(ts)[CANCEL_N] += 1
         rec = self._receivable(order_id, ts)
+        if rec is not None and rec[R_FLAGS] & F_CANCELLED:
+            if ts < rec[R_CLOSED]:
+                self._close(rec, F_CANCELLED, ts)
+            return
+        b = self.bucket(ts)
+        b[CANCEL_N] += 1
         if rec is not None:
+            if rec[R_FLAGS] & F_PLACED:
+                b[CANCEL_GMV] += rec[R_AMOUNT]
             self._close(rec, F_CANCELLED, ts)
 
     def _refunded(self, data: dict[str, Any], ts: int) -> None:
@@ -553,17 +685,23 @@ class MerchantState:
         h = self._counted_hash("s", data.get("settlement_id"))
         if self._was_counted("s", h):
             return  # the same settlement re-sent under a new event id, after its orders' receivables were forgotten
-        self._count("s", h, ts)
+        # One counted weeks ago (its id kept short): its sales count nothing again, its orders still close.
+        count = not self._settlement_short_counted(h)
+        if count:
+            self._count("s", h, ts)
         b = self.bucket(ts)
         for order_id, amount in items:
             rec = self._receivable(order_id, ts)
             if rec is not None and rec[R_FLAGS] & F_SETTLED:
                 continue  # settled already (the settlement re-sent under a new id, or the order listed twice)
-            b[SETTLED_GMV] += amount
-            b[SETTLED_N] += 1
+            if rec is not None and rec[R_FLAGS] & (F_PLACED | F_PAID):
+                amount = min(amount, rec[R_AMOUNT])  # an order settles as sales up to what it sold for
+            if count:
+                b[SETTLED_GMV] += amount
+                b[SETTLED_N] += 1
             if rec is None:
                 continue
-            if rec[R_FLAGS] & F_PLACED and rec[R_PLACED] <= ts:
+            if count and rec[R_FLAGS] & F_PLACED and rec[R_PLACED] <= ts:
                 b[LAG_HOURS] += (ts - rec[R_PLACED]) // 3600
                 b[LAG_N] += 1
             self._close(rec, F_SETTLED, ts)
@@ -583,8 +721,13 @@ class MerchantState:
         owed = principal + self._money(data["fee"])
         due = int(parse_rfc3339(data["due_at"]).timestamp())
         loan_id, order_ids = _id(data["loan_id"]), [_id(o) for o in data.get("order_ids") or ()]
-        if self._loan_closed(loan_id):
-            return  # redelivered, or late after the loan's own repayment or charge-off: nothing is owed
+        closed = self._closed_row(loan_id)
+        if closed is not None:
+            # Redelivered, or late after the loan's own repayment or charge-off: nothing is owed. A repayment seen
+            # before it is now known to be on time or not.
+            if closed[2] == KIND_REPAID_UNSEEN:
+                closed[1:3] = [1 if closed[0] <= due else 0, KIND_REPAID]
+            return
         # Booked in the category its offer reserved the exposure in (accepted, or still open if the acceptance
         # was not seen); a redelivered disbursement keeps the category it was booked in.
         offer_id, known = data.get("offer_id"), self.loans.get(loan_id)
@@ -632,8 +775,10 @@ class MerchantState:
         if self._loan_closed(loan_id):
             return  # repaid (or charged off) already: one loan counts once
         loan = self.loans.pop(loan_id, None)
-        on_time = 1 if loan is None or repaid_at <= loan[L_DUE] else 0
-        self._history([ts, on_time, KIND_REPAID, short_hash(loan_id)])
+        if loan is None:  # never seen disbursed here: no due date to be on time by (see KIND_REPAID_UNSEEN)
+            self._history([min(ts, repaid_at), 0, KIND_REPAID_UNSEEN, short_hash(loan_id)])
+            return
+        self._history([ts, 1 if repaid_at <= loan[L_DUE] else 0, KIND_REPAID, short_hash(loan_id)])
 
     def _delinquent(self, data: dict[str, Any], ts: int) -> None:
         dpd, remaining = int(data["days_past_due"]), self._money(data["remaining"])
@@ -653,8 +798,11 @@ class MerchantState:
         self._history([ts, 0, KIND_CHARGED_OFF, short_hash(loan_id)])
 
     def _loan_closed(self, loan_id: str) -> bool:
+        return self._closed_row(loan_id) is not None
+
+    def _closed_row(self, loan_id: str) -> list[int] | None:
         h = short_hash(loan_id)
-        return any(len(row) > 3 and row[3] == h for row in self.loan_history)
+        return next((row for row in self.loan_history if len(row) > 3 and row[3] == h), None)
 
     def _history(self, row: list[int]) -> None:
         bisect.insort(self.loan_history, row)

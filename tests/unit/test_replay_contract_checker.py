@@ -1,0 +1,177 @@
+"""The contract checker itself: a real replay passes it, and each rule catches the record that breaks it."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from floatbridge.embedded import contract
+from floatbridge.embedded.runner import replay_file
+from tests.scenario import _ev, healthy_merchant, settlement
+
+pytestmark = pytest.mark.unit
+
+END = datetime(2025, 3, 1, tzinfo=UTC)
+Run = tuple[list[dict[str, Any]], list[dict[str, Any]]]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """Three healthy merchants borrow; half their last receivables settle, the rest never do: repayments, repaid
+    loans, delinquency and charge-offs once the clock runs on (a merchant onboarded 130 days later)."""
+    tmp = tmp_path_factory.mktemp("contract")
+    histories = [healthy_merchant(f"m{i}", END, days=50, seed=i) for i in range(3)]
+    events = sorted((e for h in histories for e in h.events), key=lambda e: e["time"])
+    later = END + timedelta(days=4)
+    events += [settlement(h.merchant_id, later, h.open_orders[: len(h.open_orders) // 2], f"{h.merchant_id}-fin")
+               for h in histories]
+    events.append(_ev("merchant.onboarded", "m-clock", END + timedelta(days=130),
+                      {"category": "home", "country": "BR", "currency": "BRL"}, "m-clock-onb"))
+    src = tmp / "in.ndjson"
+    src.write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    replay_file(src, tmp / "out", accept="all", progress=False)
+    emitted = [json.loads(x) for x in (tmp / "out" / "emitted.ndjson").read_text().splitlines()]
+    types = {e["type"] for e in emitted}
+    assert {"loan_offer.created", "loan.disbursed", "loan.repayment_applied", "loan.repaid", "loan.delinquent",
+            "loan.charged_off", "collection.instruction"} <= types
+    return events, emitted
+
+
+def test_a_replay_of_healthy_and_defaulting_merchants_keeps_the_contract(run: Run) -> None:
+    events, emitted = run
+    assert contract.check(events, emitted) == []
+
+
+def _first(emitted: list[dict[str, Any]], etype: str, nth: int = 0) -> int:
+    return [i for i, e in enumerate(emitted) if e["type"] == etype][nth]
+
+
+def _rules(events: list[dict[str, Any]], emitted: list[dict[str, Any]], **terms: Any) -> set[str]:
+    return {v.rule for v in contract.check(events, emitted, contract.Terms(**terms) if terms else None)}
+
+
+def _limit_before_first_offer(em: list[dict[str, Any]]) -> dict[str, Any]:
+    i = _first(em, "loan_offer.created")
+    return next(e for e in reversed(em[:i]) if e["type"] == "credit_limit.updated" and e["subject"] == em[i]["subject"])
+
+
+def _offer_above_available(em: list[dict[str, Any]]) -> None:
+    em[_first(em, "loan_offer.created")]["data"]["amount"]["amount"] = \
+        _limit_before_first_offer(em)["data"]["available"]["amount"] + 1
+
+
+def _set(path: str, value: Any, etype: str, nth: int = 0) -> Callable[[list[dict[str, Any]]], None]:
+    def tamper(em: list[dict[str, Any]]) -> None:
+        *keys, last = path.split(".")
+        node = em[_first(em, etype, nth)]["data"]
+        for k in keys:
+            node = node[k]
+        node[last] = value(node[last]) if callable(value) else value
+    return tamper
+
+
+def _repeat(etype: str) -> Callable[[list[dict[str, Any]]], None]:
+    def tamper(em: list[dict[str, Any]]) -> None:
+        em.append(copy.deepcopy(em[_first(em, etype)]))
+    return tamper
+
+
+def _offer_after_delinquency(em: list[dict[str, Any]]) -> None:
+    late = em[_first(em, "loan.delinquent")]
+    offer = copy.deepcopy(next(e for e in em if e["type"] == "loan_offer.created" and e["subject"] == late["subject"]))
+    offer["id"], offer["data"]["offer_id"] = "forged", "forged-offer"
+    em.insert(_first(em, "loan.delinquent") + 1, offer)
+
+
+def _limit_raised_while_delinquent(em: list[dict[str, Any]]) -> None:
+    i = _first(em, "loan.delinquent")
+    mid = em[i]["subject"]
+    limit = copy.deepcopy(next(e for e in reversed(em[:i]) if e["type"] == "credit_limit.updated"
+                               and e["subject"] == mid))
+    limit["id"] = "forged-limit"
+    limit["data"]["limit"]["amount"] += 1_000
+    em.insert(i + 1, limit)
+
+
+TAMPERINGS: dict[str, Callable[[list[dict[str, Any]]], None]] = {
+    "offer.amount_above_available": _offer_above_available,
+    "offer.fee": _set("fee.amount", lambda x: x + 1, "loan_offer.created"),
+    "offer.expires_at": _set("expires_at", "2030-01-01T00:00:00Z", "loan_offer.created"),
+    "offer.due_at": _set("due_at", "2030-01-01T00:00:00Z", "loan_offer.created"),
+    "offer.apr": _set("apr", 0.21, "loan_offer.created"),
+    "offer.order_unknown": _set("order_ids", lambda ids: [*ids, "never-placed"], "loan_offer.created"),
+    "offer.order_ids": _set("order_ids", [], "loan_offer.created"),
+    "offer.while_delinquent": _offer_after_delinquency,
+    "limit.raised_while_delinquent": _limit_raised_while_delinquent,
+    "limit.available": _set("available.amount", lambda x: 10**9, "credit_limit.updated", 5),
+    "limit.merchant_cap": _set("limit.amount", lambda x: 10**9, "credit_limit.updated", 5),
+    "offer.amount": _set("amount.amount", 1, "loan_offer.created"),
+    "offer.amount_above_receivables": lambda em: _limit_before_first_offer(em)["data"].update(advance_rate_bps=1),
+    "decision.pd": _set("pd", 1.5, "credit_limit.updated"),
+    "decision.model_version": _set("model_version", "", "loan_offer.created"),
+    "decision.reasons": _set("reasons", [{"code": "X"}], "credit_limit.updated"),
+    "decision.trigger": _set("trigger_event_id", "m-clock-onb", "credit_limit.updated"),
+    "money": _set("fee", {"amount": 1.5, "currency": "BRL"}, "loan.disbursed"),
+    "loan.terms": _set("principal.amount", lambda x: x + 1, "loan.disbursed"),
+    "loan.twice": _repeat("loan.disbursed"),
+    "accept.twice": _repeat("loan_offer.accepted"),
+    "emitted.duplicate_id": _repeat("loan.repaid"),
+    "loan.repaid_twice": _repeat("loan.repaid"),
+    "repayment.remaining": _set("remaining.amount", lambda x: x + 7, "loan.repayment_applied"),
+    "repayment.settlement": _set("settlement_id", "someone-elses-payout", "loan.repayment_applied"),
+    "collection.owed": _set("owed.amount", lambda x: x + 1, "collection.instruction"),
+    "delinquent.dpd": _set("days_past_due", lambda x: x + 1, "loan.delinquent"),
+    "delinquent.bucket": _set("bucket", "31-60", "loan.delinquent"),
+    "loan.charged_off_amount": _set("amount.amount", lambda x: x + 1, "loan.charged_off"),
+}
+
+
+@pytest.mark.parametrize("rule", sorted(TAMPERINGS))
+def test_the_checker_names_the_rule_a_tampered_emitted_stream_breaks(run: Run, rule: str) -> None:
+    events, emitted = run
+    tampered = copy.deepcopy(emitted)
+    TAMPERINGS[rule](tampered)
+    assert rule in _rules(events, tampered)
+
+
+def test_offers_made_with_the_kill_switch_on_break_the_contract(run: Run) -> None:
+    events, emitted = run
+    assert "offer.kill_switch" in _rules(events, emitted, kill_switch=True)
+
+
+def test_an_offer_to_a_suspended_merchant_or_on_a_settled_order_breaks_the_contract(run: Run) -> None:
+    events, emitted = run
+    offer = emitted[_first(emitted, "loan_offer.created")]
+    mid, at = offer["subject"], datetime.fromisoformat(offer["time"].replace("Z", "+00:00"))
+    trigger = next(i for i, e in enumerate(events) if e["id"] == offer["data"]["trigger_event_id"])
+    order = offer["data"]["order_ids"][0]
+    before = at - timedelta(minutes=1)
+    suspended = _ev("merchant.updated", mid, before, {"status": "suspended"}, "susp")
+    paid_out = settlement(mid, before, [(order, 1)], "early-payout")
+    assert "offer.merchant_not_active" in _rules([*events[:trigger], suspended, *events[trigger:]], emitted)
+    assert "offer.order_closed" in _rules([*events[:trigger], paid_out, *events[trigger:]], emitted)
+    # Arriving after the decision's trigger, the engine could not have known: no violation.
+    assert "offer.order_closed" not in _rules([*events, paid_out], emitted)
+
+
+def test_a_loan_left_unpaid_long_past_due_without_a_charge_off_breaks_the_contract(run: Run) -> None:
+    events, emitted = run
+    kept = [e for e in emitted if e["type"] != "loan.charged_off"]
+    assert "loan.not_charged_off" in _rules(events, kept)
+
+
+def test_an_acceptance_after_a_financed_order_was_paid_out_breaks_the_contract(run: Run) -> None:
+    events, emitted = run
+    accepted = emitted[_first(emitted, "loan_offer.accepted")]
+    offer = next(e for e in emitted if e["type"] == "loan_offer.created"
+                 and e["data"]["offer_id"] == accepted["data"]["offer_id"])
+    at = datetime.fromisoformat(offer["time"].replace("Z", "+00:00"))
+    trigger = next(i for i, e in enumerate(events) if e["id"] == offer["data"]["trigger_event_id"])
+    paid_out = settlement(offer["subject"], at + timedelta(seconds=1), [(offer["data"]["order_ids"][0], 1)], "po")
+    rules = _rules([*events[:trigger + 1], paid_out, *events[trigger + 1:]], emitted)
+    assert "accept.order_closed" in rules and "offer.order_closed" not in rules
