@@ -47,8 +47,21 @@ def register(sub: Any) -> None:
                    help="merchants accept every offer (all), one while none of their advances is open, or none")
     r.add_argument("--data", type=Path, default=DEFAULT_OLIST, help="Olist data folder (for 'olist')")
     r.add_argument("--limit-orders", type=int, default=None, help="Olist: only the first N orders (a slice)")
+    r.add_argument("--as-of", type=_rfc3339, default=None, metavar="RFC3339",
+                   help="the time events are received at for the future-date check: an event dated more than "
+                   "ingest's skew (FLOATBRIDGE_INGEST_MAX_FUTURE_SKEW_SECONDS) after it is rejected and does not "
+                   "move the replay clock (default: the wall clock now, as ingest does)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=_replay)
+
+
+def _rfc3339(text: str) -> Any:
+    from services.common.timeutil import parse_rfc3339
+
+    try:
+        return parse_rfc3339(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an RFC 3339 time with an offset: {exc}") from None
 
 
 def _serve_metrics(port: int) -> Any:
@@ -82,13 +95,14 @@ def _replay(args: argparse.Namespace) -> int:
         if not (args.data / "olist_orders_dataset.csv.gz").exists():
             print(f"floatbridge: Olist data not found in {args.data}", file=sys.stderr)
             return 2
-        result = replay_olist(args.data, args.out, args.accept, args.limit_orders, progress=not args.no_progress)
+        result = replay_olist(args.data, args.out, args.accept, args.limit_orders, progress=not args.no_progress,
+                              as_of=args.as_of)
     else:
         path = Path(args.events)
         if not path.exists():
             print(f"floatbridge: no such file {path}", file=sys.stderr)
             return 2
-        result = replay_file(path, args.out, args.accept, progress=not args.no_progress)
+        result = replay_file(path, args.out, args.accept, progress=not args.no_progress, as_of=args.as_of)
     print_summary(result)
     for line, eid, errors in result.engine.line_errors[:20]:
         first = "; ".join(f"{e['pointer'] or '/'}: {e['message']}" for e in errors[:3])

@@ -185,8 +185,20 @@ class Tally:
     borrowers: set[str] = field(default_factory=set)
     daily: list[dict[str, Any]] = field(default_factory=list)
     timelines: dict[str, list[tuple[str, str, int, str]]] = field(default_factory=lambda: defaultdict(list))
-    currency: str = ""
+    currency: str = ""  # the run's first currency: the scalar money totals and the report's charts are in it
     open_loans: set[str] = field(default_factory=set)  # disbursed or delinquent: what outstanding sums
+    # Money totals per currency (disbursed, fees, repaid_amount, charged_off_principal): amounts in different
+    # currencies are never added together.
+    money: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+    merchant_currency: dict[str, str] = field(default_factory=dict)
+
+    def _add(self, currency: str, key: str, amount: int) -> None:
+        """Add to the per-currency total `key` (also the scalar field of that name in the first currency)."""
+        self.money[currency][key] += amount
+        if not self.currency:
+            self.currency = currency
+        if currency == self.currency:
+            setattr(self, key, getattr(self, key) + amount)
 
     def watch(self, topic: str, event: dict[str, Any]) -> None:
         etype, data, mid = event["type"], event.get("data") or {}, event.get("subject", "")
@@ -195,8 +207,11 @@ class Tally:
         elif topic == topics.INGEST_REJECTED:
             self.rejected += 1
         elif etype == "credit_limit.updated":
-            self.limits[mid] = data["limit"]["amount"]
-            self.currency = data["limit"]["currency"]
+            self.merchant_currency[mid] = data["limit"]["currency"]
+            if not self.currency:
+                self.currency = data["limit"]["currency"]
+            if data["limit"]["currency"] == self.currency:
+                self.limits[mid] = data["limit"]["amount"]
             codes = [r["code"] for r in data.get("reasons", [])]
             self.reasons_by_merchant[mid].update(codes)
             if len(self.timelines[mid]) < 400:
@@ -207,10 +222,10 @@ class Tally:
         elif etype == "loan.disbursed":
             self.accepted += 1
             self.borrowers.add(mid)
-            principal, fee = data["principal"]["amount"], data["fee"]["amount"]
-            self.disbursed += principal
-            self.fees += fee
-            self.loans[data["loan_id"]] = {"merchant": mid, "principal": principal, "fee": fee,
+            principal, fee, cur = data["principal"]["amount"], data["fee"]["amount"], data["principal"]["currency"]
+            self._add(cur, "disbursed", principal)
+            self._add(cur, "fees", fee)
+            self.loans[data["loan_id"]] = {"merchant": mid, "principal": principal, "fee": fee, "currency": cur,
                                            "remaining": principal + fee, "state": "disbursed"}
             self.open_loans.add(data["loan_id"])
             self.timelines[mid].append((event["time"], etype, principal, data["loan_id"]))
@@ -218,7 +233,7 @@ class Tally:
             loan = self.loans.get(data["loan_id"])
             if loan is not None:
                 loan["remaining"] = data["remaining"]["amount"]
-            self.repaid_amount += data["amount"]["amount"]
+            self._add(data["amount"]["currency"], "repaid_amount", data["amount"]["amount"])
         elif etype == "loan.repaid":
             self.repaid += 1
             loan = self.loans.get(data["loan_id"])
@@ -237,12 +252,14 @@ class Tally:
             if loan is not None:
                 loan["state"] = "charged_off"
                 # Principal share of what was written off; the fee part was never lent.
-                self.charged_off_principal += min(loan["principal"], data["amount"]["amount"])
+                self._add(loan["currency"], "charged_off_principal", min(loan["principal"], data["amount"]["amount"]))
                 self.timelines[loan["merchant"]].append((event["time"], etype, data["amount"]["amount"], ""))
 
-    def outstanding(self) -> int:
-        loans = self.loans
-        return sum(loans[k]["remaining"] for k in self.open_loans if loans[k]["state"] in ("disbursed", "delinquent"))
+    def outstanding(self, currency: str | None = None) -> int:
+        """Remaining balances of open loans in `currency` (default: the run's first currency)."""
+        loans, cur = self.loans, currency or self.currency
+        return sum(loans[k]["remaining"] for k in self.open_loans
+                   if loans[k]["state"] in ("disbursed", "delinquent") and loans[k]["currency"] == cur)
 
     def snapshot(self, day: str) -> None:
         self.daily.append({
@@ -264,6 +281,11 @@ class EngineOptions:
     # Merchants accept through the disbursement HTTP app (FastAPI, in-process) instead of calling the
     # application service the HTTP handler calls; the same checks, slower.
     accept_over_http: bool = False
+    # What "now" is for the future-date check: an event dated more than ingest's future skew after it is
+    # rejected as future-dated (reason time) and never moves the replay clock, so one mistyped year cannot
+    # age every loan to charge-off. Replays of files pass the wall clock at start, as ingest compares with
+    # the wall clock; None (the simulated demo) checks nothing.
+    as_of: datetime | None = None
 
 
 class EmbeddedEngine:
@@ -315,6 +337,9 @@ class EmbeddedEngine:
         self._lines: dict[str, int] = {}
         self.events_in = 0
         self._next_tick: datetime | None = None
+        skew = isettings.max_future_skew_seconds
+        self._horizon: datetime | None = None if options.as_of is None or skew < 0 \
+            else options.as_of + timedelta(seconds=skew)
         # Webhook rows appear only when disbursement handled something; skip empty dispatch passes.
         self._outbox_dirty = True
         self._day_dispatched: str | None = None
@@ -522,6 +547,8 @@ class EmbeddedEngine:
                 at = parse_rfc3339(t)
             except ValueError:
                 continue
+            if self._horizon is not None and at > self._horizon:
+                continue  # future-dated: ingest rejects it against the unmoved clock
             if at > self.now:
                 if i > start and self._next_tick is not None and at >= self._next_tick:
                     self._submit(batch[start:i])

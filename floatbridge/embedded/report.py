@@ -7,6 +7,7 @@ from html import escape
 from typing import Any
 
 from floatbridge.embedded.svg import bar_chart, line_chart
+from services.common.money import CURRENCY_EXPONENTS
 
 
 def _days(daily: list[dict[str, Any]], key: str, scale: float = 1.0) -> list[tuple[float, float]]:
@@ -32,13 +33,16 @@ def _archetype_loss(result: Any) -> dict[str, float]:
 def render(result: Any, rows: list[tuple[str, str]]) -> str:
     t = result.engine.tally
     daily = t.daily
+    # Money charts are in the run's first currency (a mixed-currency replay's others are in the summary).
+    cur = t.currency or "BRL"
+    unit, scale = f"({cur})", float(10 ** CURRENCY_EXPONENTS.get(cur, 2))
     charts = [
-        line_chart("Sum of credit limits", {"limits": _days(daily, "limits", 100)}, "day", "(major units)"),
+        line_chart("Sum of credit limits", {"limits": _days(daily, "limits", scale)}, "day", unit),
         line_chart("Offers and acceptances (cumulative)",
                    {"offers": _days(daily, "offers"), "loans": _days(daily, "accepted")}, "day"),
         line_chart("Disbursed (cumulative) and outstanding",
-                   {"disbursed": _days(daily, "disbursed", 100), "outstanding": _days(daily, "outstanding", 100)},
-                   "day", "(major units)"),
+                   {"disbursed": _days(daily, "disbursed", scale), "outstanding": _days(daily, "outstanding", scale)},
+                   "day", unit),
         line_chart("Delinquent loans and charge-offs",
                    {"delinquent now": _days(daily, "delinquent"), "charged off": _days(daily, "charged_off")},
                    "day"),

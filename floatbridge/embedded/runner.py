@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -82,16 +83,20 @@ def demo(merchants: int, days: int, seed: int, out: Path, progress: bool = True,
                      title=f"Floatbridge demo: {merchants} merchants x {days} days, seed {seed}")
 
 
-def replay_file(path: Path, out: Path, accept: str = "all", progress: bool = True) -> RunResult:
+def replay_file(path: Path, out: Path, accept: str = "all", progress: bool = True,
+                as_of: datetime | None = None) -> RunResult:
+    """Replay a file of CloudEvents. Events dated after `as_of` (default: the wall clock now, as ingest
+    checks) plus ingest's future skew are rejected as future-dated and do not move the replay clock."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "emitted.ndjson", "w", encoding="utf-8") as emitted:
-        engine = EmbeddedEngine(EngineOptions(db_path=out / "disbursement.sqlite", accept=accept, emitted=emitted))
+        engine = EmbeddedEngine(EngineOptions(db_path=out / "disbursement.sqlite", accept=accept, emitted=emitted,
+                                              as_of=as_of or datetime.now(UTC)))
         seconds = run_events(engine, numbered(open_events(path)), desc=path.name, progress=progress)
     return RunResult(engine, seconds, engine.events_in, title=f"Floatbridge replay of {path.name}")
 
 
 def replay_olist(data: Path, out: Path, accept: str = "all", limit_orders: int | None = None,
-                 progress: bool = True) -> RunResult:
+                 progress: bool = True, as_of: datetime | None = None) -> RunResult:
     from floatbridge.embedded.olist import CREDIT, OlistOptions, olist_events
 
     out.mkdir(parents=True, exist_ok=True)
@@ -99,7 +104,8 @@ def replay_olist(data: Path, out: Path, accept: str = "all", limit_orders: int |
     events = olist_events(data, OlistOptions(limit_orders=limit_orders))
     convert = time.perf_counter() - t0
     with open(out / "emitted.ndjson", "w", encoding="utf-8") as emitted:
-        engine = EmbeddedEngine(EngineOptions(db_path=out / "disbursement.sqlite", accept=accept, emitted=emitted))
+        engine = EmbeddedEngine(EngineOptions(db_path=out / "disbursement.sqlite", accept=accept, emitted=emitted,
+                                              as_of=as_of or datetime.now(UTC)))
         seconds = run_events(engine, enumerate(events, 1), total=len(events), desc="olist", progress=progress)
     result = RunResult(engine, seconds + convert, engine.events_in, title="Floatbridge replay of real Olist data")
     result.notes.append(f"Data: {CREDIT}. Conversion to events took {convert:.1f} s.")
@@ -107,31 +113,50 @@ def replay_olist(data: Path, out: Path, accept: str = "all", limit_orders: int |
 
 
 def _money(minor: int, currency: str) -> str:
-    return f"{minor / 100:,.2f} {currency}" if currency not in ("JPY", "KRW", "CLP") else f"{minor:,} {currency}"
+    """Minor units shown in major units with the currency's own exponent (JPY 0, BRL 2, KWD 3), exactly."""
+    from services.common.money import CURRENCY_EXPONENTS
+
+    exp = CURRENCY_EXPONENTS.get(currency, 2)
+    if exp == 0:
+        return f"{minor:,} {currency}"
+    sign, whole, frac = "-" if minor < 0 else "", *divmod(abs(minor), 10 ** exp)
+    return f"{sign}{whole:,}.{frac:0{exp}d} {currency}"
 
 
 def summary(result: RunResult) -> list[tuple[str, str]]:
     e, t = result.engine, result.engine.tally
     cur = t.currency or "BRL"
-    loss = t.charged_off_principal / t.disbursed if t.disbursed else 0.0
+    currencies = sorted(t.money) or [cur]
+
+    def total(key: str) -> str:  # one figure per currency: amounts in different currencies are not added
+        return "; ".join(_money(t.money[c][key] if c in t.money else 0, c) for c in currencies)
+
+    def ratio(key: str, digits: str = ".2%") -> str:
+        parts = [(c, t.money[c][key] / t.money[c]["disbursed"]) for c in currencies
+                 if c in t.money and t.money[c]["disbursed"]]
+        if not parts:
+            return f"{0:{digits}}" if key == "charged_off_principal" else "n/a"
+        return "; ".join(f"{v:{digits}}" + (f" {c}" if len(currencies) > 1 else "") for c, v in parts)
+
     rows = [
         ("events in", f"{result.events:,}"),
         ("events rejected by ingest", f"{t.rejected:,}"),
         ("throughput", f"{result.events_per_second:,.0f} events/s over {result.seconds:.1f} s"),
         ("merchants", f"{len(t.merchants):,}"),
-        ("merchants with a limit > 0", f"{sum(1 for v in t.limits.values() if v > 0):,}"),
+        ("merchants with a limit > 0", f"{sum(1 for v in t.limits.values() if v > 0):,}"
+         + (f" (limits in {cur})" if len(currencies) > 1 else "")),
         ("offers", f"{t.offers:,} to {len(t.offered_merchants):,} merchants"),
         ("acceptances (loans disbursed)", f"{t.accepted:,}"),
         ("acceptances refused", ", ".join(f"{k}: {v}" for k, v in sorted(t.refused_accepts.items())) or "0"),
-        ("disbursed principal", _money(t.disbursed, cur)),
-        ("fees charged", _money(t.fees, cur)),
+        ("disbursed principal", total("disbursed")),
+        ("fees charged", total("fees")),
         ("repaid loans", f"{t.repaid:,}"),
-        ("repayments collected", _money(t.repaid_amount, cur)),
-        ("outstanding", _money(t.outstanding(), cur)),
+        ("repayments collected", total("repaid_amount")),
+        ("outstanding", "; ".join(_money(t.outstanding(c), c) for c in currencies)),
         ("loans ever delinquent", f"{len(t.delinquent):,}"),
-        ("charged off", f"{t.charged_off:,} loans, {_money(t.charged_off_principal, cur)} principal"),
-        ("loss rate (charged-off principal / disbursed)", f"{loss:.2%}"),
-        ("fee yield (fees / disbursed)", f"{t.fees / t.disbursed:.2%}" if t.disbursed else "n/a"),
+        ("charged off", f"{t.charged_off:,} loans, {total('charged_off_principal')} principal"),
+        ("loss rate (charged-off principal / disbursed)", ratio("charged_off_principal")),
+        ("fee yield (fees / disbursed)", ratio("fees")),
         ("webhooks verified by merchants", f"{e.fleet.verified:,} (refused {e.fleet.refused})"),
         ("ledger balanced", "yes" if e.ledger_balanced() else "NO"),
     ]

@@ -62,7 +62,7 @@ def replay_stream(params: dict[str, Any], tmp: Path) -> tuple[Any, list[dict[str
     return result, events, emitted
 
 
-@settings(max_examples=14, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(streams)
 def test_whatever_a_marketplace_streams_the_engine_keeps_the_contract_and_balances_its_ledger(
         params: dict[str, Any]) -> None:
