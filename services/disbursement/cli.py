@@ -34,6 +34,10 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_dispatch)
     p = dsub.add_parser("recover", help="re-drive payouts stuck after acceptance and pending refunds")
     p.set_defaults(func=_recover)
+    p = dsub.add_parser("audit-log", help="print the append-only audit trail (decisions, payouts, operator "
+                                          "actions) as JSON lines")
+    p.add_argument("--merchant", help="only this merchant's rows")
+    p.set_defaults(func=_audit_log)
     p = dsub.add_parser("kill-switch", help="pause (on) or resume (off) all acceptances")
     p.add_argument("state", choices=("on", "off"))
     p.set_defaults(func=_kill)
@@ -113,6 +117,12 @@ def _dispatch(_: argparse.Namespace) -> int:
 
 def _recover(_: argparse.Namespace) -> int:
     print(f"{_service().recover()} payouts completed")
+    return 0
+
+
+def _audit_log(args: argparse.Namespace) -> int:
+    for row in _service().audit_trail(args.merchant):
+        print(json.dumps({**row, "at": row["at"].isoformat()}, sort_keys=True, default=str))
     return 0
 
 

@@ -48,7 +48,13 @@ from services.disbursement.domain import collections as coll
 from services.disbursement.domain.loans import OPEN_STATES, AllocationOrder, LoanState, transition
 from services.disbursement.domain.offers import AcceptanceFacts, OfferState, refusal
 from services.disbursement.domain.webhook_targets import TargetRefused, url_problem
-from services.disbursement.domain.webhooks_signing import BadSecret, active_secrets, new_secret, rotated, secret_bytes
+from services.disbursement.domain.webhooks_signing import (
+    BadSecret,
+    active_secrets,
+    new_secret,
+    rotated,
+    secret_bytes,
+)
 from services.disbursement.ports import (
     Clock,
     PayoutFailed,

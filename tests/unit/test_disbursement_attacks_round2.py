@@ -398,3 +398,37 @@ def test_an_offer_id_of_another_merchant_is_refused_and_leaves_the_merchants_ope
     assert _offer_webhooks(svc, "m2") == ["of2"]
     assert svc.get_offer("m2", "of2")["state"] == "open"  # type: ignore[index]
     assert svc.accept(AcceptOffer("of2", "m2", "k", T0 + timedelta(minutes=2))).status_code == 200
+
+
+# ----------------------------------------------------------------- the books while a payout is failing
+def test_while_the_payout_rail_fails_the_books_owe_the_merchant_and_no_cash_has_left(tmp_path: Any) -> None:
+    from services.disbursement.adapters.payout_rails import SandboxRail
+    from services.disbursement.ports import PayoutFailed, PayoutRequest
+
+    class DownThenUp:
+        def __init__(self) -> None:
+            self.inner: SandboxRail | None = None
+            self.down = True
+
+        def pay(self, request: PayoutRequest) -> str:
+            if self.down:
+                raise PayoutFailed("rail answered 503")
+            assert self.inner is not None
+            return self.inner.pay(request)
+
+    rail = DownThenUp()
+    svc = service_env(DisbursementSettings(recovery_after_seconds=0), db_url=f"sqlite:///{tmp_path}/d.db",
+                      rail=rail)["svc"]
+    rail.inner = SandboxRail(svc.engine)
+    svc.handle(limit("m1", 100_000))
+    svc.handle(offer("m1", "of1", 10_000, 300))
+    assert svc.accept(AcceptOffer("of1", "m1", "k", T0 + timedelta(minutes=1))).status_code == 202
+    bal = svc.balances()
+    assert bal.get(("funding_cash", "BRL"), 0) == 0, "cash left the books for a payout that did not happen"
+    assert bal[("merchant_payable", "BRL")] == -10_000 and bal[("loan_principal_receivable", "BRL")] == 10_000
+    rail.down = False
+    assert svc.recover(T0 + timedelta(minutes=2)) == 1
+    assert svc.recover(T0 + timedelta(minutes=3)) == 0
+    bal = svc.balances()
+    assert bal[("funding_cash", "BRL")] == -10_000 and bal[("merchant_payable", "BRL")] == 0
+    assert sum(bal.values()) == 0
