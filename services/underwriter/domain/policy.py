@@ -408,7 +408,12 @@ def decide_limit(
     money = money_rates(state, as_of, refunds=0 < max(r7, r30) < p.refund_surge_rate, chargebacks=0 < cb < p.chargeback_rate)
     c7, c30 = features[INDEX["cancel_rate_7d"]], features[INDEX["cancel_rate_30d"]]
     cancelled = cancel_money_rates(state, as_of) if 0 < max(c7, c30) < p.cancel_surge_rate else (0.0, 0.0)
-    for keep, reason in guards(features, p, money, cancelled, top_buyers_share(state, as_of)):
+    # The three top buyers' share is read only where it can fire: at most three times the top one's, and
+    # only while the top one alone does not fire.
+    top = features[INDEX["top_buyer_share_30d"]]
+    top3 = top_buyers_share(state, as_of) \
+        if top <= p.concentration_share and 3 * top > p.concentration_top3_share else (0.0, 0)
+    for keep, reason in guards(features, p, money, cancelled, top3):
         rate = rate * keep // 10_000
         reasons.append(reason)
     outsized, excess, ticket = large_orders(receivables, features, p)

@@ -32,7 +32,7 @@ What a stream from outside can do to it (each rule has a scenario test in test_u
   padding the history do not dilute the cancellation guard; a settlement counts an order's money up to what the
   order sold for; an order shipped again keeps its first shipment (a parcel that never arrives stops counting
   on time), and one delivered without an order.shipped counts as shipped by its delivery;
-- the buyer sample leaves out orders below a quarter of the 30-day average order (`_sampled`), so dozens of
+- the buyer sample leaves out orders below a quarter of the 7-day average order (`_sampled`), so dozens of
   1-cent orders from fresh buyer accounts cannot crowd a self-dealer's own few accounts out of it (which orders
   enter it then depends on what was applied before them, no longer on the order ids alone);
 - a loan.repaid for a loan never seen disbursed here (another merchant's, or before its disbursement) keeps the
@@ -89,7 +89,7 @@ MAX_RECEIVABLES = 200
 MAX_BUYER_SAMPLE = 66
 BUYERS_PER_DAY = 2
 BUYER_WINDOW_DAYS = 30
-SAMPLE_MIN_TICKET_DIVISOR = 4  # orders below a quarter of the 30-day average order stay out of the buyer sample
+SAMPLE_MIN_TICKET_DIVISOR = 4  # orders below a quarter of the 7-day average order stay out of the buyer sample
 MAX_CLOSED_IDS = 64
 MAX_SEEN = 48
 MAX_LOANS = 64  # open advances; a merchant taking every offer can hold dozens at once
@@ -144,7 +144,8 @@ def _packed_has(packed: str, h: str, width: int = HASH_HEX) -> bool:
 
 
 def _seen_hash(event_id: str) -> str:
-    return f"{short_hash(event_id) >> 8:010x}"
+    """The top 40 bits of `short_hash(event_id)` as 10 hex digits (the first 5 bytes of the same digest)."""
+    return hashlib.blake2b(event_id.encode("utf-8"), digest_size=6).hexdigest()[:SEEN_HEX]
 
 
 def _packed_seen(saved: Any) -> str:
@@ -571,13 +572,13 @@ class MerchantState:
 
     def _sampled(self, amount: int, day: int) -> bool:
         """Whether an order of `amount` placed on `day` enters the buyer sample: not when it is below
-        1 / SAMPLE_MIN_TICKET_DIVISOR of the merchant's average order over the 30 days to then. Orders of a few cents from
+        1 / SAMPLE_MIN_TICKET_DIVISOR of the merchant's average order over the 7 days to then. Orders of a few cents from
         fresh buyer accounts, placed by the dozen, would otherwise crowd a self-dealer's own few buyers out of the
         sample and hide their concentration; an honest merchant's orders that small are rare (and a first order,
         with no average yet, is always sampled)."""
         get = self.buckets.get
         gmv = n = 0
-        for d in range(day - 29, day + 1):
+        for d in range(day - 6, day + 1):
             if (b := get(d)) is not None:
                 gmv += b[PLACED_GMV]
                 n += b[PLACED_N]
