@@ -421,6 +421,7 @@ def _settled_orders_errors(data: Any, gross: int | None) -> list[FieldError]:
 
 
 _KNOWN_TYPES = frozenset(EVENT_TYPES)
+_DATASCHEMAS = {t: f"{SCHEMA_BASE}{t}.schema.json" for t in EVENT_TYPES}
 _ENVELOPE_REQUIRED = frozenset(("specversion", "id", "source", "type", "time", "subject", "data"))
 _ENVELOPE_KEYS = _ENVELOPE_REQUIRED | {"dataschema", "datacontenttype"}
 _ID_TEXT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*\Z")
@@ -432,8 +433,8 @@ def _envelope_surely_valid(event: dict[str, Any]) -> bool:
 
     True means the compiled validator would pass the envelope; False means nothing, and the
     schema validators run as usual. It only skips the generic walk for the common, plainly valid
-    envelope (only the CloudEvents members Floatbridge uses, `dataschema` within the 256 characters
-    the schema's patternProperties allow)."""
+    envelope (only the CloudEvents members Floatbridge uses, no extension attributes, `dataschema` absent or
+    the schema of `type`)."""
     keys = event.keys()
     if not (keys >= _ENVELOPE_REQUIRED and keys <= _ENVELOPE_KEYS):
         return False
@@ -446,10 +447,8 @@ def _envelope_surely_valid(event: dict[str, Any]) -> bool:
             and type(etype) is str and etype in _KNOWN_TYPES
             and type(etime) is str and len(etime) <= 40):
         return False
-    if "dataschema" in keys:
-        schema = event["dataschema"]
-        if not (type(schema) is str and len(schema) <= 256):
-            return False
+    if "dataschema" in keys and event["dataschema"] != _DATASCHEMAS[etype]:
+        return False  # the schema allows any string; _identity_errors says what is wrong with it
     if "datacontenttype" in keys:
         ctype = event["datacontenttype"]
         if not (type(ctype) is str and ctype == "application/json"):
@@ -458,15 +457,16 @@ def _envelope_surely_valid(event: dict[str, Any]) -> bool:
 
 
 def _validate(event: dict[str, Any]) -> list[FieldError]:
-    errors = [] if _envelope_surely_valid(event) else _schema_errors("", event, "")
+    plain = _envelope_surely_valid(event)  # also: no extension attributes, dataschema (if any) is the type's
+    errors = [] if plain else _schema_errors("", event, "")
     etype = event.get("type")
     known = etype if isinstance(etype, str) and etype in _KNOWN_TYPES else None
     if known is not None:
         errors.extend(_schema_errors(known, event.get("data"), "/data"))
     semantic = _semantic_errors(event, known)
-    if known is not None and _may_contradict(event, known):
+    if known is not None and (not plain or _merchant_in_data(event)):
         semantic.extend(_identity_errors(event, known))
-    if not event.keys() <= _ENVELOPE_KEYS:
+    if not plain and not event.keys() <= _ENVELOPE_KEYS:
         semantic.extend(_extension_errors(event))
     if semantic:
         # A semantic error adds nothing where the schema already flagged the same field.
@@ -480,14 +480,9 @@ def _validate(event: dict[str, Any]) -> list[FieldError]:
 _MARKETPLACE = frozenset(MARKETPLACE_TYPES)
 # Members by which a marketplace may (needlessly) repeat the merchant in `data`; the subject is the merchant.
 _MERCHANT_KEYS = ("merchant_id", "merchantId")
-_DATASCHEMAS = {t: f"{SCHEMA_BASE}{t}.schema.json" for t in EVENT_TYPES}
 
 
-def _may_contradict(event: dict[str, Any], etype: str) -> bool:
-    """The cheap test before _identity_errors: False when the envelope plainly agrees with itself."""
-    schema = event.get("dataschema")
-    if schema is not None and schema != _DATASCHEMAS[etype]:
-        return True
+def _merchant_in_data(event: dict[str, Any]) -> bool:
     data = event.get("data")
     return type(data) is dict and ("merchant_id" in data or "merchantId" in data)
 

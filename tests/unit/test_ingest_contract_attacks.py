@@ -10,11 +10,13 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 
 from schemas.codec import validate
 from services.ingest.adapters.http import create_app
+from services.ingest.adapters.jsoncodec import parse_records
 from services.ingest.adapters.memory import InMemoryDedupeStore, InMemorySink
 from services.ingest.bootstrap import IngestRuntime, bootstrap
 from tests.unit.ingest_helpers import KEY, NOW, placed, runtime, settings, settlement
@@ -88,6 +90,12 @@ ENVELOPE_CASES: dict[str, tuple[dict[str, Any], str, str | None, str | None]] = 
                             "/datacontenttype"),
     "datacontenttype_json": (_with(lambda e: e.update(datacontenttype="application/json")), "accepted", None,
                              None),
+    "datacontenttype_json_with_utf8_charset": (_with(lambda e: e.update(datacontenttype="application/json; "
+                                                                        "charset=utf-8")), "accepted", None, None),
+    "datacontenttype_json_uppercase": (_with(lambda e: e.update(datacontenttype="Application/JSON")), "accepted",
+                                       None, None),
+    "datacontenttype_json_latin1": (_with(lambda e: e.update(datacontenttype="application/json; charset=latin-1")),
+                                    "rejected", "schema", "/datacontenttype"),
     "time_with_offset": (_with(lambda e: e.update(time="2024-05-01T14:00:00+03:00")), "accepted", None, None),
     "time_without_seconds": (_with(lambda e: e.update(time="2024-05-01T11:00Z")), "rejected", "time", "/time"),
     "time_with_9_fraction_digits": (_with(lambda e: e.update(time="2024-05-01T11:00:00.123456789Z")), "accepted",
@@ -114,6 +122,15 @@ def test_each_cloudevents_envelope_rule_is_enforced_per_event(client: TestClient
     assert res.get("reason") == reason, res
     if pointer is not None:
         assert pointer in [e["pointer"] for e in res["errors"]], res
+
+
+def test_a_json_datacontenttype_with_a_utf8_charset_is_stored_as_plain_application_json(
+        client: TestClient, rt: IngestRuntime) -> None:
+    # What some CloudEvents SDKs write; it was refused ("'application/json' was expected").
+    [res] = _send(client, placed("ct-1", datacontenttype="application/json;charset=UTF-8"))
+    assert res["status"] == "accepted", res
+    stored = json.loads(rt.sink.events()[0].payload)
+    assert stored["datacontenttype"] == "application/json" and validate(stored) == []
 
 
 def test_a_skew_overrun_of_a_fraction_of_a_second_says_how_far_not_a_rounded_limit(client: TestClient) -> None:
@@ -197,6 +214,17 @@ def test_each_data_field_rule_of_each_marketplace_type_is_enforced(client: TestC
     assert res.get("reason") == reason, res
     if pointer is not None:
         assert pointer in [e["pointer"] for e in res["errors"]], res
+
+
+@pytest.mark.parametrize("case", sorted(ENVELOPE_CASES) + sorted(DATA_CASES))
+def test_a_record_on_marketplace_raw_gets_the_same_verdict_as_over_http(client: TestClient, case: str) -> None:
+    event, status, reason, _ = {**ENVELOPE_CASES, **DATA_CASES}[case]
+    [over_http] = _send(client, event)
+    kafka = runtime()  # a fresh intake: the HTTP one already holds the id
+    [on_topic] = kafka.submit(parse_records([orjson.dumps(event)]), intake="kafka:marketplace.raw.v1")
+    assert (on_topic.status.value, on_topic.reason) == (over_http["status"], over_http.get("reason")) == (status,
+                                                                                                        reason)
+    assert [e.pointer for e in on_topic.errors] == [e["pointer"] for e in over_http.get("errors", [])]
 
 
 # --- defects found in this round ---------------------------------------------------------------------------
@@ -364,6 +392,21 @@ def test_ndjson_batch_limits_count_events_not_lines_and_one_over_is_413(client: 
     assert client.post("/v1/events", content=padded, headers=NDJSON).status_code == 200
     assert client.post("/v1/events", content=padded + b"\n", headers=NDJSON).status_code == 413
     assert len(rt.sink.events()) == 11
+
+
+def test_cloudevents_http_structured_and_batch_modes_are_taken(client: TestClient, rt: IngestRuntime) -> None:
+    # What a CloudEvents SDK sends: one event as application/cloudevents+json (was a 400 "must be a JSON array"),
+    # or an array as application/cloudevents-batch+json.
+    one = client.post("/v1/events", content=json.dumps(placed("ce-one")),
+                      headers={**AUTH, "Content-Type": "application/cloudevents+json; charset=utf-8"})
+    assert one.status_code == 200 and [r["id"] for r in one.json()["results"]] == ["ce-one"], one.text
+    batch = client.post("/v1/events", content=json.dumps([placed("ce-b1"), placed("ce-b2")]),
+                        headers={**AUTH, "Content-Type": "application/cloudevents-batch+json"})
+    assert batch.status_code == 200 and batch.json()["accepted"] == 2
+    twice = '{"id": "ce-dup", "id": "ce-dup2"}'
+    bad = client.post("/v1/events", content=twice, headers={**AUTH, "Content-Type": "application/cloudevents+json"})
+    assert bad.status_code == 200 and bad.json()["results"][0]["reason"] == "malformed"
+    assert sorted(json.loads(r.payload)["id"] for r in rt.sink.events()) == ["ce-b1", "ce-b2", "ce-one"]
 
 
 # --- the API key --------------------------------------------------------------------------------------------

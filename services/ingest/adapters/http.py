@@ -20,11 +20,13 @@ from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
 from services.common.ratelimit import FailedAuthLimiter
-from services.ingest.adapters.jsoncodec import parse_array, parse_ndjson
+from services.ingest.adapters.jsoncodec import BOM, parse_array, parse_ndjson, parse_records
 from services.ingest.bootstrap import IngestRuntime
 from services.ingest.domain.model import Status
 
 NDJSON = "application/x-ndjson"
+CLOUDEVENT = "application/cloudevents+json"  # CloudEvents HTTP binding, structured mode: the body is one event
+CLOUDEVENTS_BATCH = "application/cloudevents-batch+json"  # the binding's batch mode: a JSON array of events
 EVENTS_PATH = "/v1/events"
 
 Scope = MutableMapping[str, Any]
@@ -79,6 +81,8 @@ _BODY_DOC: dict[str, Any] = {
         "content": {
             "application/json": {"schema": {"type": "array", "items": _CLOUDEVENT_DOC}},
             NDJSON: {"schema": {"type": "string", "description": "one CloudEvent JSON object per line"}},
+            CLOUDEVENTS_BATCH: {"schema": {"type": "array", "items": _CLOUDEVENT_DOC}},
+            CLOUDEVENT: {"schema": _CLOUDEVENT_DOC},
         },
     }
 }
@@ -395,8 +399,11 @@ def _decode_body(body: bytes, encoding: str, content_type: str, cap: int) -> byt
 
 
 def _parse(body: bytes, content_type: str) -> tuple[list[Any], str]:
-    if content_type.split(";")[0].strip().lower() in NDJSON_TYPES:
+    media = content_type.split(";")[0].strip().lower()
+    if media in NDJSON_TYPES:
         return parse_ndjson(body), ""
+    if media == CLOUDEVENT and body.removeprefix(BOM).lstrip(b" \t\r\n")[:1] == b"{":
+        return parse_records([body]), ""  # a batch of one, judged like an NDJSON line
     try:
         doc = parse_array(body)
     except ValueError as exc:

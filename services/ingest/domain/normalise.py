@@ -267,6 +267,20 @@ def _leap_second(val: str, zone: tzinfo | None) -> datetime | None:
     return dt if (dt.hour, dt.minute, dt.second) == (23, 59, 59) else None
 
 
+def _json_media_type(value: Any) -> bool:
+    """True for `application/json` in any case, with optional spaces and a UTF-8 charset parameter (RFC 8259:
+    JSON is UTF-8): the CloudEvents datacontenttype some SDKs write. Anything else stays for the schema to refuse."""
+    if not isinstance(value, str) or len(value) > 64:
+        return False
+    media, _, params = value.partition(";")
+    if media.strip().lower() != "application/json":
+        return False
+    if not params.strip():
+        return True
+    name, _, charset = params.partition("=")
+    return name.strip().lower() == "charset" and charset.strip().strip('"').lower() in ("utf-8", "utf8")
+
+
 def _format_utc(dt: datetime) -> str:
     """format_rfc3339 with a four-digit year: strftime writes year 999 as "999", which is no RFC 3339 timestamp
     (a valid "0999-05-01T10:00:00Z" would come out as one the sender never sent, and be refused)."""
@@ -318,6 +332,9 @@ def normalise(raw: Any, ctx: NormaliseContext, now: datetime) -> NormalisedEvent
     if not _ENVELOPE_KEYS.issuperset(event):  # extension attributes: one about the buyer is hashed too
         for key in [k for k in event if _buyerish(k) or k == "buyer_id"]:
             event[key] = hash_buyer_values(event[key], ctx)
+    ctype = raw.get("datacontenttype")
+    if ctype is not None and ctype != "application/json" and _json_media_type(ctype):
+        event["datacontenttype"] = "application/json"  # "application/json; charset=utf-8" means just that
     etime = raw.get("time")
     if isinstance(etime, str):
         event["time"] = walker.timestamp(etime, "/time", bounded=True, now=now)
