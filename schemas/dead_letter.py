@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +24,8 @@ REJECTED_SCHEMA = "https://schemas.floatbridge.dev/v1/ingest.rejected.schema.jso
 RAW_CAP_BYTES = 64 * 1024
 REDACTED = "[redacted]"
 MAX_MESSAGE = 1000
+MAX_POINTER = 1024
+MAX_ERRORS = 200  # the schema's maxItems
 # A payload that is not JSON may still hold a buyer member: its value is blanked in the text (redact_text).
 _RAW_KEY = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:\s*')
 _RAW_VALUE = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\Z)|[\[{].*|[^,}\]\s]*', re.DOTALL)
@@ -88,17 +91,25 @@ def _cap(text: str) -> tuple[str, bool]:
 
 def consumer_rejection(raw: bytes | None, error: str, *, consumer: str, topic: str, partition: int, offset: int,
                        received_at: datetime, subject: Any = None, event_id: Any = None,
-                       event_type: Any = None) -> dict[str, Any]:
-    """The `ingest.rejected` CloudEvent for a record `consumer` could not apply (see the module docstring)."""
+                       event_type: Any = None, errors: Sequence[tuple[str, str]] | None = None,
+                       reason: str = "unprocessable") -> dict[str, Any]:
+    """The `ingest.rejected` CloudEvent for a record `consumer` could not apply (see the module docstring).
+
+    `errors`: every (JSON pointer, message) found, as ingest's rejections list them (a record refused by the
+    marketplace contract, see schemas.contract_check); without it the one `error` is the list. `reason`: why
+    (ingest's money/time/schema for a contract refusal; "unprocessable" otherwise)."""
     if received_at.tzinfo is None:
         raise ValueError("received_at must be timezone-aware")
     text, truncated = _cap(redact(raw or b""))
     received = received_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     data: dict[str, Any] = {
         "raw": text, "raw_truncated": truncated, "source": f"kafka:{topic}"[:256], "received_at": received,
-        "reason": "unprocessable", "consumer": consumer[:64], "partition": partition, "offset": offset,
+        "reason": reason[:64], "consumer": consumer[:64], "partition": partition, "offset": offset,
         "errors": [{"pointer": "", "message": (error or "could not be applied")[:MAX_MESSAGE]}],
     }
+    if errors:
+        data["errors"] = [{"pointer": pointer if len(pointer) <= MAX_POINTER else "", "message":
+                           (message or "invalid")[:MAX_MESSAGE]} for pointer, message in errors[:MAX_ERRORS]]
     for key, val in (("event_id", event_id), ("event_type", event_type)):
         if isinstance(val, str) and val:
             data[key] = val[:128]

@@ -187,6 +187,14 @@ def _loops(svc: Any, stop: threading.Event, interval: float) -> None:
         stop.wait(interval)
 
 
+def contract_of(settings: Any) -> Any:
+    """The marketplace-record checks the consumer applies, with this service's future skew."""
+    from schemas.contract_check import Contract
+
+    skew = settings.max_future_skew_seconds
+    return Contract(max_future_skew_seconds=None if skew < 0 else float(skew))
+
+
 def _serve(args: argparse.Namespace) -> int:
     from services.disbursement.adapters.kafka import consume
     from services.disbursement.settings import load_settings
@@ -199,7 +207,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not args.no_consumer:
         threads.append(threading.Thread(
             target=consume, args=(svc, settings.kafka_bootstrap, settings.consumer_group, settings.topic_prefix, stop),
-            name="consumer", daemon=True))
+            kwargs={"contract": contract_of(settings)}, name="consumer", daemon=True))
     for t in threads:
         t.start()
     try:

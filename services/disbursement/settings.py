@@ -39,6 +39,9 @@ class DisbursementSettings:
         "doc": "after a rotation or re-registration the previous webhook secret keeps signing (both sign) this "
                "long, by the service clock (wall clock; event time in the embedded engine); 0 drops it at once"})
     recovery_after_seconds: float = 30.0
+    max_future_skew_seconds: int = field(default=300, metadata={
+        "doc": "consumer: a marketplace record dated more than this ahead of the wall clock is dead-lettered "
+               "(as ingest refuses it) and never moves the event clock that ages loans; -1 disables"})
     source: str = "urn:floatbridge:disbursement"
 
     def validate(self) -> None:
@@ -55,6 +58,8 @@ class DisbursementSettings:
             raise ValueError("WEBHOOK_SECRET_OVERLAP_SECONDS must be between 0 and 7776000 (90 days)")
         if not 1 <= self.max_term_days <= 366:
             raise ValueError("MAX_TERM_DAYS must be between 1 and 366")
+        if self.max_future_skew_seconds < -1:
+            raise ValueError("MAX_FUTURE_SKEW_SECONDS must be >= 0, or -1 to disable the check")
         if self.webhook_max_attempts < 1:
             raise ValueError("WEBHOOK_MAX_ATTEMPTS must be at least 1")
 

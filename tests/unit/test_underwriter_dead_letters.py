@@ -68,12 +68,13 @@ def test_poison_records_between_good_ones_become_dead_letters_and_the_good_ones_
     assert "not a CloudEvent" in by_offset[5]["data"]["errors"][0]["message"]
     assert "malformed JSON" in by_offset[6]["data"]["errors"][0]["message"]
     assert "does not belong on" in by_offset[7]["data"]["errors"][0]["message"]
-    assert "bad amount 12.5" in by_offset[8]["data"]["errors"][0]["message"]
+    assert by_offset[8]["data"]["errors"] == [{"pointer": "/data/amount/amount",
+                                               "message": "must be of type integer, got number"}]
     assert by_offset[8]["data"]["event_id"] == "ev-float" and by_offset[8]["subject"] == "m-dl"
     assert uw.metrics.registry.get_sample_value(
         "floatbridge_underwriter_records_rejected_total", {"stage": "decode"}) == 3
     assert uw.metrics.registry.get_sample_value(
-        "floatbridge_underwriter_records_rejected_total", {"stage": "apply"}) == 1
+        "floatbridge_underwriter_records_rejected_total", {"stage": "contract"}) == 1
 
 
 def test_a_poison_record_read_again_after_a_restart_gives_the_same_dead_letter_id() -> None:

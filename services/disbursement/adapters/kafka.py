@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.exc import DataError, IntegrityError, InterfaceError, OperationalError
 
-from schemas import dead_letter, topics
-from schemas.codec import EventInvalid, decode, encode
+from schemas import contract_check, dead_letter, topics
+from schemas.codec import EventInvalid, FieldError, decode, encode
 from services.disbursement.service import DisbursementService, EventRejected
 
 log = logging.getLogger(__name__)
@@ -56,15 +57,16 @@ class KafkaPublisher:
 
 
 def consume(svc: DisbursementService, bootstrap: str, group: str, prefix: str, stop: threading.Event,
-            max_records: int = 200) -> None:
+            max_records: int = 200, contract: contract_check.Contract = contract_check.DEFAULT) -> None:
     """Apply every consumed event, then commit its offset. A crash in between replays the event,
     which the processed_events table turns into a no-op. A broker outage never ends the loop: the
-    consumer is rebuilt and resumes from the last committed offset."""
+    consumer is rebuilt and resumes from the last committed offset. Marketplace events are checked against
+    `contract` first (see _apply)."""
     from kafka.errors import KafkaError
 
     while not stop.is_set():
         try:
-            _consume_until_error(svc, bootstrap, group, prefix, stop, max_records)
+            _consume_until_error(svc, bootstrap, group, prefix, stop, max_records, contract)
         except KafkaError as exc:
             log.warning("Kafka consumer failed, reconnecting: %s", str(exc)[:200])
             stop.wait(2.0)
@@ -74,7 +76,8 @@ def consume(svc: DisbursementService, bootstrap: str, group: str, prefix: str, s
 
 
 def _consume_until_error(svc: DisbursementService, bootstrap: str, group: str, prefix: str,
-                         stop: threading.Event, max_records: int) -> None:
+                         stop: threading.Event, max_records: int,
+                         contract: contract_check.Contract = contract_check.DEFAULT) -> None:
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(
@@ -88,7 +91,7 @@ def _consume_until_error(svc: DisbursementService, bootstrap: str, group: str, p
             try:
                 for records in batch.values():
                     for record in records:
-                        letter = _apply(svc, record)
+                        letter = _apply(svc, record, contract)
                         if letter is not None:
                             dead.append(letter)
             except (OperationalError, InterfaceError) as exc:
@@ -115,10 +118,24 @@ def _consume_until_error(svc: DisbursementService, bootstrap: str, group: str, p
         dead_letters.close()
 
 
-def _apply(svc: DisbursementService, record: Any) -> dict[str, Any] | None:
-    """Apply one record; a record that cannot be applied gives its dead letter (schemas.dead_letter) instead."""
+class _ContractBroken(ValueError):
+    def __init__(self, problems: list[FieldError]) -> None:
+        self.problems = problems
+        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+        super().__init__("; ".join(f"{p.pointer or '/'}: {p.message}" for p in problems[:3]) + more)
+
+
+def _apply(svc: DisbursementService, record: Any,
+           contract: contract_check.Contract = contract_check.DEFAULT) -> dict[str, Any] | None:
+    """Apply one record; a record that cannot be applied gives its dead letter (schemas.dead_letter) instead.
+
+    A record of the marketplace topic may have been produced straight to it, past ingest: it is checked against
+    the contract ingest checks (schemas.contract_check, stage "contract": schemas, invariants, the Kafka key is
+    the subject, a UTC time neither before contract.min_time nor more than its skew ahead of the wall clock, so
+    a record dated ahead never moves the event clock that ages loans) before the service sees it."""
     event: Any = None
     stage = "decode"
+    problems: list[FieldError] = []
     try:
         event = decode(record.value)
         if not isinstance(event, dict):
@@ -127,6 +144,13 @@ def _apply(svc: DisbursementService, record: Any) -> dict[str, Any] | None:
         allowed = topics.types_on(record.topic)
         if allowed is not None and event.get("type") not in allowed:
             raise EventRejected(f"type {str(event.get('type'))[:64]!r} does not belong on {record.topic}")
+        if record.topic.endswith(topics.MARKETPLACE_EVENTS):
+            stage = "contract"
+            problems = contract_check.marketplace_errors(
+                event, key=getattr(record, "key", contract_check.UNCHECKED), size=len(record.value),
+                now=time.time(), contract=contract)
+            if problems:
+                raise _ContractBroken(problems)
         stage = "apply"
         svc.handle(event)
         return None
@@ -143,4 +167,5 @@ def _apply(svc: DisbursementService, record: Any) -> dict[str, Any] | None:
         return dead_letter.consumer_rejection(
             record.value, reason, consumer="disbursement", topic=record.topic, partition=record.partition,
             offset=record.offset, received_at=datetime.now(UTC), subject=ev.get("subject"), event_id=ev.get("id"),
-            event_type=ev.get("type"))
+            event_type=ev.get("type"), errors=[(p.pointer, p.message) for p in problems] if problems else None,
+            reason=contract_check.reason(problems) if problems else "unprocessable")

@@ -23,7 +23,7 @@ from typing import Any
 import faust
 from faust.streams import _current_event  # the context Faust tables read the current partition from
 
-from schemas import codec, dead_letter, topics
+from schemas import codec, contract_check, dead_letter, topics
 from services.underwriter.adapters import faust_intake
 from services.underwriter.bootstrap import bootstrap
 from services.underwriter.settings import UnderwriterSettings
@@ -405,8 +405,10 @@ def process_batch(uw: Any, store: TableStore | None, batch: list[Any],
     """Decode and handle a batch of records; returns the events to emit.
 
     A record that cannot be applied (not JSON, not a JSON object, a type that does not belong on its topic, a
-    time more than max_future_skew_seconds ahead of the wall clock, or refused by the core) is logged, counted and kept: its dead letter (`ingest.rejected`, see
-    schemas.dead_letter) is among the events returned, so it is produced before the record is acked.
+    time more than max_future_skew_seconds ahead of the wall clock, a marketplace event that breaks the contract
+    ingest checks (schemas.contract_check: stage "contract", every error kept), or refused by the core) is logged,
+    counted and kept: its dead letter (`ingest.rejected`, see schemas.dead_letter) is among the events returned,
+    so it is produced before the record is acked.
 
     Each record's input position ("topic:partition", offset) goes with it, so records that the restored
     state already holds are skipped exactly (see Underwriter.handle_batch)."""
@@ -417,6 +419,7 @@ def process_batch(uw: Any, store: TableStore | None, batch: list[Any],
     dead: list[dict[str, Any]] = []
     skew = getattr(uw.settings, "max_future_skew_seconds", -1)
     horizon = time.time() + skew if skew >= 0 else float("inf")
+    market = getattr(uw.settings, "marketplace_topic", topics.MARKETPLACE_EVENTS)
     for event in batch:
         msg = event.message
         try:
@@ -441,6 +444,14 @@ def process_batch(uw: Any, store: TableStore | None, batch: list[Any],
             dead.append(_dead_letter(uw, event, "time", f"time {str(ev.get('time'))[:40]!r} is more than {skew} s "
                                      "ahead of the clock", ev))
             continue
+        if msg.topic == market or msg.topic.endswith(topics.MARKETPLACE_EVENTS):
+            # Past ingest (a marketplace may produce straight to the topic): the contract ingest checks, checked
+            # here before the core sees the event (schemas.contract_check; the future skew is the check above).
+            problems = contract_check.marketplace_errors(ev, key=getattr(msg, "key", contract_check.UNCHECKED),
+                                                         size=len(event.value))
+            if problems:
+                dead.append(_dead_letter(uw, event, "contract", _summary(problems), ev, problems))
+                continue
         subject = ev.get("subject")
         if store is not None and isinstance(subject, str) and subject:
             store.remember(subject, event)
@@ -462,7 +473,14 @@ def process_batch(uw: Any, store: TableStore | None, batch: list[Any],
     return out + dead if dead else out
 
 
-def _dead_letter(uw: Any, record: Any, stage: str, error: str, event: dict[str, Any] | None = None) -> dict[str, Any]:
+def _summary(problems: list[codec.FieldError]) -> str:
+    """The first errors in one line (the log's; the dead letter keeps them all)."""
+    more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+    return "; ".join(f"{p.pointer or '/'}: {p.message}" for p in problems[:3]) + more
+
+
+def _dead_letter(uw: Any, record: Any, stage: str, error: str, event: dict[str, Any] | None = None,
+                 problems: list[codec.FieldError] | None = None) -> dict[str, Any]:
     msg = record.message
     log.warning("dead-lettering record at %s[%s]@%s (%s): %s", msg.topic, msg.partition, msg.offset, stage, error)
     count = getattr(uw.metrics, "rejected_record", None)
@@ -471,7 +489,9 @@ def _dead_letter(uw: Any, record: Any, stage: str, error: str, event: dict[str, 
     ev = event or {}
     return dead_letter.consumer_rejection(
         record.value, error, consumer="underwriter", topic=msg.topic, partition=msg.partition, offset=msg.offset,
-        received_at=datetime.now(UTC), subject=ev.get("subject"), event_id=ev.get("id"), event_type=ev.get("type"))
+        received_at=datetime.now(UTC), subject=ev.get("subject"), event_id=ev.get("id"), event_type=ev.get("type"),
+        errors=[(p.pointer, p.message) for p in problems] if problems else None,
+        reason=contract_check.reason(problems) if problems else "unprocessable")
 
 
 class _LabelCache:
