@@ -74,6 +74,11 @@ KILL_KEY = "kill_switch"
 # Hot statements built once with bind parameters: building a select per call cost more than running it.
 _MERCHANT = sa.select(merchants).where(merchants.c.merchant_id == sa.bindparam("p_merchant"))
 _LOAN = sa.select(loans).where(loans.c.loan_id == sa.bindparam("p_loan"))
+# Whether a loan's acceptance entry booked the merchant payable (every loan accepted since the payable exists);
+# one accepted before only credited cash at acceptance, so its payout must not move the cash again.
+_BOOKED_PAYABLE = sa.select(journal_lines.c.id).where(
+    journal_lines.c.entry_id == sa.bindparam("p_entry"),
+    journal_lines.c.account == ledger.Account.MERCHANT_PAYABLE.value).limit(1)
 _LATEST_LIMIT = (sa.select(credit_limits).where(credit_limits.c.merchant_id == sa.bindparam("p_merchant"))
                  .order_by(credit_limits.c.event_time.desc(), credit_limits.c.id.desc()).limit(1))
 _ACCEPTED_SINCE = sa.select(sa.func.coalesce(sa.func.sum(loans.c.principal), 0)).where(
@@ -712,10 +717,12 @@ class DisbursementService:
             offer = repo.run(conn, _OFFER.with_for_update() if self._pg else _OFFER, {"p_offer": cmd.offer_id}).first()
             actor = "merchant:" + cmd.merchant_id
             if offer is None or offer.merchant_id != cmd.merchant_id:
-                # Same answer whether the offer does not exist or belongs to someone else.
+                # Same answer whether the offer does not exist or belongs to someone else. Not stored under the
+                # key: the offer may still arrive (a merchant app reading loan.offers.v1 ahead of this consumer),
+                # and a retry with the same key must then be decided on it.
                 self._audit(conn, actor, "accept", cmd.merchant_id, cmd.offer_id, "offer_not_found",
                             {"idempotency_key": cmd.idempotency_key})
-                return self._remember(conn, cmd, _error(404, "offer_not_found", "no such offer")), None
+                return _error(404, "offer_not_found", "no such offer"), None
             facts, limit_id = self._facts(conn, offer, cmd.now)
             why = refusal(facts)
             decided = {"idempotency_key": cmd.idempotency_key, "amount": facts.offer_amount.to_json(),
@@ -840,8 +847,12 @@ class DisbursementService:
                                           "amount": loan.principal, "currency": loan.currency, "created_at": now})
             transition(LoanState(loan.state), LoanState.DISBURSED)
             repo.run(conn, _LOAN_DISBURSED, {"p_loan": loan_id, "p_payout": payout_id, "p_at": now})
-            repo.post_entry(conn, ledger.payout(f"payout:{loan_id}", loan_id, Money(loan.principal, loan.currency)),
-                            loan.merchant_id, now)
+            # A loan accepted by the version before the merchant payable (upgraded in place while its payout was
+            # failing) already took the cash at acceptance: paying it books nothing more. Only recovery can meet
+            # one; a loan this call has just accepted booked the payable.
+            if first_try is not None or repo.run(conn, _BOOKED_PAYABLE, {"p_entry": f"disbursement:{loan_id}"}).first():
+                repo.post_entry(conn, ledger.payout(f"payout:{loan_id}", loan_id,
+                                                    Money(loan.principal, loan.currency)), loan.merchant_id, now)
             self._outbox().new(conn, topic=topics.LOANS, etype="loan.disbursed", merchant_id=loan.merchant_id, data={
                 "loan_id": loan_id, "offer_id": loan.offer_id, "principal": repo.money(loan.principal, loan.currency),
                 "fee": repo.money(loan.fee, loan.currency), "due_at": format_rfc3339(loan.due_at),

@@ -68,6 +68,21 @@ def test_a_final_refusal_is_still_replayed_under_its_key(env: dict[str, Any]) ->
     assert again.replayed and again.code == "offer_expired"
 
 
+def test_accepting_an_offer_before_it_arrives_then_retrying_with_the_same_key_takes_the_offer(
+        env: dict[str, Any]) -> None:
+    # A merchant app that reads loan.offers.v1 can be ahead of the disbursement consumer: the 404 must not stick
+    # to the Idempotency-Key once the offer is stored.
+    svc = env["svc"]
+    svc.handle(limit("m1", 100_000))
+    early = svc.accept(AcceptOffer("of1", "m1", "early-key", T0 + timedelta(seconds=1)))
+    assert (early.status_code, early.code) == (404, "offer_not_found")
+    svc.handle(offer("m1", "of1", 10_000))
+    again = svc.accept(AcceptOffer("of1", "m1", "early-key", T0 + timedelta(minutes=1)))
+    assert again.status_code == 200 and not again.replayed, again.body
+    assert svc.accept(AcceptOffer("of1", "m1", "early-key", T0 + timedelta(minutes=2))).body["loan_id"] == \
+        again.body["loan_id"]
+
+
 # ----------------------------------------------------------------- offers nobody should lend on
 def test_offer_due_later_than_the_longest_term_is_refused_and_never_stored(env: dict[str, Any]) -> None:
     svc = env["svc"]

@@ -40,7 +40,9 @@ EXPECTED: list[tuple[float, list[float]]] = [
 # Re-recorded when buckets gained cancelled money (CANCEL_GMV, saved only where non-zero: the other eleven fields of
 # every bucket are unchanged), settlement ids began to be kept 90 days (older than 32 as 16-bit "S<week>" hashes) and
 # event ids began to be saved as packed 40-bit hex ("e"); every other member and every feature value is unchanged.
-STATE_DIGEST = "c23aff5101d9435cb5794aefe3960ede6451621b8ef8b9f0b1817cfa09ccb498"
+# Re-recorded when an onboarding began to keep its time as the category's ("v": [0, onboarding time]), so that an
+# update dated before it and re-sent late is stale; every other member and every feature value is unchanged.
+STATE_DIGEST = "39a53dba99fd01de7d358c8308a549273501c39714e89da059ac417eff5179f9"
 
 
 def golden_state() -> MerchantState:

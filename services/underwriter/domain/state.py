@@ -32,7 +32,8 @@ What a stream from outside can do to it (each rule has a scenario test in test_u
   padding the history do not dilute the cancellation guard; a settlement counts an order's money up to what the
   order sold for; an order shipped again keeps its first shipment (a parcel that never arrives stops counting
   on time), and one delivered without an order.shipped counts as shipped by its delivery;
-- the buyer sample leaves out orders below a quarter of the 7-day average order (`_sampled`), so dozens of
+- the buyer sample leaves out orders below a quarter of the typical order (`_sampled`: the smaller of the 7-day
+  average and the median day's average, so a few large wholesale orders do not push ordinary ones out), so dozens of
   1-cent orders from fresh buyer accounts cannot crowd a self-dealer's own few accounts out of it (which orders
   enter it then depends on what was applied before them, no longer on the order ids alone);
 - a loan.repaid for a loan never seen disbursed here (another merchant's, or before its disbursement) keeps the
@@ -89,7 +90,7 @@ MAX_RECEIVABLES = 200
 MAX_BUYER_SAMPLE = 66
 BUYERS_PER_DAY = 2
 BUYER_WINDOW_DAYS = 30
-SAMPLE_MIN_TICKET_DIVISOR = 4  # orders below a quarter of the 7-day average order stay out of the buyer sample
+SAMPLE_MIN_TICKET_DIVISOR = 4  # orders below a quarter of the typical order (see `_sampled`) stay out of the buyer sample
 MAX_CLOSED_IDS = 64
 MAX_SEEN = 48
 MAX_LOANS = 64  # open advances; a merchant taking every offer can hold dozens at once
@@ -511,10 +512,10 @@ class MerchantState:
                 raise ValueError(f"currency change from {self.currency!r} to {currency!r} while the merchant "
                                  "has sales or advances in the old one")
         self.currency = currency
-        if not self.profile_ts:
-            self.category = category  # no update seen: nothing to keep (and nothing more to save)
-        elif self._newer(1, ts):
-            self.category = category  # else a category change dated after this onboarding stays in force
+        if self._newer(1, ts):
+            # The onboarding's time is kept too: an update dated before it (re-sent late) is then stale; a
+            # category change dated after this onboarding stays in force.
+            self.category = category
         if not self.status:
             self.status = "active"  # a status update seen before the (late) onboarding stays in force
 
@@ -572,17 +573,24 @@ class MerchantState:
 
     def _sampled(self, amount: int, day: int) -> bool:
         """Whether an order of `amount` placed on `day` enters the buyer sample: not when it is below
-        1 / SAMPLE_MIN_TICKET_DIVISOR of the merchant's average order over the 7 days to then. Orders of a few cents from
-        fresh buyer accounts, placed by the dozen, would otherwise crowd a self-dealer's own few buyers out of the
-        sample and hide their concentration; an honest merchant's orders that small are rare (and a first order,
-        with no average yet, is always sampled)."""
+        1 / SAMPLE_MIN_TICKET_DIVISOR of the merchant's typical order over the 7 days to then. Orders of a few cents
+        from fresh buyer accounts, placed by the dozen, would otherwise crowd a self-dealer's own few buyers out of
+        the sample and hide their concentration; an honest merchant's orders that small are rare (and a first
+        order, with no average yet, is always sampled). The typical order is the smaller of the 7-day average and
+        the median of the days' own averages: a few large orders on some days (a wholesale buyer's) raise the
+        average far above what the merchant usually sells, and would otherwise keep its ordinary orders, and
+        their many buyers, out of the sample."""
         get = self.buckets.get
         gmv = n = 0
         for d in range(day - 6, day + 1):
             if (b := get(d)) is not None:
                 gmv += b[PLACED_GMV]
                 n += b[PLACED_N]
-        return not n or amount * n * SAMPLE_MIN_TICKET_DIVISOR >= gmv
+        if not n or amount * n * SAMPLE_MIN_TICKET_DIVISOR >= gmv:
+            return True
+        daily = sorted(b[PLACED_GMV] / b[PLACED_N] for d in range(day - 6, day + 1)
+                       if (b := get(d)) is not None and b[PLACED_N])
+        return amount * SAMPLE_MIN_TICKET_DIVISOR >= daily[(len(daily) - 1) // 2]
 
     def _sample_buyer(self, day: int, order_id: str, buyer_id: str) -> None:
         """Keep the BUYERS_PER_DAY orders of each day with the smallest order-id hash among those `_sampled`: a
