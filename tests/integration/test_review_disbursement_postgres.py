@@ -11,15 +11,13 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from services.disbursement.adapters.payout_rails import SandboxRail
 from services.disbursement.bootstrap import make_engine
 from services.disbursement.domain import ledger
 from services.disbursement.domain.ledger import Account
 from services.disbursement.migrations import alembic_config, current, upgrade
-from services.disbursement.ports import PayoutFailed, PayoutRequest
 from services.disbursement.service import AcceptOffer
 from services.disbursement.settings import DisbursementSettings
-from tests.unit.disbursement_helpers import T0, limit, offer, service_env
+from tests.unit.disbursement_helpers import T0, DownThenUpRail, limit, offer, service_env
 from tests.unit.test_review_disbursement import previous_disbursement
 
 pytestmark = pytest.mark.integration
@@ -85,22 +83,12 @@ def test_migrations_0006_to_0008_upgrade_from_0005_guard_the_books_and_downgrade
 
 def test_on_postgres_a_loan_accepted_before_the_upgrade_and_paid_after_it_moves_its_cash_once(
         pg_schema_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    class DownThenUp:
-        inner: SandboxRail | None = None
-        down = True
-
-        def pay(self, request: PayoutRequest) -> str:
-            if self.down:
-                raise PayoutFailed("rail answered 503")
-            assert self.inner is not None
-            return self.inner.pay(request)
-
     eng = make_engine(pg_schema_url)
     try:
         upgrade(eng)
-        rail = DownThenUp()
+        rail = DownThenUpRail()
         svc: Any = service_env(DisbursementSettings(recovery_after_seconds=0), engine=eng, rail=rail)["svc"]
-        rail.inner = SandboxRail(svc.engine)
+        rail.attach(svc.engine)
         svc.handle(limit("m1", 100_000))
         svc.handle(offer("m1", "of1", 10_000, 300))
         with monkeypatch.context() as patched:

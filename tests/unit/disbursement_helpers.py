@@ -122,3 +122,26 @@ def audit_collections(svc: DisbursementService) -> list[Any]:
     snap = Snapshot(collection_events=svc.publisher.of_type("collection.instruction"))  # type: ignore[union-attr]
     read_database(svc.engine.url.render_as_string(hide_password=False), snap)
     return [d for d in check(snap).discrepancies if d.check.startswith("collections.")]
+
+
+class DownThenUpRail:
+    """A payout rail that fails (PayoutFailed, as an HTTP 503 would) while `down`, then pays through the
+    sandbox rail of the service's own database (`attach` it once the service exists)."""
+
+    def __init__(self) -> None:
+        self.inner: Any = None
+        self.down = True
+
+    def attach(self, engine: sa.Engine) -> DownThenUpRail:
+        from services.disbursement.adapters.payout_rails import SandboxRail
+
+        self.inner = SandboxRail(engine)
+        return self
+
+    def pay(self, request: Any) -> str:
+        from services.disbursement.ports import PayoutFailed
+
+        if self.down:
+            raise PayoutFailed("rail answered 503")
+        assert self.inner is not None, "attach() the rail to the service's engine first"
+        return str(self.inner.pay(request))

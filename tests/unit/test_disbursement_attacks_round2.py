@@ -15,7 +15,18 @@ from services.disbursement.adapters.http_api import create_app
 from services.disbursement.adapters.orm import financed_orders, loans, offers, webhook_deliveries
 from services.disbursement.service import AcceptOffer, EventRejected
 from services.disbursement.settings import DisbursementSettings
-from tests.unit.disbursement_helpers import M1_KEY, T0, disburse, ev, limit, m, offer, service_env, settlement
+from tests.unit.disbursement_helpers import (
+    M1_KEY,
+    T0,
+    DownThenUpRail,
+    disburse,
+    ev,
+    limit,
+    m,
+    offer,
+    service_env,
+    settlement,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -417,24 +428,10 @@ def test_an_offer_id_of_another_merchant_is_refused_and_leaves_the_merchants_ope
 
 # ----------------------------------------------------------------- the books while a payout is failing
 def test_while_the_payout_rail_fails_the_books_owe_the_merchant_and_no_cash_has_left(tmp_path: Any) -> None:
-    from services.disbursement.adapters.payout_rails import SandboxRail
-    from services.disbursement.ports import PayoutFailed, PayoutRequest
-
-    class DownThenUp:
-        def __init__(self) -> None:
-            self.inner: SandboxRail | None = None
-            self.down = True
-
-        def pay(self, request: PayoutRequest) -> str:
-            if self.down:
-                raise PayoutFailed("rail answered 503")
-            assert self.inner is not None
-            return self.inner.pay(request)
-
-    rail = DownThenUp()
+    rail = DownThenUpRail()
     svc = service_env(DisbursementSettings(recovery_after_seconds=0), db_url=f"sqlite:///{tmp_path}/d.db",
                       rail=rail)["svc"]
-    rail.inner = SandboxRail(svc.engine)
+    rail.attach(svc.engine)
     svc.handle(limit("m1", 100_000))
     svc.handle(offer("m1", "of1", 10_000, 300))
     assert svc.accept(AcceptOffer("of1", "m1", "k", T0 + timedelta(minutes=1))).status_code == 202

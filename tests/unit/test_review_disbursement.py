@@ -9,27 +9,15 @@ from typing import Any
 import pytest
 
 from services.common.money import Money
-from services.disbursement.adapters.payout_rails import SandboxRail
 from services.disbursement.domain import ledger
 from services.disbursement.domain.ledger import Account, Side, make_entry
-from services.disbursement.ports import PayoutFailed, PayoutRequest
 from services.disbursement.service import AcceptOffer
 from services.disbursement.settings import DisbursementSettings
-from tests.unit.disbursement_helpers import T0, limit, offer, service_env
+from tests.unit.disbursement_helpers import T0, DownThenUpRail, limit, offer, service_env
 
 pytestmark = pytest.mark.unit
 
 
-class DownThenUp:
-    def __init__(self) -> None:
-        self.inner: SandboxRail | None = None
-        self.down = True
-
-    def pay(self, request: PayoutRequest) -> str:
-        if self.down:
-            raise PayoutFailed("rail answered 503")
-        assert self.inner is not None
-        return self.inner.pay(request)
 
 
 def previous_disbursement(entry_id: str, loan_id: str, principal: Money, fee: Money) -> ledger.JournalEntry:
@@ -44,10 +32,10 @@ def previous_disbursement(entry_id: str, loan_id: str, principal: Money, fee: Mo
 
 def test_a_loan_accepted_before_the_upgrade_and_paid_after_it_moves_its_cash_once(
         tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    rail = DownThenUp()
+    rail = DownThenUpRail()
     svc = service_env(DisbursementSettings(recovery_after_seconds=0), db_url=f"sqlite:///{tmp_path}/d.db",
                       rail=rail)["svc"]
-    rail.inner = SandboxRail(svc.engine)
+    rail.attach(svc.engine)
     svc.handle(limit("m1", 100_000))
     svc.handle(offer("m1", "of1", 10_000, 300))
     with monkeypatch.context() as patched:  # accepted by the previous version, its payout still failing
@@ -64,10 +52,10 @@ def test_a_loan_accepted_before_the_upgrade_and_paid_after_it_moves_its_cash_onc
 
 def test_a_loan_accepted_and_paid_by_recovery_after_the_upgrade_clears_its_payable_exactly_once(
         tmp_path: Any) -> None:
-    rail = DownThenUp()
+    rail = DownThenUpRail()
     svc = service_env(DisbursementSettings(recovery_after_seconds=0), db_url=f"sqlite:///{tmp_path}/d.db",
                       rail=rail)["svc"]
-    rail.inner = SandboxRail(svc.engine)
+    rail.attach(svc.engine)
     svc.handle(limit("m1", 100_000))
     svc.handle(offer("m1", "of1", 10_000, 300))
     assert svc.accept(AcceptOffer("of1", "m1", "k", T0 + timedelta(minutes=1))).status_code == 202
