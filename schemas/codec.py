@@ -47,7 +47,7 @@ EMITTED_TYPES = (
     "ingest.rejected", "credit_limit.updated",
     "loan_offer.created", "loan_offer.withdrawn", "loan_offer.expired", "loan_offer.accepted",
     "loan.disbursed", "loan.repayment_applied", "loan.repaid", "loan.delinquent",
-    "loan.charged_off", "collection.instruction",
+    "loan.charged_off", "loan.cancelled", "collection.instruction",
 )
 EVENT_TYPES = MARKETPLACE_TYPES + EMITTED_TYPES
 

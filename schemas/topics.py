@@ -60,7 +60,7 @@ def types_on(topic_name: str) -> frozenset[str] | None:
         CREDIT_LIMITS: frozenset({"credit_limit.updated"}),
         LOAN_OFFERS: frozenset({"loan_offer.created", "loan_offer.withdrawn", "loan_offer.expired"}),
         LOANS: frozenset({"loan_offer.accepted", "loan.disbursed", "loan.repayment_applied", "loan.repaid",
-                          "loan.delinquent", "loan.charged_off"}),
+                          "loan.delinquent", "loan.charged_off", "loan.cancelled"}),
         COLLECTIONS: frozenset({"collection.instruction"}),
     }
     for name, types in allowed.items():

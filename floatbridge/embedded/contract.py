@@ -228,6 +228,7 @@ class _Checker:
         closed_offers: set[str] = set()
         accepted: dict[str, str] = {}  # offer id -> loan id
         loans: dict[str, _Loan] = {}
+        cancelled: set[str] = set()  # loans cancelled before their payout: never disbursed
         loan_event_ids: dict[str, set[str]] = defaultdict(set)  # merchant -> ids of its loans.v1 events
         for e in emitted:
             eid, etype, mid = str(e.get("id")), str(e.get("type")), str(e.get("subject"))
@@ -268,7 +269,16 @@ class _Checker:
             elif etype == "loan_offer.accepted":
                 self._accepted(eid, mid, data, at, offers, open_offer, closed_offers, accepted)
             elif etype == "loan.disbursed":
+                if str(data.get("loan_id")) in cancelled:
+                    self.bad("loan.disbursed_cancelled", str(data.get("loan_id")), f"disbursed after its cancellation ({eid})")
                 self._disbursed(eid, mid, data, at, offers, accepted, loans)
+            elif etype == "loan.cancelled":
+                lid, oid = str(data.get("loan_id")), str(data.get("offer_id"))
+                if accepted.get(oid) != lid or offers.get(oid, ("",))[0] != mid:
+                    self.bad("loan.cancelled_unknown", lid, f"cancels {lid!r} of offer {oid!r}, not a loan {mid} accepted")
+                if lid in loans:
+                    self.bad("loan.cancelled_disbursed", lid, f"cancelled after it was disbursed ({eid})")
+                cancelled.add(lid)
             elif etype == "loan.repayment_applied":
                 self._repayment(eid, mid, data, loans)
             elif etype == "loan.repaid":

@@ -180,6 +180,7 @@ class Tally:
     delinquent: set[str] = field(default_factory=set)
     charged_off: int = 0
     charged_off_principal: int = 0
+    cancelled: int = 0  # loans cancelled before any money moved (the payout rail refused them for good)
     rejected: int = 0
     reasons_by_merchant: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     borrowers: set[str] = field(default_factory=set)
@@ -254,6 +255,9 @@ class Tally:
                 # Principal share of what was written off; the fee part was never lent.
                 self._add(loan["currency"], "charged_off_principal", min(loan["principal"], data["amount"]["amount"]))
                 self.timelines[loan["merchant"]].append((event["time"], etype, data["amount"]["amount"], ""))
+        elif etype == "loan.cancelled":  # never disbursed: counted, nothing lent or outstanding
+            self.cancelled += 1
+            self.timelines[mid].append((event["time"], etype, 0, data["loan_id"]))
 
     def outstanding(self, currency: str | None = None) -> int:
         """Remaining balances of open loans in `currency` (default: the run's first currency)."""

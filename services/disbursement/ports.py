@@ -25,6 +25,11 @@ class PayoutFailed(RuntimeError):
     """The rail refused or could not be reached; the caller retries with the same idempotency key."""
 
 
+class PayoutRejected(PayoutFailed):
+    """The rail refused the payout for good (account closed, merchant blocked): retrying cannot succeed,
+    so the loan is cancelled instead of retried."""
+
+
 class PayoutRail(Protocol):
     def pay(self, request: PayoutRequest) -> str:
         """Pay out once per idempotency key and return the payout id (the same id on a retry)."""

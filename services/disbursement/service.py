@@ -59,6 +59,7 @@ from services.disbursement.ports import (
     Clock,
     PayoutFailed,
     PayoutRail,
+    PayoutRejected,
     PayoutRequest,
     Publisher,
     WebhookTransport,
@@ -79,10 +80,14 @@ _LOAN = sa.select(loans).where(loans.c.loan_id == sa.bindparam("p_loan"))
 _BOOKED_PAYABLE = sa.select(journal_lines.c.id).where(
     journal_lines.c.entry_id == sa.bindparam("p_entry"),
     journal_lines.c.account == ledger.Account.MERCHANT_PAYABLE.value).limit(1)
+_ENTRY_LINES = sa.select(journal_lines.c.account, journal_lines.c.side, journal_lines.c.amount,
+                         journal_lines.c.currency).where(journal_lines.c.entry_id == sa.bindparam("p_entry")).order_by(
+    journal_lines.c.id)
 _LATEST_LIMIT = (sa.select(credit_limits).where(credit_limits.c.merchant_id == sa.bindparam("p_merchant"))
                  .order_by(credit_limits.c.event_time.desc(), credit_limits.c.id.desc()).limit(1))
 _ACCEPTED_SINCE = sa.select(sa.func.coalesce(sa.func.sum(loans.c.principal), 0)).where(
-    loans.c.merchant_id == sa.bindparam("p_merchant"), loans.c.limit_id == sa.bindparam("p_limit"))
+    loans.c.merchant_id == sa.bindparam("p_merchant"), loans.c.limit_id == sa.bindparam("p_limit"),
+    loans.c.state != LoanState.CANCELLED.value)  # a cancelled loan lent nothing
 _BAD_LOANS = sa.select(sa.func.count()).select_from(loans).where(
     loans.c.merchant_id == sa.bindparam("p_merchant"),
     loans.c.state.in_([LoanState.DELINQUENT.value, LoanState.CHARGED_OFF.value]))
@@ -137,6 +142,16 @@ _INSERT_PAYOUT = sa.insert(payouts)
 _LOAN_DISBURSED = sa.update(loans).where(loans.c.loan_id == sa.bindparam("p_loan")).values(
     state=LoanState.DISBURSED.value, payout_id=sa.bindparam("p_payout", type_=loans.c.payout_id.type),
     disbursed_at=sa.bindparam("p_at", type_=loans.c.disbursed_at.type))
+# A loan cancelled because the rail refused its payout for good: a retry of its acceptance gets that final answer.
+_ANSWER_CANCELLED = sa.update(idempotency_keys).where(idempotency_keys.c.offer_id == sa.bindparam("p_offer"),
+                                                      idempotency_keys.c.status_code == 202).values(
+    status_code=409, response=sa.bindparam("p_response", type_=idempotency_keys.c.response.type))
+_LOAN_CANCELLED = sa.update(loans).where(loans.c.loan_id == sa.bindparam("p_loan"),
+                                         loans.c.state == LoanState.ACCEPTED.value).values(
+    state=LoanState.CANCELLED.value, principal_due=0, fee_due=0,
+    closed_at=sa.bindparam("p_at", type_=loans.c.closed_at.type))
+_RELEASE_FINANCED = sa.update(financed_orders).where(
+    financed_orders.c.loan_id == sa.bindparam("p_loan"), financed_orders.c.state == "open").values(state="cancelled")
 _ANSWER_DISBURSED = sa.update(idempotency_keys).where(idempotency_keys.c.offer_id == sa.bindparam("p_offer"),
                                                       idempotency_keys.c.status_code == 202).values(
     status_code=200, response=sa.bindparam("p_response", type_=idempotency_keys.c.response.type))
@@ -686,6 +701,11 @@ class DisbursementService:
                 stored = repo.run(conn, _STORED_ANSWER, {"p_merchant": cmd.merchant_id,
                                                        "p_key": cmd.idempotency_key}).one()
             return AcceptResult(stored.status_code, stored.response)
+        with self.engine.connect() as conn:  # the payout failed: pending (202), or cancelled for good (409)
+            stored = repo.run(conn, _STORED_ANSWER, {"p_merchant": cmd.merchant_id,
+                                                   "p_key": cmd.idempotency_key}).first()
+        if stored is not None and stored.status_code != first.status_code:
+            return AcceptResult(stored.status_code, stored.response)
         return first
 
     def _replay_or_conflict(self, cmd: AcceptOffer) -> AcceptResult:
@@ -823,6 +843,10 @@ class DisbursementService:
         merchant_id, principal, currency = accepted
         try:
             payout_id = self.rail.pay(PayoutRequest(loan_id, merchant_id, principal, currency, f"loan {loan_id}"))
+        except PayoutRejected as exc:  # refused for good: retrying cannot pay it, so the loan is cancelled
+            log.warning("payout of %s refused for good, cancelling the loan: %s", loan_id, exc)
+            self._cancel_loan(loan_id, str(exc))
+            return False, None
         except Exception as exc:  # noqa: BLE001 - whatever the rail raised, the loan is committed and stays owed
             # A rail adapter bug or an unexpected error is a failed payout like PayoutFailed: the acceptance
             # stands (202, loan `accepted`) and recovery retries with the same idempotency key; it must not
@@ -865,6 +889,40 @@ class DisbursementService:
             self._refresh_instruction(conn, loan.merchant_id, now, f"disbursed:{loan_id}")
         self.metrics.disbursed.labels(loan.currency).inc(loan.principal)
         return True, view
+
+    def _cancel_loan(self, loan_id: str, error: str) -> bool:
+        """Cancel a loan still in `accepted` whose payout the rail refused for good: the acceptance entry is
+        reversed (nothing owed either way, no cash moved), its orders are no longer financed, the offer stays
+        closed (its loan exists), the Idempotency-Key answer becomes the final refusal `payout_rejected`, and
+        loan.cancelled tells the underwriter (which releases the offer's exposure) and the merchant."""
+        with self._tx() as conn:
+            loan = repo.run(conn, _LOAN.with_for_update() if self._pg else _LOAN, {"p_loan": loan_id}).one()
+            if loan.state != LoanState.ACCEPTED.value:
+                return False  # paid or cancelled meanwhile
+            now = self.clock()
+            transition(LoanState(loan.state), LoanState.CANCELLED)
+            repo.run(conn, _LOAN_CANCELLED, {"p_loan": loan_id, "p_at": now})
+            # The acceptance entry exactly as posted (principal owed against the merchant payable, fee), reversed.
+            entry_id = f"disbursement:{loan_id}"
+            posted = repo.run(conn, _ENTRY_LINES, {"p_entry": entry_id}).all()
+            if posted:
+                accepted_entry = ledger.make_entry(entry_id, "disbursement", loan_id, [
+                    (ledger.Account(r.account), ledger.Side(r.side), Money(int(r.amount), r.currency)) for r in posted])
+                repo.post_entry(conn, ledger.reversing_entry(accepted_entry, f"cancellation:{loan_id}"),
+                                loan.merchant_id, now)
+            repo.run(conn, _RELEASE_FINANCED, {"p_loan": loan_id})
+            reason = "payout_rejected"
+            repo.run(conn, _ANSWER_CANCELLED, {"p_offer": loan.offer_id, "p_response": {"error": {
+                "code": reason, "message": "the payout rail refused this payout for good; the loan was cancelled",
+                "loan_id": loan_id}}})
+            self._audit(conn, "system", "payout", loan.merchant_id, loan_id, "rejected",
+                        {"amount": repo.money(loan.principal, loan.currency), "error": error[:300]})
+            self._outbox().new(conn, topic=topics.LOANS, etype="loan.cancelled", merchant_id=loan.merchant_id,
+                               data={"loan_id": loan_id, "offer_id": loan.offer_id, "reason": reason}, time=now,
+                               event_id=deterministic_id("loan.cancelled", loan_id))
+            self._refresh_instruction(conn, loan.merchant_id, now, f"cancelled:{loan_id}")
+        self.metrics.cancelled.labels(loan.currency).inc()
+        return True
 
     def recover(self, now: datetime | None = None) -> int:
         """Re-drive loans stuck in `accepted` and overpayment refunds not yet paid; returns how many were paid."""

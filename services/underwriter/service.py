@@ -65,7 +65,7 @@ def _orjson_dumps(obj: dict[str, Any]) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
 
 
-RELEASING = frozenset({"loan.repayment_applied", "loan.charged_off", "loan.repaid"})
+RELEASING = frozenset({"loan.repayment_applied", "loan.charged_off", "loan.repaid", "loan.cancelled"})
 
 MATERIAL = frozenset({
     "settlement.paid", "order.refunded", "order.chargeback", "order.cancelled",

@@ -75,6 +75,8 @@ class DisbursementMetrics:
         self.disbursed = Counter(
             f"{NS}_disbursed_minor_total", "Principal disbursed (minor units)", ["currency"], registry=r)
         self.charge_offs = Counter(f"{NS}_charge_offs_total", "Loans charged off", ["currency"], registry=r)
+        self.cancelled = Counter(f"{NS}_loans_cancelled_total", "Loans cancelled before payout (rail refused)",
+                                 ["currency"], registry=r)
         self.webhook_attempts = Counter(f"{NS}_webhook_attempts_total", "Webhook delivery attempts", registry=r)
         self.webhook_failures = Counter(f"{NS}_webhook_failures_total", "Failed webhook attempts", registry=r)
         self.webhook_dead = Counter(f"{NS}_webhook_dead_letters_total", "Webhooks given up on", registry=r)

@@ -10,9 +10,19 @@ import sqlalchemy as sa
 from services.common.timeutil import utc_now
 from services.disbursement.adapters.orm import sandbox_payouts
 from services.disbursement.adapters.repository import run
-from services.disbursement.ports import PayoutFailed, PayoutRequest
+from services.disbursement.ports import PayoutFailed, PayoutRejected, PayoutRequest
 
 _INSERT = sa.insert(sandbox_payouts)
+# 4xx answers that say "not now" rather than "never": timeout, conflict (a request in flight), too early,
+# too many requests; and the ones that point at our own configuration rather than at this payout (credentials,
+# permissions, a wrong URL or method, a proxy): a bad API key or base URL must not cancel every loan in flight,
+# it leaves them `accepted` for recovery while ops fix it (the payout-failure alert fires). Every other 4xx
+# (400, 402, 410, 422, 451...) refuses this payout, and a retry cannot change that.
+TRANSIENT_4XX = frozenset({401, 403, 404, 405, 407, 408, 409, 425, 429})
+
+
+def is_permanent_refusal(status_code: int) -> bool:
+    return 400 <= status_code < 500 and status_code not in TRANSIENT_4XX
 
 
 class SandboxRail:
@@ -67,6 +77,8 @@ class HttpRail:
             resp = self.client.post("/v1/payouts", json=body, headers=headers)
         except httpx.HTTPError as exc:
             raise PayoutFailed(f"payout API unreachable: {exc.__class__.__name__}") from None
+        if is_permanent_refusal(resp.status_code):
+            raise PayoutRejected(f"payout API refused ({resp.status_code}): {resp.text[:200]}")
         if resp.status_code >= 300:
             raise PayoutFailed(f"payout API answered {resp.status_code}: {resp.text[:200]}")
         try:

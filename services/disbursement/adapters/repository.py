@@ -39,6 +39,7 @@ TX_DEFERRED = "floatbridge.disbursement.deferred_inserts"
 WEBHOOK_TYPES = frozenset({
     "loan_offer.created", "loan_offer.withdrawn", "loan_offer.expired", "credit_limit.updated",
     "loan.disbursed", "loan.repayment_applied", "loan.repaid", "loan.delinquent", "loan.charged_off",
+    "loan.cancelled",
 })
 
 

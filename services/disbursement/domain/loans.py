@@ -15,17 +15,19 @@ class LoanState(StrEnum):
     REPAID = "repaid"
     DELINQUENT = "delinquent"
     CHARGED_OFF = "charged_off"
+    CANCELLED = "cancelled"  # the rail refused the payout for good: never disbursed, nothing owed
 
 
 OPEN_STATES = frozenset({LoanState.DISBURSED, LoanState.REPAYING, LoanState.DELINQUENT})
 
 _TRANSITIONS: dict[LoanState, frozenset[LoanState]] = {
-    LoanState.ACCEPTED: frozenset({LoanState.DISBURSED}),
+    LoanState.ACCEPTED: frozenset({LoanState.DISBURSED, LoanState.CANCELLED}),
     LoanState.DISBURSED: frozenset({LoanState.REPAYING, LoanState.REPAID, LoanState.DELINQUENT}),
     LoanState.REPAYING: frozenset({LoanState.REPAYING, LoanState.REPAID, LoanState.DELINQUENT}),
     LoanState.DELINQUENT: frozenset({LoanState.DELINQUENT, LoanState.REPAID, LoanState.CHARGED_OFF}),
     LoanState.REPAID: frozenset(),
     LoanState.CHARGED_OFF: frozenset(),
+    LoanState.CANCELLED: frozenset(),
 }
 
 

@@ -78,6 +78,8 @@ F_TERMINAL = F_SETTLED | F_CANCELLED | F_REFUNDED
 L_TS, L_OWED, L_REMAINING, L_DUE, L_DPD, L_CAT, L_HELD = range(7)
 # Offer layout (`MerchantState.offer`): [offer_id, amount, created_ts, expires_ts, guard codes, category reserved in]
 O_CAT = 5
+# Where the last offer record starts in `MerchantState.last` (policy.LAST_OFFER_AT; policy imports this module).
+_LAST_OFFER_AT = 3
 # Loan history layout: [ts, on_time (1/0), kind, loan id hash]; kind 1 = repaid, 2 = charged off. The hash makes
 # loans.v1 idempotent per loan: a repeated or late loan.repaid / loan.charged_off counts once, and a loan.disbursed
 # seen after its loan closed does not revive the debt (rows saved before the hash existed have three fields).
@@ -119,7 +121,7 @@ MARKETPLACE = frozenset({
 })
 LOAN_EVENTS = frozenset({
     "loan_offer.accepted", "loan.disbursed", "loan.repayment_applied", "loan.repaid",
-    "loan.delinquent", "loan.charged_off",
+    "loan.delinquent", "loan.charged_off", "loan.cancelled",
 })
 HANDLED = MARKETPLACE | LOAN_EVENTS
 
@@ -218,8 +220,9 @@ class MerchantState:
     worst_dpd_ts: int = 0
     # Open offer: [offer_id, amount, created_ts, expires_ts, guard codes, category reserved in] or empty.
     offer: list[Any] = field(default_factory=list)
-    # The offer last accepted and not yet disbursed, [offer_id, category its exposure was reserved in], or empty:
-    # the loan.disbursed that follows books the loan under that category.
+    # The offer last accepted and not yet disbursed, [offer_id, category its exposure was reserved in, amount
+    # reserved] (states saved before the amount have two fields), or empty: the loan.disbursed that follows books
+    # the loan under that category; a loan.cancelled releases the amount there.
     accepted: list[Any] = field(default_factory=list)
     # Last emitted decision: [limit, available, reason codes joined by ","].
     last: list[Any] = field(default_factory=list)
@@ -719,7 +722,7 @@ class MerchantState:
 
     def _offer_accepted(self, data: dict[str, Any], ts: int) -> None:
         if self.offer and self.offer[0] == data["offer_id"]:
-            self.accepted = [self.offer[0], self._offer_category(self.offer)]
+            self.accepted = [self.offer[0], self._offer_category(self.offer), int(self.offer[1])]
             self.offer = []
 
     def _offer_category(self, offer: list[Any]) -> str:
@@ -806,6 +809,22 @@ class MerchantState:
         self.loans.pop(loan_id, None)
         self._history([ts, 0, KIND_CHARGED_OFF, short_hash(loan_id)])
 
+    def _loan_cancelled(self, data: dict[str, Any], ts: int) -> None:
+        """The loan of an accepted offer was cancelled before its payout (the rail refused it for good): nothing
+        was lent, so outstanding and the loan history are untouched. The acceptance is forgotten (what it
+        reserved is released by the caller, from `release_of`, read before this applies); one that arrives
+        before its loan_offer.accepted closes the still-open offer, so that acceptance, when it comes, holds
+        nothing. A re-send finds neither and changes nothing."""
+        offer_id = _id(data["offer_id"])
+        _id(data["loan_id"])
+        if self.accepted and self.accepted[0] == offer_id:
+            self.accepted = []
+        if self.offer and self.offer[0] == offer_id:
+            self.offer = []
+        # The last offer record (policy.accepted_pending) must not hold the cancelled amount back as spoken for.
+        if len(self.last) > _LAST_OFFER_AT and self.last[_LAST_OFFER_AT] == offer_id:
+            self.last = list(self.last[:_LAST_OFFER_AT])
+
     def _loan_closed(self, loan_id: str) -> bool:
         return self._closed_row(loan_id) is not None
 
@@ -832,6 +851,8 @@ class MerchantState:
         Loans saved before `L_HELD` existed (no principal known) release, as before, a repayment's or charge-off's
         amount, at most what remains owed."""
         etype = event.get("type")
+        if etype == "loan.cancelled":
+            return self._cancel_release(event.get("data"))
         if etype not in ("loan.repayment_applied", "loan.charged_off", "loan.repaid"):
             return None
         data: Any = event.get("data")
@@ -858,6 +879,27 @@ class MerchantState:
             if etype == "loan.repayment_applied":
                 release = min(release, int(loan[L_REMAINING]) - min(int(loan[L_REMAINING]), remaining))
         return (category, release) if release > 0 else None
+
+    def _cancel_release(self, data: Any) -> tuple[str, int] | None:
+        """What a loan.cancelled releases: exactly what its offer reserved, in the category it reserved it in,
+        while the state still holds that reservation (accepted, or still open when the acceptance was not seen);
+        nothing for a re-send, or for an offer the state never held (or whose amount it does not know)."""
+        try:
+            offer_id = _id(data["offer_id"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        if self.accepted and self.accepted[0] == offer_id:
+            if len(self.accepted) > 2:
+                amount = int(self.accepted[2])
+            else:  # saved before the amount was kept: the last offer record still names it
+                rec = self.last[_LAST_OFFER_AT:]
+                amount = int(rec[1]) if len(rec) > 1 and rec[0] == offer_id else 0
+            category = str(self.accepted[1])
+        elif self.offer and self.offer[0] == offer_id:
+            amount, category = int(self.offer[1]), self._offer_category(self.offer)
+        else:
+            return None
+        return (category, amount) if amount > 0 else None
 
     # ----- views used by features and policy --------------------------------------------------------------
 
@@ -888,4 +930,5 @@ _HANDLERS: dict[str, Any] = {
     "loan.repaid": MerchantState._repaid,
     "loan.delinquent": MerchantState._delinquent,
     "loan.charged_off": MerchantState._charged_off,
+    "loan.cancelled": MerchantState._loan_cancelled,
 }
