@@ -120,7 +120,10 @@ def run_backtest(args: argparse.Namespace) -> int:
     summary["_run"].update(model_version=version, seconds=round(time.perf_counter() - started, 1))
     paths = report.write(summary, args.out)
     a = summary.get("all", {})
-    print(f"backtest {version}: approval {a.get('approval_rate', 0):.1%}, volume {a.get('principal', 0) / 100:,.2f}, "
+    # Both approval measures, named (backtest.summarise): the share of eligible merchant-days with an offer made
+    # or open reads low while most merchants already have an advance out; docs/model.md reports the first.
+    print(f"backtest {version}: eligible merchant-days with an approved limit {a.get('eligible_approved_rate', 0):.1%} "
+          f"(with an offer made or open {a.get('approval_rate', 0):.1%}), volume {a.get('principal', 0) / 100:,.2f}, "
           f"loss {a.get('loss_rate', 0):.2%}, fee yield {a.get('fee_yield', 0):.2%} -> {', '.join(paths)}")
     return 0
 

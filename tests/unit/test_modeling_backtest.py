@@ -107,3 +107,18 @@ def test_rule_based_advance_policy_lends_a_fixed_rate_whatever_the_pd_and_the_gu
                         ("cancel_rate_30d", 0.5), ("placed_gmv_7d", 1e6), ("placed_gmv_30d", 1e6)):
         f[INDEX[name]] = value
     assert guards(f, p) == [] and guards(f, PolicySettings())  # the same merchant trips the real policy's guards
+
+
+def test_the_backtest_command_prints_both_approval_measures_by_name(tmp_path, capsys):
+    import json
+
+    from floatbridge.cli import main
+
+    events, truth = tmp_path / "events.ndjson.gz", tmp_path / "truth.json"
+    assert main(["simulate", "--merchants", "6", "--days", "45", "--seed", "2", "--out", str(events),
+                 "--truth", str(truth)]) == 0
+    assert main(["backtest", "--events", str(events), "--truth", str(truth), "--out", str(tmp_path / "r")]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    report = json.loads((tmp_path / "r" / "report.json").read_text())["all"]
+    assert f"with an approved limit {report['eligible_approved_rate']:.1%}" in line
+    assert f"with an offer made or open {report['approval_rate']:.1%}" in line
