@@ -129,3 +129,29 @@ def post_until_final(url_of: Any, events: list[Any], deadline_s: float = 60.0) -
             pass
         assert time.monotonic() < deadline, "events never became final"
         time.sleep(0.3)
+
+
+def drain_raw_intake(settings: Any, dedupe: Any, records: int, deadline_s: float = 60.0) -> None:
+    """Run ingest's marketplace.raw.v1 intake until `records` records are handled, asserting each poll committed
+    what it handled and that the group's offsets end at the topic's end."""
+    from kafka import TopicPartition
+
+    from services.ingest.adapters.raw_consumer import make_consumer, process_once
+    from services.ingest.bootstrap import bootstrap
+
+    rt = bootstrap(settings, dedupe=dedupe)
+    consumer = make_consumer(rt)
+    try:
+        seen = 0
+        deadline = time.monotonic() + deadline_s
+        while seen < records:
+            assert time.monotonic() < deadline, f"only {seen} of {records} records were handled"
+            n, committed = process_once(rt, consumer)
+            assert committed or n == 0
+            seen += n
+        parts = [TopicPartition(settings.raw_topic, p) for p in consumer.partitions_for_topic(settings.raw_topic)]
+        ends = consumer.end_offsets(parts)
+        assert all(consumer.committed(tp) == ends[tp] for tp in parts)
+    finally:
+        consumer.close()
+        rt.close()

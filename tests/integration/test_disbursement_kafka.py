@@ -56,6 +56,17 @@ def _consuming(svc: Any, bootstrap: str, prefix: str) -> Iterator[None]:
         worker.join(timeout=15)
 
 
+def _kafka_service(kafka: str, db_url: str, prefix: str) -> tuple[Any, Any, CollectorRegistry]:
+    """Topics (dead letters included) created, database migrated, the service publishing to the broker."""
+    _create_topics(kafka, [prefix + t for t in (*CONSUMED, topics.INGEST_REJECTED, topics.LOANS, topics.COLLECTIONS)])
+    engine = make_engine(db_url)
+    upgrade(engine)
+    registry = CollectorRegistry()
+    svc = bootstrap(DisbursementSettings(topic_prefix=prefix), engine=engine, bus=KafkaPublisher(kafka),
+                    transport=Transport(), registry=registry)
+    return svc, engine, registry
+
+
 def test_consume_accept_and_relay_round_trip(kafka_bootstrap: str, pg_schema_url: str,
                                               fresh_topic_prefix: str) -> None:
     from kafka import KafkaConsumer, KafkaProducer
@@ -101,13 +112,7 @@ def test_poison_records_are_dead_lettered_before_their_offsets_are_committed_and
     from schemas.codec import new_event
 
     prefix = fresh_topic_prefix
-    _create_topics(kafka_bootstrap, [prefix + t for t in (*CONSUMED, topics.INGEST_REJECTED, topics.LOANS,
-                                                          topics.COLLECTIONS)])
-    engine = make_engine(pg_schema_url)
-    upgrade(engine)
-    registry = CollectorRegistry()
-    svc = bootstrap(DisbursementSettings(topic_prefix=prefix), engine=engine, bus=KafkaPublisher(kafka_bootstrap),
-                    transport=Transport(), registry=registry)
+    svc, engine, registry = _kafka_service(kafka_bootstrap, pg_schema_url, prefix)
     forged = new_event("loan.repaid", "m1", {"loan_id": "l-1", "repaid_at": "2025-01-02T00:00:00Z"},
                        "2025-01-02T00:00:00Z", "marketplace", id="ev-forged")
     bad_offer = offer("m1", "of-bad", 0, 500)  # a zero-amount offer: refused by the service

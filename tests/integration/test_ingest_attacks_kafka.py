@@ -4,17 +4,14 @@ its own (no poison pill stalls the partition), offsets are committed, and no raw
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import orjson
 import pytest
 
 from services.ingest.adapters.memory import InMemoryDedupeStore
-from services.ingest.adapters.raw_consumer import make_consumer, process_once
-from services.ingest.bootstrap import bootstrap
 from services.ingest.settings import IngestSettings
-from tests.integration.ingest_support import create_topics, ids_on, read_topic
+from tests.integration.ingest_support import create_topics, drain_raw_intake, ids_on, read_topic
 from tests.unit.ingest_helpers import placed
 
 pytestmark = pytest.mark.integration
@@ -38,7 +35,7 @@ def _hostile_values() -> list[bytes]:
 
 def test_hostile_raw_records_are_routed_one_by_one_committed_and_keep_no_raw_buyer_id(
         kafka_bootstrap: str, fresh_topic_prefix: str) -> None:
-    from kafka import KafkaProducer, TopicPartition
+    from kafka import KafkaProducer
 
     prefix = fresh_topic_prefix
     create_topics(kafka_bootstrap, *(prefix + t for t in ("marketplace.events.v1", "ingest.rejected.v1",
@@ -53,22 +50,7 @@ def test_hostile_raw_records_are_routed_one_by_one_committed_and_keep_no_raw_buy
         producer.send(settings.raw_topic, v, key=b"m-1")
     producer.flush()
     producer.close()
-    rt = bootstrap(settings, dedupe=InMemoryDedupeStore())
-    consumer = make_consumer(rt)
-    try:
-        seen = 0
-        deadline = time.monotonic() + 60
-        while seen < len(values):
-            assert time.monotonic() < deadline, f"only {seen} of {len(values)} records were handled"
-            n, committed = process_once(rt, consumer)
-            assert committed or n == 0
-            seen += n
-        parts = [TopicPartition(settings.raw_topic, p) for p in consumer.partitions_for_topic(settings.raw_topic)]
-        ends = consumer.end_offsets(parts)
-        assert all(consumer.committed(tp) == ends[tp] for tp in parts)
-    finally:
-        consumer.close()
-        rt.close()
+    drain_raw_intake(settings, InMemoryDedupeStore(), len(values))
     assert ids_on(kafka_bootstrap, settings.events_topic) == {"k-ok": 1, "k-bom": 1}
     rejected: list[dict[str, Any]] = [json.loads(r.value)["data"]
                                       for r in read_topic(kafka_bootstrap, settings.rejected_topic)]

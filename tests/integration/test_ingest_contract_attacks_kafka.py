@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,9 @@ from fastapi.testclient import TestClient
 
 from services.ingest.adapters.http import create_app
 from services.ingest.adapters.memory import InMemoryDedupeStore
-from services.ingest.adapters.raw_consumer import make_consumer, process_once
 from services.ingest.bootstrap import bootstrap, kafka_sink
 from services.ingest.settings import IngestSettings
-from tests.integration.ingest_support import create_topics, free_port, read_topic
+from tests.integration.ingest_support import create_topics, drain_raw_intake, free_port, read_topic
 from tests.unit.ingest_helpers import placed, settlement
 
 pytestmark = pytest.mark.integration
@@ -33,7 +31,7 @@ KAFKA_SH = Path(__file__).resolve().parents[2] / "deploy" / "local" / "kafka.sh"
 
 def test_raw_records_are_judged_by_their_value_alone_and_each_bad_one_is_committed_past(
         kafka_bootstrap: str, fresh_topic_prefix: str) -> None:
-    from kafka import KafkaProducer, TopicPartition
+    from kafka import KafkaProducer
 
     prefix = fresh_topic_prefix
     create_topics(kafka_bootstrap, *(prefix + t for t in ("marketplace.events.v1", "ingest.rejected.v1",
@@ -63,22 +61,7 @@ def test_raw_records_are_judged_by_their_value_alone_and_each_bad_one_is_committ
         producer.send(settings.raw_topic, value, key=key, headers=headers)
     producer.flush()
     producer.close()
-    rt = bootstrap(settings, dedupe=InMemoryDedupeStore())
-    consumer = make_consumer(rt)
-    try:
-        seen = 0
-        deadline = time.monotonic() + 60
-        while seen < len(records):
-            assert time.monotonic() < deadline, f"only {seen} of {len(records)} records were handled"
-            n, committed = process_once(rt, consumer)
-            assert committed or n == 0
-            seen += n
-        parts = [TopicPartition(settings.raw_topic, p) for p in consumer.partitions_for_topic(settings.raw_topic)]
-        ends = consumer.end_offsets(parts)
-        assert all(consumer.committed(tp) == ends[tp] for tp in parts)
-    finally:
-        consumer.close()
-        rt.close()
+    drain_raw_intake(settings, InMemoryDedupeStore(), len(records))
     produced = {json.loads(r.value)["id"]: r.key for r in read_topic(kafka_bootstrap, settings.events_topic)}
     assert produced == {"r-nullkey": b"m-7", "r-otherkey": b"m-8"}  # keyed by subject, whatever the raw key
     rejected = [json.loads(r.value)["data"] for r in read_topic(kafka_bootstrap, settings.rejected_topic)]

@@ -13,7 +13,6 @@ from fastapi.testclient import TestClient
 
 from services.ingest.adapters.http import create_app
 from services.ingest.adapters.memory import InMemoryDedupeStore
-from services.ingest.adapters.raw_consumer import make_consumer, process_once
 from services.ingest.adapters.sql_dedupe import SqlDedupeStore
 from services.ingest.bootstrap import bootstrap, kafka_sink
 from services.ingest.settings import IngestSettings
@@ -21,6 +20,7 @@ from tests.integration.ingest_support import (
     AUTH,
     IngestProcess,
     create_topics,
+    drain_raw_intake,
     free_port,
     ids_on,
     ingest_env,
@@ -176,22 +176,7 @@ def test_consume_raw_validates_routes_and_commits_after_produce(
     producer.flush()
     producer.close()
     dedupe = SqlDedupeStore(pg_schema_url, timedelta(seconds=1))
-    rt = bootstrap(settings, dedupe=dedupe)
-    consumer = make_consumer(rt)
-    seen = 0
-    deadline = time.monotonic() + 30
-    while seen < len(values):
-        assert time.monotonic() < deadline
-        n, committed = process_once(rt, consumer)
-        assert committed or n == 0
-        seen += n
-    from kafka import TopicPartition
-
-    parts = [TopicPartition(settings.raw_topic, p) for p in consumer.partitions_for_topic(settings.raw_topic)]
-    ends = consumer.end_offsets(parts)
-    assert all(consumer.committed(tp) == ends[tp] for tp in parts)
-    consumer.close()
-    rt.close()
+    drain_raw_intake(settings, dedupe, len(values), deadline_s=30)
     assert ids_on(kafka_bootstrap, settings.events_topic) == {f"raw-{i}": 1 for i in range(10)}
     rejected = [json.loads(r.value)["data"] for r in read_topic(kafka_bootstrap, settings.rejected_topic)]
     assert sorted(r["reason"] for r in rejected) == ["malformed", "schema"]

@@ -12,17 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from schemas import codec, topics
-from services.disbursement.adapters.kafka import CONSUMED, KafkaPublisher
-from services.disbursement.bootstrap import bootstrap, make_engine
-from services.disbursement.migrations import upgrade
-from services.disbursement.settings import DisbursementSettings
 from services.underwriter.synthetic import Profile, history
-from tests.integration.test_disbursement_kafka import _consuming, _create_topics, _wait
+from tests.integration.test_disbursement_kafka import _consuming, _kafka_service, _wait
 from tests.integration.test_underwriter_worker import START, Env, _new_topic, limits, stop
-from tests.unit.disbursement_helpers import T0, Transport, offer, onboarded, settlement
+from tests.unit.disbursement_helpers import T0, offer, onboarded, settlement
 
 pytestmark = pytest.mark.integration
 
@@ -101,13 +96,7 @@ def test_disbursement_consumer_dead_letters_contract_breaking_records_and_a_futu
     from kafka import KafkaProducer
 
     prefix = fresh_topic_prefix
-    _create_topics(kafka_bootstrap, [prefix + t for t in (*CONSUMED, topics.INGEST_REJECTED, topics.LOANS,
-                                                          topics.COLLECTIONS)])
-    engine = make_engine(pg_schema_url)
-    upgrade(engine)
-    registry = CollectorRegistry()
-    svc = bootstrap(DisbursementSettings(topic_prefix=prefix), engine=engine, bus=KafkaPublisher(kafka_bootstrap),
-                    transport=Transport(), registry=registry)
+    svc, engine, registry = _kafka_service(kafka_bootstrap, pg_schema_url, prefix)
     bad = _bad_marketplace_records("m1", codec.new_event("x", "m1", {}, T0, "s")["time"])
     future = settlement("m1", "s-future", 0, T0)
     future["id"], future["time"] = "ev-future", (datetime.now(UTC) + timedelta(days=400)).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -12,59 +12,29 @@ from typing import Any
 import pytest
 
 from schemas import codec
-from services.underwriter.bootstrap import bootstrap
 from services.underwriter.domain.features import INDEX, compute_features
 from services.underwriter.domain.policy import PolicySettings, decide_limit
-from services.underwriter.domain.scoring import FixedScorer
 from services.underwriter.domain.state import SETTLED_GMV, SETTLED_N, MerchantState
-from services.underwriter.settings import load
 from services.underwriter.synthetic import Profile, history
+from tests.unit.underwriter_helpers import END, START, brl, engine, ev, feed, limits, order, steady, t_of
 
 pytestmark = pytest.mark.unit
 
-START = datetime(2025, 1, 1, tzinfo=UTC)
-END = START + timedelta(days=60)
 
 
-def engine(**policy: Any) -> Any:
-    return bootstrap(settings=load(debounce_seconds=30), scorer=FixedScorer(0.01), policy=PolicySettings(**policy))
 
-
-def ev(etype: str, data: dict[str, Any], when: datetime, eid: str, mid: str = "m1") -> dict[str, Any]:
-    return codec.new_event(etype, mid, data, when, "https://marketplace.example", id=eid)
-
-
-def brl(amount: int) -> dict[str, Any]:
-    return {"amount": amount, "currency": "BRL"}
-
-
-def feed(u: Any, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for e in events:
-        for o in u.handle(e):
-            assert codec.validate(o) == [], (o["type"], codec.validate(o))
-            out.append(o)
-    return out
-
-
-def limits(out: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [o["data"] for o in out if o["type"] == "credit_limit.updated"]
 
 
 def codes(d: dict[str, Any]) -> set[str]:
     return {r["code"] for r in d["reasons"]}
 
 
-def t_of(e: dict[str, Any]) -> datetime:
-    return datetime.fromisoformat(e["time"].replace("Z", "+00:00"))
 
 
 def rfc(when: datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def steady(days: int = 60, start: datetime = START, **profile: Any) -> list[dict[str, Any]]:
-    return history("m1", start, days, Profile(**profile))
 
 
 def applied(events: list[dict[str, Any]]) -> MerchantState:
@@ -78,14 +48,6 @@ def tenure(s: MerchantState) -> float:
     return compute_features(s, datetime.fromtimestamp(s.latest, UTC))[INDEX["tenure_days"]]
 
 
-def order(oid: str, amount: int, when: datetime, buyer: str = "") -> list[dict[str, Any]]:
-    """Placed, paid five minutes later, shipped an hour later: an eligible receivable once shipped."""
-    return [
-        ev("order.placed", {"order_id": oid, "buyer_id": buyer or f"buyer-{oid}", "amount": brl(amount)}, when,
-           f"{oid}-placed"),
-        ev("order.paid", {"order_id": oid, "amount": brl(amount)}, when + timedelta(minutes=5), f"{oid}-paid"),
-        ev("order.shipped", {"order_id": oid}, when + timedelta(hours=1), f"{oid}-shipped"),
-    ]
 
 
 # ----- tenure: event time is not trusted backwards -------------------------------------------------------------------
