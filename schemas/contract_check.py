@@ -27,13 +27,20 @@ _WITHHELD = "invalid value (not shown: it is about a buyer)"
 UNCHECKED: Any = object()  # `key` not given: the Kafka key is not compared (None is a record without a key)
 
 
+# The contract's limits: ingest's defaults (FLOATBRIDGE_INGEST_MAX_FUTURE_SKEW_SECONDS, MIN_EVENT_TIME,
+# MAX_EVENT_BYTES) and the consumers' checks of marketplace.events.v1 both start from these.
+MAX_FUTURE_SKEW_SECONDS = 300
+MIN_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+MAX_EVENT_BYTES = 256 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class Contract:
-    """The limits ingest applies (its defaults: FLOATBRIDGE_INGEST_MAX_FUTURE_SKEW_SECONDS, MIN_EVENT_TIME...)."""
+    """The limits ingest applies, as the consumers of marketplace.events.v1 check them."""
 
-    max_future_skew_seconds: float | None = 300.0  # None: no future check (a replay of old traffic)
-    min_time: datetime = datetime(2000, 1, 1, tzinfo=UTC)
-    max_event_bytes: int = 256 * 1024
+    max_future_skew_seconds: float | None = float(MAX_FUTURE_SKEW_SECONDS)  # None: no future check (old traffic)
+    min_time: datetime = MIN_EVENT_TIME
+    max_event_bytes: int = MAX_EVENT_BYTES
     min_year: str = field(init=False, repr=False, compare=False)  # min_time's year, as a time string starts
 
     def __post_init__(self) -> None:
@@ -113,4 +120,5 @@ def reason(errors: list[FieldError]) -> str:
     return next((r for r in ("money", "time") if r in kinds), "schema")
 
 
-__all__ = ["DEFAULT", "Contract", "marketplace_errors", "reason"]
+__all__ = ["DEFAULT", "MAX_EVENT_BYTES", "MAX_FUTURE_SKEW_SECONDS", "MIN_EVENT_TIME", "Contract", "marketplace_errors",
+           "reason"]

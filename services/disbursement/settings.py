@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas.contract_check import MAX_FUTURE_SKEW_SECONDS
+
 PREFIX = "FLOATBRIDGE_DISBURSEMENT_"
 
 
@@ -39,7 +41,7 @@ class DisbursementSettings:
         "doc": "after a rotation or re-registration the previous webhook secret keeps signing (both sign) this "
                "long, by the service clock (wall clock; event time in the embedded engine); 0 drops it at once"})
     recovery_after_seconds: float = 30.0
-    max_future_skew_seconds: int = field(default=300, metadata={
+    max_future_skew_seconds: int = field(default=MAX_FUTURE_SKEW_SECONDS, metadata={
         "doc": "consumer: a marketplace record dated more than this ahead of the wall clock is dead-lettered "
                "(as ingest refuses it) and never moves the event clock that ages loans; -1 disables"})
     source: str = "urn:floatbridge:disbursement"

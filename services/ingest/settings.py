@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from schemas.contract_check import MAX_EVENT_BYTES, MAX_FUTURE_SKEW_SECONDS, MIN_EVENT_TIME
 from services.common.settings import SettingsError, load
 
 PREFIX = "FLOATBRIDGE_INGEST_"
@@ -32,11 +33,14 @@ class IngestSettings:
     api_keys: tuple[str, ...] = field(default=(), metadata=_doc("plain API keys, hashed at start (prefer *_HASHES)"))
     buyer_hash_key: str = field(default="", metadata=_doc("secret for the keyed hash of buyer ids (required)"))
     naive_timezone: str = field(default="", metadata=_doc("IANA zone for timestamps without offset, e.g. America/Sao_Paulo"))
-    max_future_skew_seconds: int = field(default=300, metadata=_doc("how far in the future `time` may be; -1 disables"))
-    min_event_time: str = field(default="2000-01-01T00:00:00Z", metadata=_doc("older event times are rejected"))
+    # The contract's limits (schemas.contract_check), which the consumers of marketplace.events.v1 apply too.
+    max_future_skew_seconds: int = field(default=MAX_FUTURE_SKEW_SECONDS,
+                                         metadata=_doc("how far in the future `time` may be; -1 disables"))
+    min_event_time: str = field(default=MIN_EVENT_TIME.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                metadata=_doc("older event times are rejected"))
     max_batch_events: int = field(default=1000, metadata=_doc("events per request"))
     max_batch_bytes: int = field(default=8 * 1024 * 1024, metadata=_doc("bytes per request body"))
-    max_event_bytes: int = field(default=256 * 1024, metadata=_doc("bytes per event"))
+    max_event_bytes: int = field(default=MAX_EVENT_BYTES, metadata=_doc("bytes per event"))
     raw_cap_bytes: int = field(default=64 * 1024, metadata=_doc("raw payload kept in a rejection (truncated beyond)"))
     max_inflight_batches: int = field(default=8, metadata=_doc("batches processed at once; more get 503"))
     dedupe_lease_seconds: float = field(default=30.0, metadata=_doc("after this a pending claim is re-produced"))

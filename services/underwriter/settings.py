@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from schemas import topics
+from schemas.contract_check import MAX_FUTURE_SKEW_SECONDS
 from services.common import settings as common
 from services.underwriter.domain.policy import PolicySettings
 
@@ -25,7 +26,7 @@ class UnderwriterSettings:
     loans_topic: str = field(default=topics.LOANS, metadata={"doc": "input: loan lifecycle events"})
     limits_topic: str = field(default=topics.CREDIT_LIMITS, metadata={"doc": "output: credit_limit.updated"})
     offers_topic: str = field(default=topics.LOAN_OFFERS, metadata={"doc": "output: loan_offer.created/withdrawn"})
-    max_future_skew_seconds: int = field(default=300, metadata={"doc": "worker: an input event dated more than this ahead of the wall clock is dead-lettered (as ingest refuses it); -1 disables"})
+    max_future_skew_seconds: int = field(default=MAX_FUTURE_SKEW_SECONDS, metadata={"doc": "worker: an input event dated more than this ahead of the wall clock is dead-lettered (as ingest refuses it); -1 disables"})
     rejected_topic: str = field(default=topics.INGEST_REJECTED, metadata={"doc": "output: dead letters (ingest.rejected) of input records the worker cannot apply"})
     model_registry: str = field(default=DEFAULT_REGISTRY, metadata={"doc": "model registry folder (CHAMPION file + versions)"})
     challenger: str = field(default="", metadata={"doc": "registry version to shadow-score beside the champion (empty: none)"})
