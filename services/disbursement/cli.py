@@ -34,6 +34,15 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_dispatch)
     p = dsub.add_parser("recover", help="re-drive payouts stuck after acceptance and pending refunds")
     p.set_defaults(func=_recover)
+    p = dsub.add_parser("payouts", help="payouts parked after failing past the cap: list, resume or cancel "
+                                        "(docs/runbook.md, Payout parked)")
+    p.add_argument("action", choices=("parked", "resume", "cancel"))
+    p.add_argument("loan_id", nargs="?", help="the parked loan (resume, cancel)")
+    p.add_argument("--reason", default="", help="cancel: what the rail's owners confirmed (audited)")
+    p.set_defaults(func=_payouts)
+    p = dsub.add_parser("webhooks-replay", help="queue dead-lettered webhooks again and re-enable their endpoints")
+    p.add_argument("--merchant", help="only this merchant's dead letters")
+    p.set_defaults(func=_webhooks_replay)
     p = dsub.add_parser("audit-log", help="print the append-only audit trail (decisions, payouts, operator "
                                           "actions) as JSON lines")
     p.add_argument("--merchant", help="only this merchant's rows")
@@ -117,6 +126,36 @@ def _dispatch(_: argparse.Namespace) -> int:
 
 def _recover(_: argparse.Namespace) -> int:
     print(f"{_service().recover()} payouts completed")
+    return 0
+
+
+def _payouts(args: argparse.Namespace) -> int:
+    svc = _service()
+    if args.action == "parked":
+        for row in svc.parked_payouts():
+            print(json.dumps(row, sort_keys=True))
+        return 0
+    if not args.loan_id:
+        print(f"payouts {args.action} needs a LOAN_ID", file=sys.stderr)
+        return 2
+    try:
+        if args.action == "resume":
+            paid = svc.resume_payout(args.loan_id)
+            print(f"{args.loan_id}: {'paid' if paid else 'payout failed again (counted from zero)'}")
+            return 0 if paid else 1
+        if not args.reason:
+            print("payouts cancel needs --reason (what the payout API's owners confirmed)", file=sys.stderr)
+            return 2
+        svc.cancel_parked_payout(args.loan_id, args.reason)
+        print(f"{args.loan_id}: cancelled")
+        return 0
+    except (KeyError, ValueError) as exc:
+        print(str(exc).strip("'\""), file=sys.stderr)
+        return 1
+
+
+def _webhooks_replay(args: argparse.Namespace) -> int:
+    print(f"{_service().replay_dead_webhooks(args.merchant)} dead-lettered webhooks queued again")
     return 0
 
 

@@ -31,6 +31,7 @@ from services.disbursement.adapters import repository as repo
 from services.disbursement.adapters.metrics import DisbursementMetrics
 from services.disbursement.adapters.orm import (
     audit_log,
+    closed_orders,
     credit_limits,
     financed_orders,
     idempotency_keys,
@@ -102,6 +103,15 @@ _FINANCED_OPEN = (sa.select(financed_orders.c.order_id).where(
     financed_orders.c.merchant_id == sa.bindparam("p_merchant"), financed_orders.c.state == "open",
     financed_orders.c.loan_id.in_(sa.bindparam("p_loans", expanding=True))).order_by(financed_orders.c.order_id)
     .limit(1000))
+_CLOSED_AMONG = sa.select(closed_orders.c.order_id, closed_orders.c.change, closed_orders.c.closed_at).where(
+    closed_orders.c.merchant_id == sa.bindparam("p_merchant"),
+    closed_orders.c.order_id.in_(sa.bindparam("p_orders", expanding=True)))
+_PRUNE_CLOSED = sa.delete(closed_orders).where(
+    closed_orders.c.closed_at < sa.bindparam("p_before", type_=closed_orders.c.closed_at.type))
+_FINANCED_ANY = sa.select(financed_orders.c.loan_id, financed_orders.c.order_id, financed_orders.c.expected,
+                          financed_orders.c.state).where(
+    financed_orders.c.merchant_id == sa.bindparam("p_merchant"),
+    financed_orders.c.order_id.in_(sa.bindparam("p_orders", expanding=True)))
 _FINANCED_IN = sa.select(financed_orders.c.loan_id, financed_orders.c.order_id, financed_orders.c.expected).where(
     financed_orders.c.merchant_id == sa.bindparam("p_merchant"),
     financed_orders.c.order_id.in_(sa.bindparam("p_orders", expanding=True)), financed_orders.c.state == "open")
@@ -146,6 +156,10 @@ _LOAN_DISBURSED = sa.update(loans).where(loans.c.loan_id == sa.bindparam("p_loan
 _ANSWER_CANCELLED = sa.update(idempotency_keys).where(idempotency_keys.c.offer_id == sa.bindparam("p_offer"),
                                                       idempotency_keys.c.status_code == 202).values(
     status_code=409, response=sa.bindparam("p_response", type_=idempotency_keys.c.response.type))
+_PAYOUT_ATTEMPT = sa.update(loans).where(loans.c.loan_id == sa.bindparam("p_loan"),
+                                         loans.c.state == LoanState.ACCEPTED.value).values(
+    payout_attempts=sa.bindparam("p_attempts"),
+    payout_parked_at=sa.bindparam("p_parked", type_=loans.c.payout_parked_at.type))
 _LOAN_CANCELLED = sa.update(loans).where(loans.c.loan_id == sa.bindparam("p_loan"),
                                          loans.c.state == LoanState.ACCEPTED.value).values(
     state=LoanState.CANCELLED.value, principal_due=0, fee_due=0,
@@ -279,6 +293,7 @@ class DisbursementService:
     # Merchants known to exist in committed data (merchants are never deleted): their `_ensure_merchant`
     # insert would be a no-op, so it is skipped. Filled only after a commit, never from a rolled-back one.
     _known_merchants: set[str] = field(default_factory=set)
+    _pruned_at: datetime | None = None  # event time of the last closed_orders pruning (at most one an hour)
 
     # ----------------------------------------------------------------- plumbing
     @contextlib.contextmanager
@@ -628,9 +643,21 @@ class DisbursementService:
     def _on_offer_created(self, conn: sa.Connection, event: dict[str, Any], mid: str, at: datetime) -> None:
         data = event["data"]
         _text(data["offer_id"], "loan_offer.created offer_id")
+        if not _is_id(data["offer_id"]):
+            # Published again in loan.disbursed / loan_offer.accepted (schemas: Id): one the contract refuses
+            # would be dead-lettered by every consumer of loans.v1, so the loan would never be known there.
+            raise EventRejected(f"loan_offer.created {event['id']}: offer_id must be 1-128 printable ASCII "
+                                "characters (schemas: Id)")
         amount, fee = Money.from_json(data["amount"]), Money.from_json(data["fee"])
         due_at, expires_at = parse_rfc3339(data["due_at"]), parse_rfc3339(data["expires_at"])
-        order_ids = list(data.get("order_ids", []))
+        raw_orders = data.get("order_ids")
+        # A list (a string would be read as its characters, each one an "order"); never empty: an advance is
+        # made against named receivables (DESIGN: money already on its way), and a loan without any would be
+        # covered by nothing from its first day.
+        if not isinstance(raw_orders, list) or not raw_orders:
+            raise EventRejected(f"loan_offer.created {data['offer_id']}: order_ids must be a non-empty list of the "
+                                "orders the offer advances against")
+        order_ids = list(raw_orders)
         problem = _offer_problem(amount, fee, due_at, expires_at, at, order_ids, self.settings.max_term_days) or \
             _orders_problem(data.get("orders"), order_ids, amount.currency)
         if problem is not None:
@@ -769,16 +796,24 @@ class DisbursementService:
         state = OfferState.ACCEPTED if taken else OfferState(offer.state)
         available, limit_id = self._available(conn, offer.merchant_id, owed)
         financed: tuple[str, ...] = ()
+        changed = set((offer.data or {}).get("changed_orders") or {})
         if offer.order_ids:
-            rows = repo.run(conn, _FINANCED_IN, {"p_merchant": offer.merchant_id, "p_orders": list(offer.order_ids)})
+            params = {"p_merchant": offer.merchant_id, "p_orders": list(offer.order_ids)}
+            rows = repo.run(conn, _FINANCED_IN, params)
             financed = tuple(sorted({str(r.order_id) for r in rows}))
+            # Closed before the offer arrived here (another topic), or since: the receivable is gone. A settled,
+            # cancelled or charged-back order never backs an advance, whenever it closed; a refund (possibly
+            # partial) counts after the offer's own time: one until then (the very refund that triggered the
+            # offer included) was known to the underwriter, which sized the offer on what the order still brings.
+            changed.update(str(r.order_id) for r in repo.run(conn, _CLOSED_AMONG, params).all()
+                           if r.change != "refunded" or r.closed_at > offer.created_at)
         return AcceptanceFacts(
             offer_state=state, offer_amount=Money(offer.amount, offer.currency), expires_at=offer.expires_at,
             due_at=offer.due_at,
             now=now, kill_switch=self.kill_switch(conn), merchant_status=merchant.status,
             merchant_delinquent=bool(delinquent), available=available, already_financed=financed,
             owed_currencies=tuple(sorted({str(r.currency) for r in owed})),
-            changed_receivables=tuple(sorted((offer.data or {}).get("changed_orders") or {})),
+            changed_receivables=tuple(sorted(changed)),
         ), limit_id
 
     def _available(self, conn: sa.Connection, merchant_id: str, owed: list[Any]) -> tuple[Money | None, int | None]:
@@ -843,6 +878,7 @@ class DisbursementService:
         merchant_id, principal, currency = accepted
         try:
             payout_id = self.rail.pay(PayoutRequest(loan_id, merchant_id, principal, currency, f"loan {loan_id}"))
+            _check_payout_id(payout_id)
         except PayoutRejected as exc:  # refused for good: retrying cannot pay it, so the loan is cancelled
             log.warning("payout of %s refused for good, cancelling the loan: %s", loan_id, exc)
             self._cancel_loan(loan_id, str(exc))
@@ -855,17 +891,33 @@ class DisbursementService:
                 log.warning("payout of %s failed, recovery will retry: %s", loan_id, exc)
             else:
                 log.exception("payout of %s raised; recovery will retry", loan_id)
-            if first_try is None:
-                return False, None  # a recovery retry: only the first failure is audited (not one row a pass)
-            with self._tx() as conn:
-                self._audit(conn, "system", "payout", merchant_id, loan_id, "failed",
-                            {"amount": repo.money(principal, currency),
-                             "error": f"{'' if isinstance(exc, PayoutFailed) else type(exc).__name__ + ': '}{exc}"[:300]})
+            error = f"{'' if isinstance(exc, PayoutFailed) else type(exc).__name__ + ': '}{exc}"[:300]
+            self._payout_failed(loan_id, error, audit=first_try is not None)
             return False, None
+        try:
+            done = self._record_payout(loan_id, payout_id, first_try is not None)
+        except sa.exc.IntegrityError as exc:
+            # The rail answered a payout id already recorded for another loan (a rail that reuses ids, a mock
+            # answering a constant): it cannot be this loan's payout record. A rail error like any other: the
+            # loan stays `accepted` (202), the attempt is counted, and the cap parks it for ops.
+            cause = str(getattr(exc, "orig", exc)).splitlines()[0][:160]
+            log.warning("payout of %s: the rail's payout id %r could not be recorded: %s", loan_id, payout_id, cause)
+            error = f"the rail's payout id {payout_id!r} could not be recorded (one id per payout): {cause}"
+            self._payout_failed(loan_id, error[:300], audit=first_try is not None)
+            return False, None
+        if done is None:
+            return True, None
+        loan, view = done
+        self.metrics.disbursed.labels(loan.currency).inc(loan.principal)
+        return True, view
+
+    def _record_payout(self, loan_id: str, payout_id: str, just_accepted: bool) -> tuple[Any, dict[str, Any]] | None:
+        """Record the rail's payout of a loan still `accepted` and disburse it; None when it is no longer
+        `accepted` (paid or cancelled meanwhile), else (the loan row, its view as disbursed)."""
         with self._tx() as conn:
             loan = repo.run(conn, _LOAN.with_for_update() if self._pg else _LOAN, {"p_loan": loan_id}).one()
             if loan.state != LoanState.ACCEPTED.value:
-                return True, None
+                return None
             now = self.clock()
             repo.run(conn, _INSERT_PAYOUT, {"payout_id": payout_id, "loan_id": loan_id, "merchant_id": loan.merchant_id,
                                           "amount": loan.principal, "currency": loan.currency, "created_at": now})
@@ -874,7 +926,7 @@ class DisbursementService:
             # A loan accepted by the version before the merchant payable (upgraded in place while its payout was
             # failing) already took the cash at acceptance: paying it books nothing more. Only recovery can meet
             # one; a loan this call has just accepted booked the payable.
-            if first_try is not None or repo.run(conn, _BOOKED_PAYABLE, {"p_entry": f"disbursement:{loan_id}"}).first():
+            if just_accepted or repo.run(conn, _BOOKED_PAYABLE, {"p_entry": f"disbursement:{loan_id}"}).first():
                 repo.post_entry(conn, ledger.payout(f"payout:{loan_id}", loan_id,
                                                     Money(loan.principal, loan.currency)), loan.merchant_id, now)
             self._outbox().new(conn, topic=topics.LOANS, etype="loan.disbursed", merchant_id=loan.merchant_id, data={
@@ -887,8 +939,114 @@ class DisbursementService:
             self._audit(conn, "system", "payout", loan.merchant_id, loan_id, "paid",
                         {"payout_id": payout_id, "amount": repo.money(loan.principal, loan.currency)})
             self._refresh_instruction(conn, loan.merchant_id, now, f"disbursed:{loan_id}")
-        self.metrics.disbursed.labels(loan.currency).inc(loan.principal)
-        return True, view
+        return loan, view
+
+    def _payout_failed(self, loan_id: str, error: str, audit: bool) -> None:
+        """Count a failed (not refused) payout attempt; past the cap (attempts or age since acceptance) the loan
+        is parked: recovery stops retrying it, the parked gauge counts it, ops resume or cancel it. Only the
+        first failure (`audit`, the acceptance's own attempt) and the parking are audited, not every pass."""
+        cap, max_age = self.settings.payout_max_attempts, self.settings.payout_max_age_seconds
+        with self._tx() as conn:
+            loan = repo.run(conn, _LOAN.with_for_update() if self._pg else _LOAN, {"p_loan": loan_id}).one()
+            if loan.state != LoanState.ACCEPTED.value or loan.payout_parked_at is not None:
+                return  # paid, cancelled or parked meanwhile (another replica)
+            now = self.clock()
+            attempts = int(loan.payout_attempts or 0) + 1
+            amount = repo.money(loan.principal, loan.currency)
+            if audit:
+                self._audit(conn, "system", "payout", loan.merchant_id, loan_id, "failed",
+                            {"amount": amount, "error": error})
+            park = (cap > 0 and attempts >= cap) or (
+                max_age > 0 and (now - loan.accepted_at).total_seconds() >= max_age)
+            repo.run(conn, _PAYOUT_ATTEMPT, {"p_loan": loan_id, "p_attempts": attempts,
+                                             "p_parked": now if park else None})
+            if park:
+                log.error("payout of %s parked for ops after %d failed attempts since %s: %s", loan_id, attempts,
+                          format_rfc3339(loan.accepted_at), error)
+                self._audit(conn, "system", "payout", loan.merchant_id, loan_id, "parked",
+                            {"amount": amount, "attempts": attempts, "error": error})
+
+    def _refund_failed(self, refund_id: str, error: str) -> None:
+        """Count a failed payout of an overpayment refund; past the cap it is parked like a loan's payout (the
+        money stays owed to the merchant in `merchant_payable`; ops resume it)."""
+        cap, max_age = self.settings.payout_max_attempts, self.settings.payout_max_age_seconds
+        with self._tx() as conn:
+            row = conn.execute(sa.select(merchant_refunds).where(merchant_refunds.c.refund_id == refund_id)).first()
+            if row is None or row.state != "pending" or row.payout_parked_at is not None:
+                return
+            now = self.clock()
+            attempts = int(row.payout_attempts or 0) + 1
+            park = (cap > 0 and attempts >= cap) or (
+                max_age > 0 and (now - row.created_at).total_seconds() >= max_age)
+            conn.execute(sa.update(merchant_refunds).where(merchant_refunds.c.refund_id == refund_id,
+                                                           merchant_refunds.c.state == "pending")
+                         .values(payout_attempts=attempts, payout_parked_at=now if park else None))
+            if park:
+                log.error("refund %s parked for ops after %d failed attempts: %s", refund_id, attempts, error)
+                self._audit(conn, "system", "refund_payout", row.merchant_id, refund_id, "parked",
+                            {"amount": repo.money(row.amount, row.currency), "attempts": attempts, "error": error})
+
+    def parked_payouts(self) -> list[dict[str, Any]]:
+        """Loans and overpayment refunds whose payout is parked for ops (oldest first)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(loans).where(loans.c.state == LoanState.ACCEPTED.value,
+                                                       loans.c.payout_parked_at.is_not(None))
+                                .order_by(loans.c.payout_parked_at, loans.c.loan_id)).all()
+            refunds = conn.execute(sa.select(merchant_refunds).where(
+                merchant_refunds.c.state == "pending", merchant_refunds.c.payout_parked_at.is_not(None))
+                .order_by(merchant_refunds.c.payout_parked_at, merchant_refunds.c.refund_id)).all()
+        return [{"kind": "loan", "loan_id": r.loan_id, "merchant_id": r.merchant_id,
+                 "amount": repo.money(r.principal, r.currency), "accepted_at": format_rfc3339(r.accepted_at),
+                 "parked_at": format_rfc3339(r.payout_parked_at), "attempts": r.payout_attempts} for r in rows] + [
+                {"kind": "refund", "refund_id": r.refund_id, "merchant_id": r.merchant_id,
+                 "amount": repo.money(r.amount, r.currency), "created_at": format_rfc3339(r.created_at),
+                 "parked_at": format_rfc3339(r.payout_parked_at), "attempts": r.payout_attempts} for r in refunds]
+
+    def resume_payout(self, loan_id: str, actor: str = "operator") -> bool:
+        """Unpark a loan (or an overpayment refund: its refund id) and try its payout again now (same
+        idempotency key: a payout the rail did make is answered, not made twice). True once paid; a new
+        failure counts from zero again."""
+        with self._tx() as conn:
+            loan = repo.run(conn, _LOAN, {"p_loan": loan_id}).first()
+            refund = None if loan is not None else conn.execute(
+                sa.select(merchant_refunds).where(merchant_refunds.c.refund_id == loan_id)).first()
+            if refund is not None:
+                if refund.state != "pending":
+                    return True
+                conn.execute(sa.update(merchant_refunds).where(merchant_refunds.c.refund_id == loan_id)
+                             .values(payout_attempts=0, payout_parked_at=None))
+                self._audit(conn, actor, "payout_resumed", refund.merchant_id, loan_id, "ok",
+                            {"attempts": refund.payout_attempts})
+            elif loan is None:
+                raise KeyError(f"unknown loan or refund {loan_id!r}")
+            elif loan.state != LoanState.ACCEPTED.value:
+                return bool(loan.state != LoanState.CANCELLED.value)
+            else:
+                repo.run(conn, _PAYOUT_ATTEMPT, {"p_loan": loan_id, "p_attempts": 0, "p_parked": None})
+                self._audit(conn, actor, "payout_resumed", loan.merchant_id, loan_id, "ok",
+                            {"attempts": loan.payout_attempts})
+        if refund is not None:
+            with self.engine.connect() as conn:
+                fresh = conn.execute(sa.select(merchant_refunds).where(merchant_refunds.c.refund_id == loan_id)).one()
+            paid = self._pay_refund(fresh)
+            self._after_commit()
+            return paid
+        done = self._drive_payout(loan_id)
+        self._after_commit()
+        return done
+
+    def cancel_parked_payout(self, loan_id: str, reason: str, actor: str = "operator") -> bool:
+        """Cancel a parked loan once the rail's owners confirmed no payout was made under its key (as a payout
+        refused for good: reversing entry, loan.cancelled, 409 payout_rejected). Refused while not parked."""
+        with self.engine.connect() as conn:
+            loan = repo.run(conn, _LOAN, {"p_loan": loan_id}).first()
+        if loan is None:
+            raise KeyError(f"unknown loan {loan_id!r}")
+        if loan.state != LoanState.ACCEPTED.value or loan.payout_parked_at is None:
+            raise ValueError(f"loan {loan_id} is {loan.state}, not a parked payout: only a parked one is cancelled")
+        done = self._cancel_loan(loan_id, f"cancelled by {actor} after parking: {reason}"[:300])
+        self._after_commit()
+        return done
 
     def _cancel_loan(self, loan_id: str, error: str) -> bool:
         """Cancel a loan still in `accepted` whose payout the rail refused for good: the acceptance entry is
@@ -930,8 +1088,10 @@ class DisbursementService:
         cutoff = now - timedelta(seconds=self.settings.recovery_after_seconds)
         with self.engine.connect() as conn:
             stuck = conn.execute(sa.select(loans.c.loan_id).where(
-                loans.c.state == LoanState.ACCEPTED.value, loans.c.accepted_at <= cutoff)).scalars().all()
-            refunds = conn.execute(sa.select(merchant_refunds).where(merchant_refunds.c.state == "pending")).all()
+                loans.c.state == LoanState.ACCEPTED.value, loans.c.accepted_at <= cutoff,
+                loans.c.payout_parked_at.is_(None))).scalars().all()
+            refunds = conn.execute(sa.select(merchant_refunds).where(
+                merchant_refunds.c.state == "pending", merchant_refunds.c.payout_parked_at.is_(None))).all()
         done = 0
         for what, job in [*((loan_id, functools.partial(self._drive_payout, loan_id)) for loan_id in stuck),
                           *((r.refund_id, functools.partial(self._pay_refund, r)) for r in refunds)]:
@@ -946,8 +1106,11 @@ class DisbursementService:
         try:
             payout_id = self.rail.pay(PayoutRequest(refund.refund_id, refund.merchant_id, refund.amount,
                                                     refund.currency, f"overpayment {refund.refund_id}"))
-        except PayoutFailed as exc:
+            _check_payout_id(payout_id)
+        except Exception as exc:  # noqa: BLE001 - any failure: the refund stays owed and pending, counted
             log.warning("refund %s failed, will retry: %s", refund.refund_id, exc)
+            error = f"{'' if isinstance(exc, PayoutFailed) else type(exc).__name__ + ': '}{exc}"[:300]
+            self._refund_failed(refund.refund_id, error)
             return False
         with self._tx() as conn:
             changed = conn.execute(sa.update(merchant_refunds).where(
@@ -983,16 +1146,20 @@ class DisbursementService:
         # A merchant this service never saw onboarded still gets back whatever was withheld from it.
         self._ensure_merchant(conn, mid, withheld.currency)
         paid_for = _order_amounts(data.get("orders", []), withheld.currency)
-        self._note_offered_orders(conn, mid, paid_for, "settled")
+        self._note_offered_orders(conn, mid, paid_for, "settled", at)
         earmarks: dict[str, Money] = {}
         if paid_for:
             params = {"p_merchant": mid, "p_orders": list(paid_for)}
-            rows = repo.run(conn, _FINANCED_IN, params).all()
+            rows = repo.run(conn, _FINANCED_ANY, params).all()
             for r in rows:  # a financed order's payout belongs to its own loan first
                 amount = paid_for[r.order_id]
+                if r.state != "open" and amount is None:
+                    continue  # named again without an amount: nothing more is known to belong to its loan
+                # An order paid out in parts (or again) after its first settlement: the later parts are its own
+                # loan's too, not the oldest loan's (that loan would be left owing what its receivable brought).
                 mark = Money(amount if amount is not None else r.expected, withheld.currency)
                 earmarks[r.loan_id] = earmarks[r.loan_id] + mark if r.loan_id in earmarks else mark
-            if rows:
+            if any(r.state == "open" for r in rows):
                 repo.run(conn, _SETTLE_FINANCED, params)
         open_ = repo.open_loans(conn, mid, lock=True)
         order = AllocationOrder(self.settings.allocation_order)
@@ -1052,12 +1219,17 @@ class DisbursementService:
                    data={"loan_id": loan_id, "repaid_at": format_rfc3339(at)}, time=at,
                    event_id=deterministic_id("loan.repaid", loan_id))
 
-    def _note_offered_orders(self, conn: sa.Connection, mid: str, order_ids: Iterable[str], change: str) -> None:
+    def _note_offered_orders(self, conn: sa.Connection, mid: str, order_ids: Iterable[str], change: str,
+                             at: datetime) -> None:
         """Remember on the merchant's open offer which of its orders settled, were cancelled, refunded or
         charged back: an advance on money already paid out (or never coming) is refused at acceptance."""
         wanted = set(order_ids)
         if not wanted:
             return
+        for oid in sorted(wanted):
+            if len(oid) <= _MAX_ID and _storable(oid):
+                repo.insert_ignore_later(conn, closed_orders, {"merchant_id": mid, "order_id": oid, "change": change,
+                                                               "closed_at": at})
         for row in repo.run(conn, _OPEN_OFFER_OF, {"p_merchant": mid}).all():
             hit = wanted.intersection(row.order_ids or ())
             if not hit:
@@ -1075,7 +1247,7 @@ class DisbursementService:
         amount = None if etype == "order.cancelled" else Money.from_json(data["amount"])
         if amount is not None and amount.amount < 0:
             raise EventRejected(f"{etype} {event['id']}: amount {amount.amount} is negative")
-        self._note_offered_orders(conn, mid, (data["order_id"],), _CLOSED_BY[etype])
+        self._note_offered_orders(conn, mid, (data["order_id"],), _CLOSED_BY[etype], at)
         rows = repo.run(conn, _FINANCED_ORDER, {"p_merchant": mid, "p_order": data["order_id"]}).all()
         if not rows:
             return
@@ -1139,6 +1311,12 @@ class DisbursementService:
                 repo.run(conn, _SET_DPD, dpd_only)
             for mid in sorted(touched):
                 self._refresh_instruction(conn, mid, now, f"aging:{format_rfc3339(now)}")
+            if self._pruned_at is None or now - self._pruned_at >= timedelta(hours=1) or now < self._pruned_at:
+                repo.run(conn, _PRUNE_CLOSED, {"p_before": now - timedelta(days=self.settings.closed_orders_retention_days)})
+                pruned = now
+            else:
+                pruned = self._pruned_at
+        self._pruned_at = pruned
         self._after_commit()
 
     def _expire_offers(self, conn: sa.Connection, now: datetime) -> None:
@@ -1202,6 +1380,30 @@ class DisbursementService:
         finally:
             self._relaying = False
 
+    def replay_dead_webhooks(self, merchant_id: str | None = None, actor: str = "operator") -> int:
+        """Queue dead-lettered webhooks again (one merchant's, or all), due now with a fresh attempt count, and
+        re-enable their endpoints (the named merchant's in any case: a disabled endpoint holds its pending
+        deliveries too); returns how many. The same webhook-id is sent: a receiver that got it
+        before acknowledges it without acting twice (verifier: WebhookDuplicate)."""
+        from services.disbursement.adapters.orm import webhook_deliveries as wd
+
+        now = self.clock()
+        where = [wd.c.state == "dead"]
+        if merchant_id is not None:
+            where.append(wd.c.merchant_id == merchant_id)
+        with self._tx() as conn:
+            owners = sorted(set(conn.execute(sa.select(wd.c.merchant_id).where(*where)).scalars()))
+            if merchant_id is not None and merchant_id not in owners:
+                owners.append(merchant_id)  # its endpoint may be disabled with deliveries still pending
+            n = conn.execute(sa.update(wd).where(*where).values(
+                state="pending", attempts=0, next_attempt_at=now, finished_at=None)).rowcount
+            if owners:
+                conn.execute(sa.update(merchants).where(merchants.c.merchant_id.in_(owners))
+                             .values(webhook_enabled=True, webhook_failures=0))
+            self._audit(conn, actor, "webhooks_replayed", merchant_id, None, "ok",
+                        {"deliveries": n, "merchants": len(owners)})
+        return int(n)
+
     def dispatch_webhooks(self, now: datetime, limit: int = 100) -> int:
         """Deliver due webhooks; returns the number of delivery attempts made."""
         from services.disbursement.adapters.dispatcher import dispatch
@@ -1234,6 +1436,22 @@ def _fit(key: str, limit: int = _ENTRY_ID_MAX) -> str:
     return f"{key[:limit - 41]}~{digest}"
 
 
+def _is_id(value: Any) -> bool:
+    """schemas' Id: 1-128 printable ASCII characters, no space or control character."""
+    return isinstance(value, str) and 0 < len(value) <= _MAX_ID and all("\x21" <= c <= "\x7e" for c in value)
+
+
+def _check_payout_id(payout_id: Any) -> None:
+    """A rail's payout id is recorded on the loan and announced in loan.disbursed (schemas: Id, 1-128 printable
+    ASCII): one that is not (too long, a space, a control character, not text) cannot be recorded, so the
+    answer is a rail error (PayoutFailed). The loan stays `accepted` and the retry, with the same idempotency
+    key, asks again; the cap on attempts parks it for ops if the rail keeps answering so."""
+    if not _is_id(payout_id):
+        shown = repr(payout_id)[:60]
+        raise PayoutFailed(f"the rail answered a payout id that cannot be recorded (1-128 printable ASCII "
+                           f"characters): {shown}")
+
+
 def _offer_problem(amount: Money, fee: Money, due_at: datetime, expires_at: datetime, at: datetime,
                    order_ids: list[Any], max_term_days: int = 60) -> str | None:
     """Why an offer cannot be stored as a loan to be, or None. The underwriter never sends such an offer;
@@ -1242,8 +1460,8 @@ def _offer_problem(amount: Money, fee: Money, due_at: datetime, expires_at: date
         return f"fee in {fee.currency}, amount in {amount.currency}"
     if amount.amount <= 0 or fee.amount < 0:
         return f"amount {amount.amount} and fee {fee.amount} must be > 0 and >= 0"
-    if not all(isinstance(o, str) and 0 < len(o) <= _MAX_ID and _storable(o) for o in order_ids):
-        return "order_ids must be ids (text of 1-128 characters)"
+    if not all(_is_id(o) for o in order_ids):
+        return "order_ids must be ids (1-128 printable ASCII characters, schemas: Id)"
     if len(set(order_ids)) != len(order_ids):
         return "an order is named twice in order_ids"
     if due_at <= at:

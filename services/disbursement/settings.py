@@ -41,6 +41,16 @@ class DisbursementSettings:
         "doc": "after a rotation or re-registration the previous webhook secret keeps signing (both sign) this "
                "long, by the service clock (wall clock; event time in the embedded engine); 0 drops it at once"})
     recovery_after_seconds: float = 30.0
+    closed_orders_retention_days: int = field(default=30, metadata={
+        "doc": "orders settled, cancelled, refunded or charged back are remembered this many days (event time) so "
+               "an offer arriving after its order closed is refused; older ones are pruned by the aging pass"})
+    payout_max_age_seconds: float = field(default=21_600.0, metadata={
+        "doc": "a loan whose payout still fails (transiently) this long after its acceptance (service clock) is "
+               "parked for ops: no more automatic retries, floatbridge_disbursement_payouts_parked counts it "
+               "(docs/runbook.md, Payout parked); 0 = no cap"})
+    payout_max_attempts: int = field(default=10_000, metadata={
+        "doc": "backstop: parked after this many failed payout attempts (recovery retries every loop pass, so "
+               "about 3 h at the default 1 s interval); 0 = no cap"})
     max_future_skew_seconds: int = field(default=MAX_FUTURE_SKEW_SECONDS, metadata={
         "doc": "consumer: a marketplace record dated more than this ahead of the wall clock is dead-lettered "
                "(as ingest refuses it) and never moves the event clock that ages loans; -1 disables"})
@@ -62,6 +72,10 @@ class DisbursementSettings:
             raise ValueError("MAX_TERM_DAYS must be between 1 and 366")
         if self.max_future_skew_seconds < -1:
             raise ValueError("MAX_FUTURE_SKEW_SECONDS must be >= 0, or -1 to disable the check")
+        if self.payout_max_attempts < 0 or self.payout_max_age_seconds < 0:
+            raise ValueError("PAYOUT_MAX_ATTEMPTS and PAYOUT_MAX_AGE_SECONDS must be >= 0 (0: no cap)")
+        if self.closed_orders_retention_days < 1:
+            raise ValueError("CLOSED_ORDERS_RETENTION_DAYS must be at least 1")
         if self.webhook_max_attempts < 1:
             raise ValueError("WEBHOOK_MAX_ATTEMPTS must be at least 1")
 

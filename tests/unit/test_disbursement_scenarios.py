@@ -319,10 +319,14 @@ def test_offer_on_orders_that_already_back_an_open_loan_is_refused(env: dict[str
     assert (result.status_code, result.code) == (409, "receivables_already_financed")
     assert "o2" in result.body["error"]["message"]
     assert len(bus.of_type("loan.disbursed")) == 1
-    # Once o2's payout has settled the first loan's claim, its receivable is free again.
+    # Once o2's payout has settled the first loan's claim, o2 is no longer money on its way (DESIGN: eligible
+    # receivables are not yet settled): it backs no new advance; o3, still unsettled, does.
     svc.handle(settlement("m1", "s1", 10_100, T0 + timedelta(days=3), orders=(("o1", 60_000), ("o2", 40_000))))
     svc.handle(offer("m1", "of3", 5_000, 50, at=T0 + timedelta(days=3, minutes=1), order_ids=("o2", "o3")))
-    assert svc.accept(AcceptOffer("of3", "m1", "k3", T0 + timedelta(days=3, minutes=2))).status_code == 200
+    result = svc.accept(AcceptOffer("of3", "m1", "k3", T0 + timedelta(days=3, minutes=2)))
+    assert (result.status_code, result.code) == (409, "receivables_changed")
+    svc.handle(offer("m1", "of4", 5_000, 50, at=T0 + timedelta(days=3, minutes=3), order_ids=("o3",)))
+    assert svc.accept(AcceptOffer("of4", "m1", "k4", T0 + timedelta(days=3, minutes=4))).status_code == 200
 
 
 def test_a_batch_delivered_again_changes_nothing_and_publishes_nothing(env: dict[str, Any]) -> None:

@@ -75,7 +75,7 @@ def test_on_sqlite_migrations_0006_to_0008_downgrade_to_0005_and_upgrade_again(t
     from services.disbursement.migrations import alembic_config, current, upgrade
 
     eng = sa.create_engine(f"sqlite:///{tmp_path}/m.db")
-    upgrade(eng)
+    upgrade(eng, "0008")
     assert current(eng) == "0008"
     with eng.begin() as conn:
         command.downgrade(alembic_config(connection=conn), "0005")
@@ -84,6 +84,6 @@ def test_on_sqlite_migrations_0006_to_0008_downgrade_to_0005_and_upgrade_again(t
         assert "audit_log" not in sa.inspect(conn).get_table_names()
         triggers = conn.execute(sa.text("SELECT name FROM sqlite_master WHERE type = 'trigger'")).scalars().all()
         assert not [t for t in triggers if t.startswith(("audit_log", "journal_lines_account"))]
-    upgrade(eng)
+    upgrade(eng, "0008")
     assert current(eng) == "0008"
     eng.dispose()

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from services.disbursement.adapters.orm import loans, offers, outbox
+from services.disbursement.adapters.orm import loans, merchant_refunds, offers, outbox
 from services.disbursement.adapters.repository import get_control
 from services.disbursement.domain.loans import OPEN_STATES
 
@@ -36,6 +36,10 @@ class StateCollector(Collector):
         dpd_g = GaugeMetricFamily(f"{NS}_loans_by_dpd_bucket", "Open loans by days-past-due bucket", labels=["bucket"])
         lag_g = GaugeMetricFamily(f"{NS}_outbox_lag_seconds", "Age of the oldest unsent outbox row")
         kill_g = GaugeMetricFamily(f"{NS}_kill_switch", "1 while acceptances are paused (setting or control row)")
+        parked_g = GaugeMetricFamily(
+            f"{NS}_payouts_parked", "Accepted loans whose payout failed past the cap and waits for ops "
+            "(docs/runbook.md: FloatbridgePayoutsParked); kind: loan or refund (of an overpayment)",
+            labels=["currency", "kind"])
         try:
             with self.engine.connect() as conn:
                 for state, n in conn.execute(sa.select(offers.c.state, sa.func.count()).group_by(offers.c.state)):
@@ -58,10 +62,17 @@ class StateCollector(Collector):
                 # Same rule as DisbursementService.kill_switch: the setting or the control row "1".
                 on = self.kill_switch_setting or get_control(conn, KILL_KEY) == "1"
                 kill_g.add_metric([], 1.0 if on else 0.0)
+                for kind, table, waiting in (("loan", loans, "accepted"), ("refund", merchant_refunds, "pending")):
+                    parked = conn.execute(
+                        sa.select(table.c.currency, sa.func.count()).where(
+                            table.c.state == waiting, table.c.payout_parked_at.is_not(None))
+                        .group_by(table.c.currency)).all()
+                    for cur, n in sorted(parked):
+                        parked_g.add_metric([cur, kind], n)
         except sa.exc.SQLAlchemyError as exc:  # a scrape must not fail because the DB blinked
             log.warning("metrics: database unavailable: %s", exc.__class__.__name__)
             return
-        yield from (offers_g, principal_g, dpd_g, lag_g, kill_g)
+        yield from (offers_g, principal_g, dpd_g, lag_g, kill_g, parked_g)
 
 
 class DisbursementMetrics:

@@ -118,6 +118,9 @@ loans = sa.Table(
     sa.Column("dpd", sa.Integer, nullable=False, server_default="0"),
     sa.Column("bucket", sa.String(8)),
     sa.Column("order_ids", sa.JSON, nullable=False),
+    # Failed payout attempts and when the loan was parked for ops after too many (migration 0009).
+    sa.Column("payout_attempts", sa.Integer, nullable=False, server_default="0"),
+    _ts("payout_parked_at", nullable=True),
     sa.CheckConstraint("principal_due >= 0 AND fee_due >= 0", name="loans_dues_non_negative"),
     sa.Index("ix_loans_merchant_state", "merchant_id", "state"),
 )
@@ -130,6 +133,17 @@ financed_orders = sa.Table(
     sa.Column("expected", sa.BigInteger, nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
     sa.Index("ix_financed_orders_merchant_state_order", "merchant_id", "state", "order_id"),
+)
+
+# Orders settled, cancelled, refunded or charged back, per merchant (first closure kept; migration 0011): an offer
+# backed by one is refused at acceptance even when its loan_offer.created arrived after the closure.
+closed_orders = sa.Table(
+    "closed_orders", metadata,
+    sa.Column("merchant_id", sa.String(128), primary_key=True),
+    sa.Column("order_id", sa.String(128), primary_key=True),
+    sa.Column("change", sa.String(16), nullable=False),
+    _ts("closed_at"),
+    sa.Index("ix_closed_orders_closed_at", "closed_at"),
 )
 
 journal_entries = sa.Table(
@@ -173,6 +187,9 @@ merchant_refunds = sa.Table(
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("payout_id", sa.String(128)),
     _ts("created_at"),
+    # Failed payout attempts and when the refund was parked for ops after too many (migration 0009).
+    sa.Column("payout_attempts", sa.Integer, nullable=False, server_default="0"),
+    _ts("payout_parked_at", nullable=True),
 )
 
 sandbox_payouts = sa.Table(

@@ -2,7 +2,8 @@
 
     FLOATBRIDGE_WEBHOOK_SECRET=whsec_... python example_receiver.py 8000
 
-Answers 204 for a verified delivery, 400 otherwise. Floatbridge retries anything that is not 2xx.
+Answers 204 for a verified delivery (and, without acting again, for one received before), 400 otherwise.
+Floatbridge retries anything that is not 2xx.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 try:
-    from verify import WebhookVerificationError, verify
+    from verify import WebhookDuplicate, WebhookVerificationError, verify
 except ImportError:  # running from the installed package
-    from services.disbursement.verifier.verify import WebhookVerificationError, verify
+    from services.disbursement.verifier.verify import WebhookDuplicate, WebhookVerificationError, verify
 
 SECRET = os.environ.get("FLOATBRIDGE_WEBHOOK_SECRET", "")
 SEEN: set[str] = set()  # use a shared store (database, Redis) when running several receivers
@@ -25,6 +26,10 @@ class Receiver(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("content-length", "0")))
         try:
             event = verify(SECRET, dict(self.headers.items()), body, seen_ids=SEEN)
+        except WebhookDuplicate:  # received before: acknowledged, not acted on twice (a 4xx would be retried)
+            self.send_response(204)
+            self.end_headers()
+            return
         except WebhookVerificationError as exc:
             self.send_response(400)
             self.end_headers()

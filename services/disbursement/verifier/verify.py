@@ -4,7 +4,8 @@
     event = verify(secret, request_headers, raw_body)   # raises WebhookVerificationError
 
 `secret` is the `whsec_...` value shown when the endpoint was registered or rotated.
-Pass a set (or any container with add) as `seen_ids` to refuse replayed message ids.
+Pass a set (or any container with add) as `seen_ids` to refuse replayed message ids: a genuine one received
+again raises WebhookDuplicate (a WebhookVerificationError): answer it 2xx without acting on it again.
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ from typing import Any
 
 class WebhookVerificationError(Exception):
     """The request is not a genuine, fresh, first delivery; answer 400 and do not act on it."""
+
+
+class WebhookDuplicate(WebhookVerificationError):
+    """Genuine and fresh, but its webhook-id was already received: Floatbridge sent it again (your answer to
+    the first one was lost or late, or ops replayed a dead letter). Do not act on it again, but answer 2xx:
+    a 4xx makes Floatbridge retry it until it is dead-lettered."""
 
 
 def _header(headers: Mapping[str, str], name: str) -> str:
@@ -66,6 +73,6 @@ def verify(secret: str, headers: Mapping[str, str], body: bytes | str, now: floa
         raise WebhookVerificationError("no signature matches: wrong secret or modified body")
     if seen_ids is not None:
         if msg_id in seen_ids:
-            raise WebhookVerificationError(f"webhook-id {msg_id} was already received (replay)")
+            raise WebhookDuplicate(f"webhook-id {msg_id} was already received (replay)")
         seen_ids.add(msg_id)
     return json.loads(payload)
