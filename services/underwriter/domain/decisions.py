@@ -195,10 +195,20 @@ def _new_offer(
         return None
     if state.offer:
         expiring = int(state.offer[3]) - as_of <= p.offer_refresh_hours * 3600
-        grew = amount - held >= p.offer_growth_min_minor and (amount - held) * 10_000 >= p.offer_growth_bps * held
+        # An offer made while a risk guard fired is not raised as soon as that guard goes quiet, only when it is
+        # due for refresh: a guard hovering around its threshold would otherwise raise the offer and withdraw it
+        # again (LIMIT_REDUCED or the guard) every time it flips.
+        quiet = _guard_codes(state.offer) - {r.code for r in d.reasons}
+        grew = not quiet and amount - held >= p.offer_growth_min_minor \
+            and (amount - held) * 10_000 >= p.offer_growth_bps * held
         if not (expiring or grew):
             return None
     return plan_offer(d, amount, pd, as_of, p, make_id("offer"))
+
+
+def _guard_codes(offer: list[Any]) -> set[str]:
+    """The guards that fired when the offer was made (state.offer[4], codes joined by ",")."""
+    return set(filter(None, str(offer[4]).split(","))) if len(offer) > 4 else set()
 
 
 def _withdraw_reason(state: MerchantState, d: LimitDecision, p: PolicySettings, spendable: int) -> Reason | None:
@@ -209,7 +219,7 @@ def _withdraw_reason(state: MerchantState, d: LimitDecision, p: PolicySettings, 
         return Reason("DELINQUENT", "an advance is past due")
     if d.blocked:
         return d.reasons[0] if d.reasons else Reason("BLOCKED", "merchant cannot take advances now")
-    known = set(str(state.offer[4]).split(",")) if len(state.offer) > 4 else set()
+    known = _guard_codes(state.offer)
     for r in d.reasons:
         if r.code in GUARD_CODES and r.code not in known:
             return r  # a manipulation or risk guard fired since the offer was made: name it first

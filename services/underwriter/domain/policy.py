@@ -16,9 +16,11 @@ from services.underwriter.domain.state import (
     F_DELIVERED,
     F_FINANCED,
     F_PAID,
+    F_PLACED,
     F_SHIPPED,
     L_OWED,
     L_TS,
+    MAX_LOANS,
     R_AMOUNT,
     R_CLOSED,
     R_DELIVERY,
@@ -148,9 +150,16 @@ class LimitDecision:
         return ",".join(r.code for r in self.reasons)
 
 
+_LENDABLE = F_PLACED | F_PAID | F_SHIPPED
+
+
 def eligible_receivables(state: MerchantState, as_of: int, p: PolicySettings,
                          lag_days: float = 0.0) -> list[Receivable]:
-    """Paid, shipped, unsettled receivables, soonest to settle first. A receivable is expected to settle
+    """Placed, paid, shipped, unsettled receivables, soonest to settle first. An order seen paid and shipped but
+    never placed (its order.placed lost, or not yet arrived) is not one: nothing counted it in placed sales (the
+    spike and placed-vs-settled guards) nor sampled its buyer (the buyer caps), so lending against it would let a
+    stream that leaves placements out borrow more than the same orders sent whole; its placement makes it one.
+    A receivable is expected to settle
     at the later of its delivery plus the payout delay and its placement plus the merchant's observed
     order-to-settlement lag (`lag_days`, 0 when unknown) plus slack, so due dates follow how this
     marketplace really pays out (weekly batches, buyer confirmation), not an optimistic constant."""
@@ -160,7 +169,7 @@ def eligible_receivables(state: MerchantState, as_of: int, p: PolicySettings,
     out = []
     for oid, rec in state.receivables.items():
         flags = rec[R_FLAGS]
-        if not (flags & F_PAID and flags & F_SHIPPED) or rec[R_CLOSED] and rec[R_CLOSED] <= as_of:
+        if flags & _LENDABLE != _LENDABLE or rec[R_CLOSED] and rec[R_CLOSED] <= as_of:
             continue
         if not rec[R_PLACED] or not oldest < rec[R_PLACED] <= as_of or rec[R_SHIPPED] > as_of:
             continue
@@ -449,6 +458,12 @@ def decide_limit(
         reasons.insert(0, Reason("KILL_SWITCH", "new advances are paused for all merchants"))
     # An accepted offer whose loan is not booked yet is already spoken for.
     available = max(0, limit - outstanding - accepted_pending(state))
+    if len(state.loans) >= MAX_LOANS:
+        # The state tracks at most MAX_LOANS open advances and would forget one to book another, understating
+        # what the merchant owes (and lending it again): no new advance until one of them is repaid.
+        available = 0
+        reasons.append(Reason("OPEN_ADVANCES_CAP", f"{len(state.loans)} advances open: a new one waits until one "
+                                                   "is repaid"))
     return LimitDecision(limit, available, outstanding, eligible, rate, merge_reasons(reasons, model_reasons), False, blocked,
                          tuple(receivables))
 

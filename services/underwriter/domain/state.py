@@ -37,7 +37,12 @@ What a stream from outside can do to it (each rule has a scenario test in test_u
   1-cent orders from fresh buyer accounts cannot crowd a self-dealer's own few accounts out of it (which orders
   enter it then depends on what was applied before them, no longer on the order ids alone);
 - a loan.repaid for a loan never seen disbursed here (another merchant's, or before its disbursement) keeps the
-  loan closed but counts as an on-time repayment only once its loan.disbursed shows the due date.
+  loan closed but counts as an on-time repayment only once its loan.disbursed shows the due date;
+- a chargeback closes its order's receivable whatever its amount; a refund re-sent under its id with a larger
+  amount leaves the order at most what is left after that amount (its rates still count it once);
+- a charge-off is never pushed out of the bounded loan history (`_history`); a loan.delinquent for a loan never
+  seen disbursed books it from the notice (`_delinquent`); a loan.disbursed without order_ids marks as financed
+  every receivable placed by the time its offer was made (`_financed_unnamed`).
 """
 
 from __future__ import annotations
@@ -87,6 +92,7 @@ _LAST_OFFER_AT = 3
 # another merchant's, or one that arrived before its disbursement): it keeps the loan closed, but counts as neither
 # repaid nor charged off (nothing says whether it was on time) until its loan.disbursed shows the due date.
 KIND_REPAID, KIND_CHARGED_OFF, KIND_REPAID_UNSEEN = 1, 2, 3
+_FORGET_FIRST = {KIND_REPAID_UNSEEN: 0, KIND_REPAID: 1}  # which loan history rows go first when it is full
 
 MAX_RECEIVABLES = 200
 MAX_BUYER_SAMPLE = 66
@@ -452,10 +458,11 @@ class MerchantState:
         return rec
 
     def _eviction_order(self, order_id: str) -> tuple[int, int]:
-        """When the table is full: closed receivables go first, then orders never placed or paid here, then the
-        oldest open ones."""
+        """When the table is full: closed receivables go first, then orders never placed here (known only from
+        later events, or paid and shipped without their order.placed: no receivable the policy lends against),
+        then the oldest open ones."""
         rec = self.receivables[order_id]
-        return (0 if rec[R_CLOSED] else 1 if not rec[R_PLACED] else 2), rec[R_PLACED]
+        return (0 if rec[R_CLOSED] else 1 if not rec[R_FLAGS] & F_PLACED else 2), rec[R_PLACED]
 
     @staticmethod
     def _counted_hash(kind: str, value: Any) -> str | None:
@@ -665,7 +672,15 @@ class MerchantState:
         order_id, amount = _id(data["order_id"]), self._money(data["amount"])
         h = self._counted_hash("r", data.get("refund_id"))
         if self._was_counted("r", h):
-            return  # the same refund re-sent under a new event id
+            # The same refund re-sent under a new event id: the rates count it once. It may carry another amount
+            # (the marketplace amended it): the order has been refunded at least that much, so its receivable
+            # keeps at most what is left after the largest amount reported under the id, never less than before.
+            rec = self.receivables.get(order_id)
+            if rec is not None and amount > rec[R_REFUNDED]:
+                rec[R_REFUNDED] = amount
+                if rec[R_AMOUNT] and rec[R_REFUNDED] >= rec[R_AMOUNT]:
+                    self._close(rec, F_REFUNDED, ts)
+            return
         self._count("r", h, ts)
         b = self.bucket(ts)
         b[REFUND_N] += 1
@@ -687,9 +702,9 @@ class MerchantState:
         b[CHARGEBACK_GMV] += amount
         rec = self._receivable(order_id, ts)  # created when the order's own events come later: it stays closed
         if rec is not None:
+            # A disputed order is no receivable, whatever part the chargeback names: its payout is contested.
             rec[R_REFUNDED] += amount
-            if rec[R_AMOUNT] and rec[R_REFUNDED] >= rec[R_AMOUNT]:
-                self._close(rec, F_REFUNDED, ts)
+            self._close(rec, F_REFUNDED, ts)
 
     def _settled(self, data: dict[str, Any], ts: int) -> None:
         self._money(data["gross"])
@@ -743,8 +758,10 @@ class MerchantState:
         # Booked in the category its offer reserved the exposure in (accepted, or still open if the acceptance
         # was not seen); a redelivered disbursement keeps the category it was booked in.
         offer_id, known = data.get("offer_id"), self.loans.get(loan_id)
+        # Booked from a delinquency notice that came first (see `_delinquent`): now its terms are known.
+        noticed = known is not None and len(known) > L_HELD and known[L_HELD] < 0
         category: str
-        if known is not None and len(known) > L_CAT:
+        if known is not None and len(known) > L_CAT and not noticed:
             category = str(known[L_CAT])
         elif self.accepted and self.accepted[0] == offer_id:
             category = str(self.accepted[1])
@@ -756,17 +773,41 @@ class MerchantState:
             self.accepted = []
         if known is None:
             self.loans[loan_id] = [ts, owed, owed, due, 0, category, principal]
+        elif noticed:
+            # It stays past due and owes no more than the notice said remained. It holds its whole principal's
+            # exposure: nothing was released for it while the state did not know what its offer reserved.
+            remaining = min(owed, int(known[L_REMAINING]))
+            self.loans[loan_id] = [ts, owed, remaining, due, known[L_DPD], category, principal]
         # else: the same disbursement re-sent under a new event id. It applies once per loan: the repayments and
         # days past due seen since stand (resetting them would lift the delinquency freeze).
         for order_id in order_ids:
             rec = self.receivables.get(order_id)
             if rec is not None:
                 rec[R_FLAGS] |= F_FINANCED
+        if not order_ids and known is None:
+            self._financed_unnamed(offer_id, ts)
         if self.offer and self.offer[0] == data.get("offer_id"):
             self.offer = []
+        self._bound_loans()
+
+    def _financed_unnamed(self, offer_id: Any, ts: int) -> None:
+        """A loan.disbursed of an offer this state made (still open, or its last offer record) that does not name
+        its orders (order_ids is optional): which of the open receivables the offer advanced against is unknown
+        here, so every one placed by the time the offer was made is taken as financed. The limit still counts
+        them; no later offer names them, so none is financed twice (orders placed since back the next offer)."""
+        rec = self.offer if self.offer and self.offer[0] == offer_id else self.last[_LAST_OFFER_AT:]
+        if len(rec) < 3 or rec[0] != offer_id:
+            return
+        made = min(ts, int(rec[2]))
+        for r in self.receivables.values():
+            if r[R_PLACED] and r[R_PLACED] <= made and not r[R_FLAGS] & F_TERMINAL:
+                r[R_FLAGS] |= F_FINANCED
+
+    def _bound_loans(self) -> None:
         if len(self.loans) > MAX_LOANS:
             # Forget the advance that matters least: never a past-due one (it freezes the limit), else the one
-            # with the least left to pay (the oldest first), so outstanding is understated the least.
+            # with the least left to pay (the oldest first), so outstanding is understated the least. (The policy
+            # makes no offer while MAX_LOANS are open, so its own offers never get here: OPEN_ADVANCES_CAP.)
             loans = self.loans
             del loans[min(loans, key=lambda k: (loans[k][L_DPD] > 0, loans[k][L_REMAINING], loans[k][L_TS]))]
 
@@ -793,9 +834,17 @@ class MerchantState:
         self._history([ts, 1 if repaid_at <= loan[L_DUE] else 0, KIND_REPAID, short_hash(loan_id)])
 
     def _delinquent(self, data: dict[str, Any], ts: int) -> None:
+        """A loan past due freezes the limit until it is repaid or charged off. One this state never saw disbursed
+        (its loan.disbursed refused or not applied yet) and not closed is booked from the notice, owing what it
+        says remains, due `days_past_due` before it, holding no exposure (nothing known was reserved for it here):
+        L_HELD -1 marks such a row (it releases nothing; `_disbursed` completes it if its disbursement comes)."""
         dpd, remaining = int(data["days_past_due"]), self._money(data["remaining"])
-        loan = self.loans.get(_id(data["loan_id"]))
-        if loan is not None:
+        loan_id = _id(data["loan_id"])
+        loan = self.loans.get(loan_id)
+        if loan is None and dpd > 0 and not self._loan_closed(loan_id):
+            self.loans[loan_id] = [ts, remaining, remaining, ts - min(dpd, 36_500) * DAY - 1, dpd, self.category, -1]
+            self._bound_loans()
+        elif loan is not None:
             loan[L_DPD] = max(loan[L_DPD], dpd)
             loan[L_REMAINING] = min(loan[L_REMAINING], remaining)
         if dpd > self.worst_dpd:
@@ -833,9 +882,14 @@ class MerchantState:
         return next((row for row in self.loan_history if len(row) > 3 and row[3] == h), None)
 
     def _history(self, row: list[int]) -> None:
-        bisect.insort(self.loan_history, row)
-        if len(self.loan_history) > MAX_LOAN_HISTORY:
-            del self.loan_history[0]
+        """Add a closed loan; over MAX_LOAN_HISTORY rows, forget the one that says least: a repayment of a loan
+        never seen disbursed (it counts nothing) before a repayment, the oldest first, and a charge-off only when
+        every row is one. A charge-off blocks the merchant for good (policy: CHARGED_OFF): two dozen repayments
+        after it, of other open advances or naming loans this merchant never had, must not push it out."""
+        history = self.loan_history
+        bisect.insort(history, row)
+        if len(history) > MAX_LOAN_HISTORY:
+            del history[min(range(len(history)), key=lambda i: (_FORGET_FIRST.get(history[i][2], 2), i))]
 
     # ----- portfolio exposure -----------------------------------------------------------------------------
 
