@@ -148,6 +148,8 @@ def _inputs(events: Iterable[Any], skip: Collection[int]) -> tuple[dict[str, _Me
             o.paid, o.amount = at, max(o.amount, int(amount))
         elif etype == "order.shipped":
             o.shipped = at
+        elif etype == "order.delivered":  # a delivered order was shipped, whether or not its shipping was sent
+            o.shipped = at if o.shipped is None else min(o.shipped, at)
         elif etype in ("order.cancelled", "order.chargeback"):
             o.closing.append((at, pos, etype.split(".")[1], 0))
         elif etype == "order.refunded":

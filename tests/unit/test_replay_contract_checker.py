@@ -175,3 +175,22 @@ def test_an_acceptance_after_a_financed_order_was_paid_out_breaks_the_contract(r
     paid_out = settlement(offer["subject"], at + timedelta(seconds=1), [(offer["data"]["order_ids"][0], 1)], "po")
     rules = _rules([*events[:trigger + 1], paid_out, *events[trigger + 1:]], emitted)
     assert "accept.order_closed" in rules and "offer.order_closed" not in rules
+
+
+def test_an_offer_on_an_order_delivered_without_a_shipping_event_keeps_the_contract(run: Run) -> None:
+    events, emitted = run
+    offer = emitted[_first(emitted, "loan_offer.created")]
+    order = offer["data"]["order_ids"][0]
+
+    def delivered_instead(e: dict[str, Any]) -> dict[str, Any]:
+        if e["type"] == "order.shipped" and e["data"].get("order_id") == order:
+            return {**e, "type": "order.delivered", "dataschema": e["dataschema"].replace("shipped", "delivered"),
+                    "data": {"order_id": order}}
+        return e
+
+    assert sum(e["type"] == "order.shipped" and e["data"].get("order_id") == order for e in events) >= 1
+    assert "offer.order_not_paid_shipped" not in _rules([delivered_instead(e) for e in events], emitted)
+    # Neither shipped nor delivered by the offer: still a violation.
+    unshipped = [e for e in events
+                 if not (e["type"] in ("order.shipped", "order.delivered") and e["data"].get("order_id") == order)]
+    assert "offer.order_not_paid_shipped" in _rules(unshipped, emitted)
