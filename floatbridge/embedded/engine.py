@@ -543,10 +543,12 @@ class EmbeddedEngine:
         first let a day's aging precede that day's payouts and filled withheld from instructions older than
         the loans the same batch disbursed.)"""
         start = 0
+        last: str | None = None
         for i, (_line, raw) in enumerate(batch):
             t = raw.get("time") if isinstance(raw, dict) else None
-            if not isinstance(t, str):
-                continue
+            if not isinstance(t, str) or t == last:
+                continue  # the same time as the event before: it moved the clock already (or could not)
+            last = t
             try:
                 at = parse_rfc3339(t)
             except ValueError:

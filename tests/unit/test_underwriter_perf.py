@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -155,3 +156,76 @@ def test_state_bytes_fall_back_to_the_stdlib_encoder_for_integers_beyond_64_bits
     s = golden_state()
     s.positions["huge:0"] = 2**70
     assert MerchantState.from_bytes(state_bytes(s)) == s
+
+
+def _reference_features_parts(s: MerchantState, as_of: int) -> tuple[Any, ...]:
+    """The window sums, buyer shares and open receivables exactly as written before they were optimised."""
+    from collections import Counter
+
+    from services.underwriter.domain.state import (
+        BUCKET_FIELDS,
+        F_PAID,
+        F_SHIPPED,
+        R_AMOUNT,
+        R_CLOSED,
+        R_FLAGS,
+        R_PLACED,
+        R_REFUNDED,
+        R_SHIPPED,
+    )
+
+    def column_sums(rows: list[list[int]]) -> list[int]:
+        return [sum(col) for col in zip(*rows, strict=True)] if rows else [0] * BUCKET_FIELDS
+
+    today = as_of // 86_400
+    d7, d30, d90 = [], [], []
+    for day, b in s.buckets.items():
+        age = today - day
+        if 0 <= age < 90:
+            (d7 if age < 7 else d30 if age < 30 else d90).append(b)
+    w7 = column_sums(d7)
+    w30 = column_sums([w7, *d30])
+    w90 = column_sums([w30, *d90])
+    sample = [h for day, _, h in s.buyers if today - 30 < day <= today]
+    if sample:
+        counts = Counter(sample)
+        n = len(sample)
+        buyers = (float(round(len(counts) / n * max(w30[1], n))), sum(c for c in counts.values() if c > 1) / n,
+                  max(counts.values()) / n)
+    else:
+        buyers = (0.0, 0.0, 0.0)
+    total = count = 0
+    for rec in s.receivables.values():
+        placed = rec[R_PLACED]
+        if not placed or placed > as_of or (rec[R_CLOSED] and rec[R_CLOSED] <= as_of):
+            continue
+        if rec[R_FLAGS] & F_PAID and rec[R_FLAGS] & F_SHIPPED and rec[R_SHIPPED] <= as_of:
+            total += max(0, rec[R_AMOUNT] - rec[R_REFUNDED])
+            count += 1
+    return w7, w30, w90, buyers, (total, count)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_optimised_window_buyer_and_receivable_sums_equal_the_plain_loops_on_random_states(seed: int) -> None:
+    """Buckets in any of the three windows or none, buyer samples with repeats, receivables at every boundary
+    (placed, shipped or closed exactly at as_of, refunded beyond their amount, flags missing, never placed)."""
+    import random
+
+    from services.underwriter.domain import features as f
+
+    rng = random.Random(seed)
+    as_of = 1_750_000_000 + rng.randrange(86_400)
+    today = as_of // 86_400
+    s = MerchantState("m")
+    for day in rng.sample(range(today - 120, today + 3), rng.randrange(0, 40)):
+        s.buckets[day] = [rng.randrange(0, 10_000) for _ in range(12)]
+    s.buyers = sorted([today - rng.randrange(-1, 35), rng.randrange(50), rng.randrange(6)]
+                      for _ in range(rng.randrange(0, 66)))
+    near = [0, as_of - 1, as_of, as_of + 1, as_of - 86_400 * rng.randrange(1, 60)]
+    for i in range(rng.randrange(0, 120)):
+        s.receivables[f"o{i}"] = [rng.randrange(0, 50_000), rng.randrange(0, 256), rng.choice(near),
+                                  rng.choice(near), rng.choice(near), rng.randrange(0, 60_000), rng.choice(near)]
+    w7, w30, w90, buyers, open_receivables = _reference_features_parts(s, as_of)
+    assert f._windows(s, today) == (w7, w30, w90)
+    assert f._buyer_features(s, today, w30[1]) == buyers
+    assert f._receivables(s, as_of) == open_receivables

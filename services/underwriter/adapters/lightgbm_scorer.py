@@ -137,11 +137,15 @@ class LightGBMScorer:
         if len(features) != len(FEATURE_NAMES):
             raise ValueError(f"expected {len(FEATURE_NAMES)} features, got {len(features)}")
         if self._contrib is not None:
-            contrib = list(self._contrib(features))
+            out = self._contrib(features)
+            contrib = list(out)
+            # numpy's sum of the same float64 values as np.sum(contrib), read in place (no list -> array copy).
+            total = float(self._np.frombuffer(out, dtype=self._np.float64).sum())
         else:
             row = self._np.asarray([features], dtype=self._np.float64)
             contrib = [float(c) for c in self.booster.predict(row, pred_contrib=True, num_threads=1)[0]]
-        raw = 1.0 / (1.0 + math.exp(-float(self._np.sum(contrib))))
+            total = float(self._np.sum(contrib))
+        raw = 1.0 / (1.0 + math.exp(-total))
         pd = min(1.0, max(0.0, self.calibration(raw)))
         top = sorted(((float(c), i) for i, c in enumerate(contrib[:-1]) if c > 0), reverse=True)[:TOP_REASONS]
         reasons = [feature_reason(FEATURE_NAMES[i], features[i]) for _, i in top]

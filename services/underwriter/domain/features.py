@@ -74,12 +74,17 @@ def _windows(state: MerchantState, today: int) -> tuple[list[int], list[int], li
         if 0 <= age < 90:
             (d7 if age < 7 else d30_ if age < 30 else d90_).append(b)
     w7 = _column_sums(d7)
-    w30 = _column_sums([w7, *d30_])
-    return w7, w30, _column_sums([w30, *d90_])
+    # A wider window with no buckets of its own sums to the narrower one (read only, so shared).
+    w30 = _column_sums([w7, *d30_]) if d30_ else w7
+    return w7, w30, _column_sums([w30, *d90_]) if d90_ else w30
 
 
 def _column_sums(rows: list[list[int]]) -> list[int]:
-    return [sum(col) for col in zip(*rows, strict=True)] if rows else [0] * BUCKET_FIELDS
+    if not rows:
+        return [0] * BUCKET_FIELDS
+    if len(rows) == 1:
+        return list(rows[0])
+    return list(map(sum, zip(*rows, strict=True)))
 
 
 def _ratio(num: float, den: float) -> float:
@@ -87,14 +92,15 @@ def _ratio(num: float, den: float) -> float:
 
 
 def _buyer_features(state: MerchantState, today: int, placed_30: int) -> tuple[float, float, float]:
-    sample = [h for day, _, h in state.buyers if today - 30 < day <= today]
+    start = today - 30
+    sample = [h for day, _, h in state.buyers if start < day <= today]
     if not sample:
         return 0.0, 0.0, 0.0
-    counts = Counter(sample)
+    counts = Counter(sample).values()
     n = len(sample)
     distinct_share = len(counts) / n
-    repeat = sum(c for c in counts.values() if c > 1) / n
-    top = max(counts.values()) / n
+    repeat = sum([c for c in counts if c > 1]) / n
+    top = max(counts) / n
     # The sample holds the latest orders; scale its distinct share to the window's order count.
     return float(round(distinct_share * max(placed_30, n))), repeat, top
 
@@ -112,14 +118,24 @@ def _volatility(state: MerchantState, today: int, placed_30: int) -> float:
 
 
 def _receivables(state: MerchantState, as_of: int) -> tuple[int, int]:
+    """(amount, count) of receivables open as of `as_of`: placed by then, paid, shipped by then, not closed by
+    then; the amount net of refunds, never below 0."""
     total = count = 0
+    paid_shipped = F_PAID | F_SHIPPED
+    flags_at, placed_at, shipped_at, closed_at = R_FLAGS, R_PLACED, R_SHIPPED, R_CLOSED
     for rec in state.receivables.values():
-        placed = rec[R_PLACED]
-        if not placed or placed > as_of or (rec[R_CLOSED] and rec[R_CLOSED] <= as_of):
+        if rec[flags_at] & paid_shipped != paid_shipped:
             continue
-        if rec[R_FLAGS] & F_PAID and rec[R_FLAGS] & F_SHIPPED and rec[R_SHIPPED] <= as_of:
-            total += max(0, rec[R_AMOUNT] - rec[R_REFUNDED])
-            count += 1
+        placed = rec[placed_at]
+        if not placed or placed > as_of or rec[shipped_at] > as_of:
+            continue
+        closed = rec[closed_at]
+        if closed and closed <= as_of:
+            continue
+        amount = rec[R_AMOUNT] - rec[R_REFUNDED]
+        if amount > 0:
+            total += amount
+        count += 1
     return total, count
 
 
