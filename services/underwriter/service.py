@@ -105,6 +105,10 @@ class MemoryPortfolio:
         key = f"cat:{category}:{currency}"
         self.counters[key] = max(0, int(self.counters.get(key, 0)) - amount)
 
+    def unreserve(self, day: int, currency: str, amount: int) -> None:
+        key = f"day:{day}:{currency}"
+        self.counters[key] = max(0, int(self.counters.get(key, 0)) - amount)
+
 
 class Underwriter:
     def __init__(

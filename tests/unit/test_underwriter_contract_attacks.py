@@ -382,3 +382,28 @@ def test_settled_self_dealing_through_three_own_accounts_is_named_and_the_limit_
     final = limits(out)[-1]
     assert "BUYER_CONCENTRATION" in codes(final)
     assert final["limit"]["amount"] <= before * 1.2, (before, final["limit"]["amount"])
+
+
+def _days_reserved(u: Any) -> dict[int, int]:
+    return {int(k.split(":")[1]): int(v) for k, v in u.portfolio.counters.items() if k.startswith("day:") and v}
+
+
+def test_replaced_expired_and_withdrawn_offers_give_their_amount_back_to_the_days_origination_budget() -> None:
+    """The daily budget caps what is originated: an offer that ends without being accepted frees what it held,
+    so offers refreshed all day (or a withdrawn one) do not use up the budget for every merchant."""
+    u = engine(daily_budget_minor=10**12)
+    out = feed(u, history("m1", START, 60, Profile(), seed=1))
+    offers = [o for o in out if o["type"] == "loan_offer.created"]
+    assert len({t_of(o).date() for o in offers}) > 20  # refreshed day after day, and within days
+    largest: dict[int, int] = {}
+    for o in offers:
+        day = int(t_of(o).timestamp()) // 86_400
+        largest[day] = max(largest.get(day, 0), o["data"]["amount"]["amount"])
+    reserved = _days_reserved(u)
+    assert all(reserved[day] <= largest[day] for day in reserved), "a replaced offer still counts on its day"
+    # Nothing accepted: only the one open offer holds budget, on the day it was made.
+    last = offers[-1]
+    assert reserved == {int(t_of(last).timestamp()) // 86_400: last["data"]["amount"]["amount"]}
+    out = feed(u, [ev("merchant.updated", {"status": "suspended"}, END + timedelta(hours=1), "m1-suspended")])
+    assert [o["type"] for o in out if o["type"].startswith("loan_offer")] == ["loan_offer.withdrawn"]
+    assert _days_reserved(u) == {}

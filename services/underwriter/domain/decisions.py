@@ -32,6 +32,8 @@ class Portfolio(Protocol):
 
     def release(self, category: str, currency: str, amount: int) -> None: ...
 
+    def unreserve(self, day: int, currency: str, amount: int) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Action:
@@ -140,7 +142,7 @@ def decide_actions(
     actions: list[Action] = []
     offer = state.offer
     if offer and int(offer[3]) <= as_of:  # expired on its own: the disbursement service announces it
-        portfolio.release(offer_category(state, offer), state.currency, int(offer[1]))
+        _free(state, offer, portfolio)
         state.offer = offer = []
         _set_last(state, None, [])
     pending = accepted_pending(state)
@@ -152,7 +154,7 @@ def decide_actions(
         if why is not None:
             reasons = [why, *(r for r in d.reasons if r.code != why.code)][:20]  # each reason named once
             withdrawn.append(Action("loan_offer.withdrawn", {"offer_id": offer[0], "reasons": reasons}))
-            portfolio.release(offer_category(state, offer), state.currency, int(offer[1]))
+            _free(state, offer, portfolio)
             state.offer = offer = []
             _set_last(state, None, [])
     new = None
@@ -167,13 +169,20 @@ def decide_actions(
     if new is not None:
         day = as_of // DAY
         if offer:  # replaced: free what the old one held, where it held it
-            portfolio.release(offer_category(state, offer), state.currency, int(offer[1]))
+            _free(state, offer, portfolio)
         portfolio.reserve(day, state.category, state.currency, new.amount)
         guards = ",".join(r.code for r in d.reasons if r.code in GUARD_CODES)
         state.offer = [new.offer_id, new.amount, as_of, new.expires_at, guards, state.category]
         _set_last(state, None, state.offer[:4])
         actions.append(Action("loan_offer.created", {"offer": new}))
     return actions
+
+
+def _free(state: MerchantState, offer: list[Any], portfolio: Portfolio) -> None:
+    """An offer ended without being accepted (expired, withdrawn or replaced): it frees the category exposure it
+    held and its amount in the origination budget of the day it was made, since nothing was originated."""
+    portfolio.release(offer_category(state, offer), state.currency, int(offer[1]))
+    portfolio.unreserve(int(offer[2]) // DAY, state.currency, int(offer[1]))
 
 
 def _new_offer(
