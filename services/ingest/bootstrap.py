@@ -23,12 +23,16 @@ log = logging.getLogger(__name__)
 
 
 def codec_validator() -> Validator:
-    from schemas.codec import validate
+    """schemas.codec.validate as (pointer, message, kind) tuples, with a quick yes first for plainly valid
+    marketplace events (adapters/fastcheck.py: checks generated from the same schemas; any doubt runs the
+    full validator, so every error is exactly the codec's)."""
+    from schemas.codec import MARKETPLACE_TYPES, _envelope_surely_valid, data_schema, validate
+    from services.ingest.adapters.fastcheck import quick_validator
 
     def run(event: dict[str, Any]) -> list[tuple[str, ...]]:
         return [(e.pointer, e.message, e.kind) for e in validate(event)]
 
-    return run
+    return quick_validator(MARKETPLACE_TYPES, data_schema, _envelope_surely_valid, run)
 
 
 @dataclass

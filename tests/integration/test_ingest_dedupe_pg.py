@@ -77,3 +77,16 @@ def test_a_repeated_claim_by_the_same_owner_is_its_own_not_someone_elses(pg_sche
     assert store.claim([ClaimRequest("a", "h")], "o1", NOW) == {"a": Claim.NEW}
     assert store.claim([ClaimRequest("a", "h")], "o2", NOW) == {"a": Claim.PENDING}
     store.close()
+
+
+def test_ids_with_quotes_backslashes_commas_and_braces_are_claimed_and_marked_as_themselves(pg_schema_url: str) -> None:
+    store = SqlDedupeStore(pg_schema_url, LEASE)
+    odd = ['a"b', "c\\d", "e,f", "{g}", "h i", "NULL", "", "é-ü", 'j\\"k', "l" * 128]
+    got = store.claim([ClaimRequest(e, f"h{n}") for n, e in enumerate(odd)], "o1", NOW)
+    assert got == {e: Claim.NEW for e in odd}
+    store.mark_done(odd[:5], "o1")
+    assert [store.state(e) for e in odd] == ["done"] * 5 + ["pending"] * 5
+    again = store.claim([ClaimRequest(e, f"h{n}") for n, e in enumerate(odd)] + [ClaimRequest("new", "x")], "o2", NOW)
+    assert again == {**{e: Claim.DONE for e in odd[:5]}, **{e: Claim.PENDING for e in odd[5:]}, "new": Claim.NEW}
+    assert store.claim([ClaimRequest('a"b', "other")], "o3", NOW) == {'a"b': Claim.CONFLICT}
+    store.close()

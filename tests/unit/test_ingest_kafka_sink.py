@@ -154,3 +154,69 @@ def test_a_record_near_the_size_limit_a_closed_or_transactional_producer_take_se
     producer._closed, producer._transaction_manager = False, _Txn()
     sink.publish([small])
     assert len(producer._accumulator.appended) == 1 and len(producer.sent) == 3
+
+
+def _records_of(acc: Any, tp: Any) -> list[list[tuple[int, bytes, bytes, list[Any]]]]:
+    """Each open batch of `tp` in the accumulator, as (offset, key, value, headers) per record."""
+    from kafka.record.memory_records import MemoryRecords
+
+    out = []
+    for batch in acc._batches[tp]:
+        batch.records.close()
+        records = MemoryRecords(bytes(batch.records.buffer()))
+        rows: list[tuple[int, bytes, bytes, list[Any]]] = []
+        while records.has_next():
+            rows.extend((r.offset, r.key, r.value, r.headers) for r in records.next_batch())
+        out.append(rows)
+    return out
+
+
+class _RealAccumulatorProducer:
+    """kafka-python's own RecordAccumulator (no broker, no sender thread) behind a producer's attributes."""
+
+    def __init__(self, batch_size: int):
+        from kafka.producer.record_accumulator import RecordAccumulator
+
+        self._accumulator = RecordAccumulator(batch_size=batch_size, linger_ms=5)
+        self._sender = _Sender()
+        self._closed = False
+        self._transaction_manager = None
+
+
+def test_a_run_of_records_fills_the_accumulators_batches_exactly_as_one_append_per_record() -> None:
+    from kafka.structs import TopicPartition
+
+    from services.ingest.adapters.kafka_sink import _bulk_append
+
+    tp = TopicPartition("events", 3)
+    run = [(f"e{i}", f"m-{i % 7}".encode(), b'{"n":%d,"pad":"%s"}' % (i, b"x" * (i % 50)),
+            [("ce_id", f"e{i}".encode()), ("ce_type", b"order.placed")]) for i in range(300)]
+    bulk_producer, reference = _RealAccumulatorProducer(4096), _RealAccumulatorProducer(4096)
+    bulk = _bulk_append(bulk_producer)
+    assert bulk is not None
+    futures: list[tuple[str, Any]] = []
+    bulk(tp, run[:120], futures)
+    bulk(tp, run[120:], futures)  # a second run continues the open batch
+    for _, key, value, headers in run:
+        reference._accumulator.append(tp, None, key, value, headers)
+    got, want = _records_of(bulk_producer._accumulator, tp), _records_of(reference._accumulator, tp)
+    assert len(want) > 5  # the runs spanned many batches
+    assert got == want  # same records, same offsets, same batch boundaries
+    assert [eid for eid, _ in futures] == [eid for eid, *_ in run]  # one future per record, in order
+    assert all(not f.is_done for _, f in futures)  # nothing acknowledged without a broker
+    assert bulk_producer._sender.wakeups >= len(want) - 1  # woken for every batch that filled or opened
+
+
+def test_bulk_append_is_only_used_with_kafka_pythons_own_accumulator() -> None:
+    from services.ingest.adapters.kafka_sink import _bulk_append
+
+    assert _bulk_append(_DirectProducer({"events": {0}})) is None  # another accumulator: one append per record
+    closed = _RealAccumulatorProducer(4096)
+    closed._accumulator.close()
+    from kafka.errors import IllegalStateError
+    from kafka.structs import TopicPartition
+
+    bulk = _bulk_append(closed)
+    assert bulk is not None
+    with pytest.raises(IllegalStateError):
+        bulk(TopicPartition("events", 0), [("e1", b"k", b"v", [])], [])

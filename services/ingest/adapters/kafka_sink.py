@@ -62,11 +62,14 @@ class KafkaSink:
 
         start = time.perf_counter()
         producer = self._get()
-        futures = []
+        futures: list[tuple[str, Any]] = []
         try:
             append = _direct_append(producer)
+            bulk = _bulk_append(producer) if append is not None else None
             limit = int(getattr(producer, "config", {}).get("max_request_size", 1048576)) - _RECORD_OVERHEAD
             routes: dict[str, Callable[[str], tuple[bytes, Any]]] = {}
+            # Records for the accumulator, per partition in the order given (bulk path only).
+            runs: dict[Any, list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]] = {}
             for rec in records:
                 route = routes.get(rec.kind)
                 if route is None:  # per batch and only for the topics it writes to
@@ -78,11 +81,20 @@ class KafkaSink:
                 for name, hval in headers:
                     size += len(name) + len(hval)
                 if append is not None and tp is not None and size <= limit:
+                    if bulk is not None:
+                        run = runs.get(tp)
+                        if run is None:
+                            run = runs[tp] = []
+                        run.append((rec.event_id, key, value, headers))
+                        continue
                     fut = append(tp, key, value, headers)
                 else:  # no metadata yet, or a record near the size limit: send() checks and raises
                     fut = producer.send(self.topics[rec.kind], value=value, key=key,
                                         partition=None if tp is None else tp.partition, headers=headers)
                 futures.append((rec.event_id, fut))
+            if bulk is not None:
+                for tp, run in runs.items():
+                    bulk(tp, run, futures)
         except KafkaError as exc:
             self._wait(futures, start)  # whatever was sent may still be acknowledged
             delivered = frozenset(eid for eid, f in futures if f.succeeded())
@@ -220,6 +232,74 @@ def _direct_append(producer: Any) -> Callable[[Any, bytes, bytes, list[tuple[str
         return future
 
     return append
+
+
+def _bulk_append(producer: Any) -> Callable[[Any, list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]],
+                                            list[tuple[str, Any]]], None] | None:
+    """_direct_append for a run of records of one partition: what RecordAccumulator.append does for each
+    record that fits the partition's open batch (ProducerBatch.try_append on the last batch, under the
+    partition's lock, counted in appends-in-progress), with the lock taken once per run instead of once
+    per record. A record that does not fit goes through RecordAccumulator.append itself, which opens the
+    next batch; the run then continues on that batch. Same records in the same order, the same per-record
+    futures, the sender woken when a batch is full or new (as send() does). None (use _direct_append)
+    unless the accumulator is kafka-python's RecordAccumulator with the expected internals."""
+    acc = getattr(producer, "_accumulator", None)
+    if acc is None or not _record_accumulator_fits(type(acc).__qualname__, type(acc).__module__):
+        return None
+    acc_append, wakeup, lock_of, batches = acc.append, producer._sender.wakeup, acc._tp_lock, acc._batches
+    in_progress = acc._appends_in_progress
+    monotonic = time.monotonic
+
+    def bulk(tp: Any, run: list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]],
+             futures: list[tuple[str, Any]]) -> None:
+        i, n = 0, len(run)
+        while i < n:
+            wake = False
+            if not acc._closed:
+                in_progress.increment()
+                try:
+                    with lock_of(tp):
+                        dq = batches[tp]
+                        if dq:
+                            last = dq[-1]
+                            try_append = last.try_append
+                            now = monotonic()
+                            while i < n:
+                                eid, key, value, headers = run[i]
+                                fut = try_append(None, key, value, headers, now=now)
+                                if fut is None:
+                                    break
+                                futures.append((eid, fut))
+                                i += 1
+                            wake = len(dq) > 1 or last.records.is_full()
+                finally:
+                    in_progress.decrement()
+            if wake:
+                wakeup()
+            if i < n:  # the open batch is full (or there is none): the accumulator opens the next one
+                eid, key, value, headers = run[i]
+                fut, batch_is_full, new_batch_created, _ = acc_append(tp, None, key, value, headers)
+                futures.append((eid, fut))
+                i += 1
+                if batch_is_full or new_batch_created:
+                    wakeup()
+
+    return bulk
+
+
+@functools.cache
+def _record_accumulator_fits(qualname: str, module: str) -> bool:
+    """kafka-python 3.x's RecordAccumulator, whose append() starts with the fast path _bulk_append repeats."""
+    try:
+        from kafka.producer.producer_batch import ProducerBatch
+        from kafka.producer.record_accumulator import RecordAccumulator
+    except ImportError:
+        return False
+    return ((qualname, module) == (RecordAccumulator.__qualname__, RecordAccumulator.__module__)
+            and _accumulator_fits(RecordAccumulator.append)
+            and callable(getattr(RecordAccumulator, "_tp_lock", None))
+            and list(inspect.signature(ProducerBatch.try_append).parameters)
+            == ["self", "timestamp_ms", "key", "value", "headers", "now"])
 
 
 def _close_quietly(producer: Any) -> None:

@@ -95,9 +95,9 @@ class SqlDedupeStore:
                 f"ins AS (INSERT INTO {name} (event_id, content_sha256, state, owner, claimed_at_ms, first_seen_ms) "
                 "SELECT event_id, sha, 'pending', %(owner)s, %(now)s, %(now)s FROM req ORDER BY event_id "
                 "ON CONFLICT (event_id) DO NOTHING RETURNING event_id) "
-                "SELECT req.event_id, ins.event_id IS NOT NULL, t.content_sha256, t.state, t.claimed_at_ms, t.owner "
+                "SELECT req.event_id, t.content_sha256, t.state, t.claimed_at_ms, t.owner "
                 f"FROM req LEFT JOIN ins ON ins.event_id = req.event_id LEFT JOIN {name} t "
-                "ON t.event_id = req.event_id AND ins.event_id IS NULL"
+                "ON t.event_id = req.event_id WHERE ins.event_id IS NULL"
             )
             self._pg_done_sql = f"UPDATE {name} SET state = 'done' WHERE event_id = ANY(%(ids)s::text[])"
         if create:
@@ -164,19 +164,20 @@ class SqlDedupeStore:
         return {eid: out.get(eid, Claim.PENDING) for eid in wanted}
 
     def _pg_claim(self, requests: Sequence[ClaimRequest], owner: str, now_ms: int) -> dict[str, Claim]:
-        params = {"ids": [r.event_id for r in requests], "hashes": [r.content_hash for r in requests],
-                  "owner": owner, "now": now_ms}
         wanted = {r.event_id: r.content_hash for r in requests}
+        params = {"ids": pg_text_array(list(wanted)), "hashes": pg_text_array(list(wanted.values())), "owner": owner,
+                  "now": now_ms}
         out: dict[str, Claim] = {}
         stale: list[str] = []
 
         def run(conn: Any) -> None:
             out.clear()
             stale.clear()
-            for eid, new, digest, state, claimed, held_by in conn.exec_driver_sql(self._pg_claim_sql, params):
-                if new:
-                    out[eid] = Claim.NEW
-                elif digest is None:
+            # Only the ids this statement did not insert come back (a batch of new ids returns no rows).
+            known: set[str] = set()
+            for eid, digest, state, claimed, held_by in conn.exec_driver_sql(self._pg_claim_sql, params):
+                known.add(eid)
+                if digest is None:
                     continue  # committed by a racing replica after this statement's snapshot: PENDING
                 elif digest != wanted[eid]:
                     out[eid] = Claim.CONFLICT
@@ -193,6 +194,9 @@ class SqlDedupeStore:
                 ).values(owner=owner, claimed_at_ms=now_ms).returning(t.c.event_id)
                 for (eid,) in conn.execute(takeover):
                     out[eid] = Claim.TAKEN_OVER
+            for eid in wanted:
+                if eid not in known:
+                    out[eid] = Claim.NEW
 
         self._in_tx(run)
         return {eid: out.get(eid, Claim.PENDING) for eid in wanted}
@@ -213,7 +217,7 @@ class SqlDedupeStore:
 
     def mark_done(self, event_ids: Sequence[str], owner: str) -> None:
         if event_ids and self._pg:
-            params = {"ids": list(event_ids)}
+            params = {"ids": pg_text_array(event_ids)}
             self._in_tx(lambda conn: conn.exec_driver_sql(self._pg_done_sql, params))
         elif event_ids:
             self._run(update(self.table).where(self.table.c.event_id.in_(list(event_ids))).values(state="done"))
@@ -251,6 +255,16 @@ class SqlDedupeStore:
 
     def _run(self, stmt: Any) -> None:
         self._in_tx(lambda conn: conn.execute(stmt))
+
+
+def pg_text_array(values: Sequence[str]) -> str:
+    """A PostgreSQL text[] literal of `values` (bound as ONE string parameter and cast with ::text[]):
+    psycopg2 adapts a Python list element by element, ~1 us per id for a 500-event batch's arrays, where
+    one string costs nothing. Elements are double-quoted; a quote or backslash in one is escaped."""
+    body = '","'.join(values)
+    if '"' in body or "\\" in body:
+        body = '","'.join(v.replace("\\", "\\\\").replace('"', '\\"') for v in values)
+    return '{"' + body + '"}' if values else "{}"
 
 
 def _short(exc: BaseException) -> str:
