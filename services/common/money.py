@@ -14,6 +14,19 @@ CURRENCY_EXPONENTS: dict[str, int] = {
     "OMR": 3, "PEN": 2, "PHP": 2, "PKR": 2, "PLN": 2, "PYG": 0, "QAR": 2, "RON": 2, "RUB": 2,
     "SAR": 2, "SEK": 2, "SGD": 2, "THB": 2, "TND": 3, "TRY": 2, "TWD": 2, "UAH": 2, "UGX": 0,
     "USD": 2, "UYU": 2, "VND": 0, "XAF": 0, "XOF": 0, "ZAR": 2,
+    # The rest of ISO 4217's current codes (funds codes among them: CLF and UYW have 4 decimals, UYI none);
+    # precious metals, SDR and the test/no-currency codes (XAU, XDR, XTS, XXX...) are not currencies of account.
+    "AFN": 2, "ALL": 2, "AMD": 2, "AOA": 2, "AWG": 2, "AZN": 2, "BAM": 2, "BBD": 2, "BIF": 0, "BMD": 2,
+    "BND": 2, "BOB": 2, "BOV": 2, "BSD": 2, "BTN": 2, "BWP": 2, "BYN": 2, "BZD": 2, "CDF": 2, "CHE": 2,
+    "CHW": 2, "CLF": 4, "COU": 2, "CRC": 2, "CUP": 2, "CVE": 2, "DJF": 0, "DOP": 2, "DZD": 2, "ERN": 2,
+    "ETB": 2, "FJD": 2, "FKP": 2, "GEL": 2, "GHS": 2, "GIP": 2, "GMD": 2, "GNF": 0, "GTQ": 2, "GYD": 2,
+    "HNL": 2, "HTG": 2, "IRR": 2, "JMD": 2, "KGS": 2, "KHR": 2, "KMF": 0, "KPW": 2, "KYD": 2, "KZT": 2,
+    "LAK": 2, "LBP": 2, "LKR": 2, "LRD": 2, "LSL": 2, "MDL": 2, "MGA": 2, "MKD": 2, "MMK": 2, "MNT": 2,
+    "MOP": 2, "MRU": 2, "MUR": 2, "MVR": 2, "MWK": 2, "MXV": 2, "MZN": 2, "NAD": 2, "NIO": 2, "NPR": 2,
+    "PAB": 2, "PGK": 2, "RSD": 2, "RWF": 0, "SBD": 2, "SCR": 2, "SDG": 2, "SHP": 2, "SLE": 2, "SOS": 2,
+    "SRD": 2, "SSP": 2, "STN": 2, "SVC": 2, "SYP": 2, "SZL": 2, "TJS": 2, "TMT": 2, "TOP": 2, "TTD": 2,
+    "TZS": 2, "USN": 2, "UYI": 0, "UYW": 4, "UZS": 2, "VED": 2, "VES": 2, "VUV": 0, "WST": 2, "XCD": 2,
+    "XCG": 2, "XPF": 0, "YER": 2, "ZMW": 2, "ZWG": 2,
 }
 
 # Largest amount accepted anywhere: 10^15 minor units keeps every sum inside int64 columns.

@@ -355,6 +355,31 @@ _UTF8_CHARSETS = frozenset(("", "utf-8", "utf8", "us-ascii", "ascii"))
 _DECOMPRESSORS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}  # zlib format
 
 
+def _inflate(body: bytes, wbits: int, cap: int) -> bytes | None:
+    """The decompressed body, None once it passes `cap` bytes; zlib.error if it is not one complete stream. A gzip
+    body may be several members one after another (RFC 1952 2.2: what `cat a.gz b.gz` or a streaming writer
+    makes); their contents are concatenated. Anything else after the end of the stream is an error."""
+    parts: list[bytes] = []
+    size = 0
+    rest = body
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        part = inflater.decompress(rest, cap + 1 - size)  # a max_length of at least 1: never unlimited
+        size += len(part)
+        if size > cap or inflater.unconsumed_tail:
+            return None
+        tail = inflater.flush()
+        size += len(tail)
+        parts += (part, tail)
+        if not inflater.eof:
+            raise zlib.error("truncated or trailing data")
+        rest = inflater.unused_data
+        if not rest:
+            return b"".join(parts)
+        if wbits != 16 + zlib.MAX_WBITS or rest[:2] != b"\x1f\x8b":
+            raise zlib.error("truncated or trailing data")
+
+
 def _charset(content_type: str) -> str:
     for param in content_type.split(";")[1:]:
         name, _, value = param.partition("=")
@@ -372,17 +397,16 @@ def _decode_body(body: bytes, encoding: str, content_type: str, cap: int) -> byt
         if wbits is None:
             return _problem(415, "unsupported_encoding", f"Content-Encoding {coding[:40]!r} is not supported; "
                             "send gzip, deflate or an uncompressed body")
-        inflater = zlib.decompressobj(wbits)
         try:
-            out = inflater.decompress(body, cap + 1)
-            if len(out) > cap or inflater.unconsumed_tail:
-                return _problem(413, "batch_too_large", f"a batch may hold at most {cap} bytes (decompressed)")
-            out += inflater.flush()
-            if not inflater.eof or inflater.unused_data:
-                raise zlib.error("truncated or trailing data")
+            out = _inflate(body, wbits, cap)
         except zlib.error as exc:
-            return _problem(400, "malformed_body", f"the body is not valid {coding}: {exc}")
-        if len(out) > cap:
+            if coding != "deflate":
+                return _problem(400, "malformed_body", f"the body is not valid {coding}: {exc}")
+            try:  # "deflate" sent without its zlib wrapper (raw RFC 1951), as some clients do
+                out = _inflate(body, -zlib.MAX_WBITS, cap)
+            except zlib.error:
+                return _problem(400, "malformed_body", f"the body is not valid {coding}: {exc}")
+        if out is None or len(out) > cap:
             return _problem(413, "batch_too_large", f"a batch may hold at most {cap} bytes (decompressed)")
         body = out
     charset = _charset(content_type)

@@ -255,8 +255,9 @@ _LEAP = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:)60")
 
 
 def _leap_second(val: str, zone: tzinfo | None) -> datetime | None:
-    """RFC 3339 allows a leap second, 23:59:60 UTC: read as 23:59:59 (the same second for every feature);
-    None when `val` is not one (a :60 that is not 23:59 UTC stays an error)."""
+    """RFC 3339 allows a leap second, 23:59:60 UTC on the last day of a month (5.7: a leap second is added or
+    removed only at the end of a UTC month): read as 23:59:59 (the same second for every feature); None when
+    `val` is not one (a :60 that is not 23:59 UTC, or not on a month's last day, stays an error)."""
     m = _LEAP.match(val)
     if m is None:
         return None
@@ -264,7 +265,11 @@ def _leap_second(val: str, zone: tzinfo | None) -> datetime | None:
         dt = parse_rfc3339(m.group(1) + "59" + val[m.end():], zone)
     except (TimeError, OverflowError):
         return None
-    return dt if (dt.hour, dt.minute, dt.second) == (23, 59, 59) else None
+    if (dt.hour, dt.minute, dt.second) != (23, 59, 59):
+        return None
+    utc = dt.astimezone(UTC)
+    last_day = utc.month == 12 and utc.day == 31 or (utc + timedelta(days=1)).day == 1
+    return dt if last_day else None
 
 
 def _json_media_type(value: Any) -> bool:
