@@ -24,10 +24,10 @@ log = logging.getLogger(__name__)
 
 def codec_validator() -> Validator:
     """schemas.codec.validate as (pointer, message, kind) tuples, with a quick yes first for plainly valid
-    marketplace events (adapters/fastcheck.py: checks generated from the same schemas; any doubt runs the
+    marketplace events (schemas/fastcheck.py: checks generated from the same schemas; any doubt runs the
     full validator, so every error is exactly the codec's)."""
     from schemas.codec import MARKETPLACE_TYPES, _envelope_surely_valid, data_schema, validate
-    from services.ingest.adapters.fastcheck import quick_validator
+    from schemas.fastcheck import quick_validator
 
     def run(event: dict[str, Any]) -> list[tuple[str, ...]]:
         return [(e.pointer, e.message, e.kind) for e in validate(event)]

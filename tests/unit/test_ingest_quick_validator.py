@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.codec import MARKETPLACE_TYPES, validate
-from services.ingest.adapters.fastcheck import Unsupported, compile_data_check
+from schemas.fastcheck import Unsupported, compile_data_check
 from services.ingest.bootstrap import codec_validator
 
 pytestmark = pytest.mark.unit
@@ -125,3 +125,35 @@ def test_a_schema_keyword_the_generator_does_not_know_leaves_the_type_to_the_ful
                                 "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 5}}})
     assert check({"n": 5}) and not check({"n": 6}) and not check({"n": 5.0}) and not check({"n": True})
     assert not check({"n": 1, "m": 2}) and not check({})
+
+
+def test_the_consumers_contract_check_gives_the_codecs_errors_with_the_quick_yes_in_front(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """schemas.contract_check (what the underwriter worker and the disbursement consumer run on every record of
+    marketplace.events.v1) takes the same quick yes: its answers are those of the plain codec, on examples and
+    mutations alike, and plainly valid events do not reach the full validator."""
+    from schemas import contract_check
+
+    rnd = random.Random(11)
+    events: list[Any] = _examples("valid") + _examples("invalid")
+    events += [_mutate(e, rnd) for e in _examples("valid") for _ in range(40)]
+    quick_answers = [contract_check.marketplace_errors(e) for e in events]
+    calls: list[Any] = []
+
+    def counted(event: Any) -> Any:
+        calls.append(event)
+        return validate(event)
+
+    monkeypatch.setattr(contract_check, "_quick", counted)  # the plain codec, every event
+    assert [contract_check.marketplace_errors(e) for e in events] == quick_answers
+    assert len(calls) == len(events)
+    assert sum(not a for a in quick_answers) >= len(_examples("valid")) // 2
+    # The quick path itself: a plainly valid order.placed never reaches the codec.
+    monkeypatch.undo()
+    monkeypatch.setattr(contract_check, "validate", lambda e: calls.append(e) or [])
+    contract_check._quick = None
+    plain = {**next(e for e in _examples("valid") if e["type"] == "order.placed"), "time": "2024-05-14T13:05:27Z"}
+    before = len(calls)
+    assert contract_check.marketplace_errors(plain) == []
+    assert len(calls) == before
+    contract_check._quick = None

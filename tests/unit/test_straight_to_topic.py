@@ -85,6 +85,8 @@ CASES: dict[str, tuple[Callable[[], dict[str, Any]], Any, str]] = {
 # Refused before the contract check by the stages that already existed (the type catalog of the topic).
 TYPE_CASES = {
     "unknown type": lambda: _with(_placed(), type="order.teleported"),
+    "type that is an object": lambda: _with(_placed(), type={"order": "placed"}),
+    "type that is a list": lambda: _with(_placed(), type=["order.placed"]),
     "Floatbridge type forged on the topic": lambda: codec.new_event(
         "loan.disbursed", "m-s", {"loan_id": "l", "offer_id": "of", "principal": _money(10**9), "fee": _money(0),
                                   "due_at": WHEN, "payout_id": "p"}, WHEN, "mp", id="ev-forged"),
@@ -249,3 +251,9 @@ def test_the_disbursement_consumer_takes_its_future_skew_from_its_settings(monke
     monkeypatch.setenv("FLOATBRIDGE_DISBURSEMENT_MAX_FUTURE_SKEW_SECONDS", "-2")
     with pytest.raises((SettingsError, ValueError), match="MAX_FUTURE_SKEW_SECONDS"):
         load_settings()
+
+
+@pytest.mark.parametrize("etype", [{"order": "placed"}, ["order.placed"], 7])
+def test_the_contract_check_lists_errors_for_a_type_that_is_no_string_instead_of_raising(etype: Any) -> None:
+    errors = contract_check.marketplace_errors(_with(_placed(), type=etype), key=b"m-s")
+    assert [e.pointer for e in errors if e.pointer == "/type"], errors

@@ -142,7 +142,7 @@ def _apply(svc: DisbursementService, record: Any,
             raise EventRejected(f"not a CloudEvent: a JSON {type(event).__name__}, not an object")
         stage = "type"
         allowed = topics.types_on(record.topic)
-        if allowed is not None and event.get("type") not in allowed:
+        if allowed is not None and (type(event.get("type")) is not str or event.get("type") not in allowed):
             raise EventRejected(f"type {str(event.get('type'))[:64]!r} does not belong on {record.topic}")
         if record.topic.endswith(topics.MARKETPLACE_EVENTS):
             stage = "contract"

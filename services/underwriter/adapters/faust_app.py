@@ -543,7 +543,7 @@ def process_batch(uw: Any, store: TableStore | None, batch: list[Any],
             dead.append(_dead_letter(uw, event, "decode", f"not a CloudEvent: a JSON {type(ev).__name__}, not an object"))
             continue
         allowed = topics.types_on(msg.topic)
-        if allowed is not None and ev.get("type") not in allowed:
+        if allowed is not None and (type(ev.get("type")) is not str or ev.get("type") not in allowed):
             dead.append(_dead_letter(uw, event, "type", f"type {str(ev.get('type'))[:64]!r} does not belong on {msg.topic}", ev))
             continue
         try:
