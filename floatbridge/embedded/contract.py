@@ -25,9 +25,25 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 DAY = 86_400
-DECISIONS = frozenset({"credit_limit.updated", "loan_offer.created", "loan_offer.withdrawn"})
+DECISIONS = frozenset({"credit_limit.updated", "loan_offer.created", "loan_offer.withdrawn", "loan_offer.expired"})
 APR = re.compile(r"^\d+\.\d{4}$")
 BUCKETS = ((1, 7, "1-7"), (8, 30, "8-30"), (31, 60, "31-60"))
+# DESIGN.md's "What Floatbridge emits": the topic of each type and the `data` fields it carries at least
+EMITS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "credit_limit.updated": ("credit.limits.v1", ("limit", "available", "outstanding", "eligible_receivables", "pd",
+                                                  "model_version", "reasons", "trigger_event_id")),
+    "loan_offer.created": ("loan.offers.v1", ("offer_id", "amount", "fee", "apr", "due_at", "expires_at", "order_ids",
+                                              "pd", "model_version", "reasons")),
+    "loan_offer.withdrawn": ("loan.offers.v1", ("offer_id", "reasons")),
+    "loan_offer.expired": ("loan.offers.v1", ("offer_id", "reasons")),
+    "loan_offer.accepted": ("loans.v1", ("offer_id", "loan_id", "accepted_at")),
+    "loan.disbursed": ("loans.v1", ("loan_id", "offer_id", "principal", "fee", "due_at", "payout_id")),
+    "loan.repayment_applied": ("loans.v1", ("loan_id", "settlement_id", "amount", "remaining")),
+    "loan.repaid": ("loans.v1", ("loan_id", "repaid_at")),
+    "loan.delinquent": ("loans.v1", ("loan_id", "days_past_due", "bucket", "remaining")),
+    "loan.charged_off": ("loans.v1", ("loan_id", "amount")),
+    "collection.instruction": ("collections.v1", ("owed", "withhold_rate_bps", "loan_ids")),
+}
 
 
 @dataclass(frozen=True)
@@ -55,6 +71,7 @@ class Terms:
     charge_off_dpd: int = 60
     merchant_cap_minor: int = 5_000_000
     min_offer_minor: int = 10_000
+    min_tenure_days: int = 14
 
     @classmethod
     def from_settings(cls) -> Terms:
@@ -64,7 +81,7 @@ class Terms:
         p, d = load_policy(), disbursement_settings()
         return cls(p.offer_ttl_hours, p.max_term_days, p.grace_days, p.fee_min_ppm_per_day, p.fee_max_ppm_per_day,
                    p.fee_pd_ceiling, p.receivable_max_age_days, p.kill_switch, d.charge_off_dpd, p.merchant_cap_minor,
-                   p.min_offer_minor)
+                   p.min_offer_minor, p.min_tenure_days)
 
 
 def _ts(value: Any) -> datetime | None:
@@ -89,8 +106,8 @@ class _Order:
     shipped: datetime | None = None
     amount: int = 0
     refunded: int = 0
-    # (time, input position, what) of each event that closes the receivable, fully or in part
-    closing: list[tuple[datetime, int, str, int]] = field(default_factory=list)
+    # (time, input position, what, amount, refund id) of each event that closes the receivable, fully or in part
+    closing: list[tuple[datetime, int, str, int, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -100,7 +117,12 @@ class _Merchant:
     status: list[tuple[datetime, int, str]] = field(default_factory=list)
     orders: dict[str, _Order] = field(default_factory=lambda: defaultdict(_Order))
     ids: dict[str, int] = field(default_factory=dict)  # input event id -> position
-    settlements: set[str] = field(default_factory=set)  # settlement ids
+    settlements: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # settlement id -> gross paid out
+    times: list[tuple[int, datetime]] = field(default_factory=list)  # (input position, event time) of each event
+
+    def first_known(self, pos: int) -> datetime | None:
+        """The earliest event time among the merchant's events at input positions up to `pos`."""
+        return min((at for p, at in self.times if p <= pos), default=None)
 
 
 def _inputs(events: Iterable[Any], skip: Collection[int]) -> tuple[dict[str, _Merchant], list[tuple[float, int]]]:
@@ -120,6 +142,7 @@ def _inputs(events: Iterable[Any], skip: Collection[int]) -> tuple[dict[str, _Me
             clock.append((at.timestamp(), pos))
         m = merchants[mid]
         m.ids[e["id"]] = pos
+        m.times.append((pos, at))
         etype = e.get("type")
         if etype == "merchant.onboarded":
             if m.onboarded is None:
@@ -131,10 +154,10 @@ def _inputs(events: Iterable[Any], skip: Collection[int]) -> tuple[dict[str, _Me
                 m.status.append((at, pos, data["status"]))
             continue
         if etype == "settlement.paid":
-            m.settlements.add(str(data.get("settlement_id")))
+            m.settlements[str(data.get("settlement_id"))] += _amount(data, "gross")
             for o in data.get("orders") or ():
                 if isinstance(o, Mapping) and isinstance(o.get("order_id"), str):
-                    m.orders[o["order_id"]].closing.append((at, pos, "settled", 0))
+                    m.orders[o["order_id"]].closing.append((at, pos, "settled", 0, ""))
             continue
         oid = data.get("order_id")
         if not isinstance(oid, str) or not isinstance(etype, str):
@@ -151,10 +174,15 @@ def _inputs(events: Iterable[Any], skip: Collection[int]) -> tuple[dict[str, _Me
         elif etype == "order.delivered":  # a delivered order was shipped, whether or not its shipping was sent
             o.shipped = at if o.shipped is None else min(o.shipped, at)
         elif etype in ("order.cancelled", "order.chargeback"):
-            o.closing.append((at, pos, etype.split(".")[1], 0))
+            o.closing.append((at, pos, etype.split(".")[1], 0, ""))
         elif etype == "order.refunded":
-            o.closing.append((at, pos, "refunded", int(amount)))
+            o.closing.append((at, pos, "refunded", int(amount), str(data.get("refund_id"))))
     return merchants, clock
+
+
+def _amount(data: Mapping[str, Any], key: str) -> int:
+    value = data.get(key)
+    return int(value["amount"]) if isinstance(value, Mapping) and isinstance(value.get("amount"), int) else 0
 
 
 def _money_problems(data: Any, currency: str, path: str = "") -> Iterable[str]:
@@ -173,11 +201,6 @@ def _money_problems(data: Any, currency: str, path: str = "") -> Iterable[str]:
     elif isinstance(data, list):
         for i, v in enumerate(data):
             yield from _money_problems(v, currency, f"{path}/{i}")
-
-
-def _amount(data: Mapping[str, Any], key: str) -> int:
-    value = data.get(key)
-    return int(value["amount"]) if isinstance(value, Mapping) and isinstance(value.get("amount"), int) else 0
 
 
 def _status_at(m: _Merchant, at: datetime, pos: int) -> str:
@@ -209,15 +232,18 @@ class _Loan:
     repaid: bool = False
     charged_off: bool = False
     delinquent: bool = False
+    order_ids: frozenset[str] = frozenset()  # the receivables it advances against (its offer's)
 
 
 class _Checker:
     def __init__(self, inputs: Iterable[Any], terms: Terms, skip: Collection[int]) -> None:
         self.t = terms
         self.merchants, self.clock = _inputs(inputs, skip)
+        self.clock_pos = [q for _t, q in self.clock]
         self.latest_input = datetime.fromtimestamp(self.clock[-1][0], UTC) if self.clock else None
         self.out: list[Violation] = []
         self.by_merchant: dict[str, list[_Loan]] = defaultdict(list)
+        self.repaid_from: dict[tuple[str, str], int] = defaultdict(int)  # (merchant, settlement id) -> repaid from it
 
     def bad(self, rule: str, subject: str, detail: str) -> None:
         self.out.append(Violation(rule, subject, detail))
@@ -250,10 +276,17 @@ class _Checker:
                 continue
             for problem in _money_problems(data, m.currency):
                 self.bad("money", eid, f"{etype} {problem}")
+            if etype in EMITS:
+                topic, fields = EMITS[etype]
+                if e.get("topic") != topic:
+                    self.bad("emitted.topic", eid, f"{etype} on {e.get('topic')!r}, not {topic}")
+                missing = [f for f in fields if f not in data]
+                if missing:
+                    self.bad("emitted.fields", eid, f"{etype} without {', '.join(missing)}")
             if e.get("topic") == "loans.v1":
                 loan_event_ids[mid].add(eid)
             if etype in DECISIONS:
-                self._decision(eid, etype, mid, m, data, loan_event_ids[mid])
+                self._decision(eid, etype, mid, m, data, at, loan_event_ids[mid])
             if etype == "credit_limit.updated":
                 self._limit(eid, mid, data, last_limit.get(mid), loans)
                 last_limit[mid] = data
@@ -261,8 +294,10 @@ class _Checker:
                 self._offer(eid, mid, m, data, at, last_limit.get(mid), loans)
                 offers[str(data.get("offer_id"))] = (mid, data, at)
                 open_offer[mid] = (str(data.get("offer_id")), _ts(data.get("expires_at")) or at)
-            elif etype == "loan_offer.withdrawn":
+            elif etype in ("loan_offer.withdrawn", "loan_offer.expired"):
                 oid = str(data.get("offer_id"))
+                if not data.get("reasons"):
+                    self.bad("offer.closed_without_reason", eid, f"{etype} of {oid!r} names no reason")
                 if oid not in offers or offers[oid][0] != mid:
                     self.bad("offer.withdrawn_unknown", eid, f"withdraws {oid!r}, not an offer made to {mid}")
                 closed_offers.add(oid)
@@ -316,7 +351,7 @@ class _Checker:
         return self.out
 
     # ------------------------------------------------------------------ decisions
-    def _decision(self, eid: str, etype: str, mid: str, m: _Merchant, data: Mapping[str, Any],
+    def _decision(self, eid: str, etype: str, mid: str, m: _Merchant, data: Mapping[str, Any], at: datetime,
                   loan_ids: set[str]) -> None:
         mv = data.get("model_version")
         if not isinstance(mv, str) or not mv:
@@ -330,7 +365,11 @@ class _Checker:
                 and isinstance(r.get("text"), str) and r["text"] for r in reasons):
             self.bad("decision.reasons", eid, f"{etype} reasons {reasons!r} are not a list of {{code, text}}")
         trigger = data.get("trigger_event_id")
-        if (etype != "loan_offer.withdrawn" or trigger is not None) and (
+        first = m.first_known(1 << 60)
+        if first is not None and at < first:
+            self.bad("decision.before_first_event", eid, f"{etype} at {at:%Y-%m-%dT%H:%M:%SZ}, before {mid}'s first "
+                     f"event ({first:%Y-%m-%dT%H:%M:%SZ})")
+        if (etype not in ("loan_offer.withdrawn", "loan_offer.expired") or trigger is not None) and (
                 not isinstance(trigger, str) or (trigger not in m.ids and trigger not in loan_ids)):
             self.bad("decision.trigger", eid, f"{etype} trigger_event_id {trigger!r} is no event of {mid}")
 
@@ -343,21 +382,32 @@ class _Checker:
     def _closed(self, o: _Order, before: datetime, known: int) -> tuple[str, datetime] | None:
         """How the order stopped being a receivable (settled, cancelled, charged back, refunded in full) by an
         event dated before `before` at an input position before `known`; None while it is one."""
-        refunded = 0
-        for when, p, what, amt in sorted(o.closing, key=lambda c: c[1]):
+        refunds: dict[str, int] = {}  # refund id -> amount: a refund re-sent under its id corrects it, the largest counts
+        for when, p, what, amt, refund_id in sorted(o.closing, key=lambda c: c[1]):
             if when >= before or p >= known:
                 continue
             if what == "refunded":
-                refunded += amt
-                if refunded < o.amount:
+                refunds[refund_id] = max(refunds.get(refund_id, 0), amt)
+                if sum(refunds.values()) < o.amount:
                     continue
             return what, when
         return None
 
-    def _trigger_pos(self, m: _Merchant, data: Mapping[str, Any]) -> int:
-        """Input position up to which the engine surely knew the merchant's events (a loans.v1 trigger: all)."""
+    def _trigger_pos(self, m: _Merchant, data: Mapping[str, Any], at: datetime) -> int:
+        """Input position up to which the engine may have known the merchant's events: its trigger's; for a loans.v1
+        trigger (a repayment or disbursement dated `at`), the engine stood at an input dated no later than `at`,
+        so nothing from the first input that moved its clock past `at` on."""
         trigger = data.get("trigger_event_id")
-        return m.ids.get(trigger, 1 << 60) if isinstance(trigger, str) else 1 << 60
+        if isinstance(trigger, str) and trigger in m.ids:
+            # The underwriter scores a merchant once per batch, after all its events of the batch, naming the latest
+            # by event time; a batch never crosses an hourly tick: it may hold inputs up to the clock's next hour.
+            p = m.ids[trigger]
+            k = bisect.bisect_right(self.clock_pos, p)  # the clock as it stood at the trigger: clock[k - 1]
+            hour_end = (int(self.clock[k - 1][0]) // 3600 + 1) * 3600 if k else at.timestamp()
+            i = bisect.bisect_right(self.clock, (hour_end, 1 << 62))
+            return max(p, self.clock[i][1] - 1) if i < len(self.clock) else 1 << 60
+        i = bisect.bisect_right(self.clock, (at.timestamp(), 1 << 62))
+        return self.clock[i][1] - 1 if i < len(self.clock) else 1 << 60
 
     def _limit(self, eid: str, mid: str, data: Mapping[str, Any], previous: Mapping[str, Any] | None,
                loans: Mapping[str, _Loan]) -> None:
@@ -376,11 +426,15 @@ class _Checker:
         t = self.t
         oid = str(data.get("offer_id"))
         amount, fee = _amount(data, "amount"), _amount(data, "fee")
-        pos = self._trigger_pos(m, data)
+        pos = self._trigger_pos(m, data, at)
         if t.kill_switch:
             self.bad("offer.kill_switch", oid, "offer made with the kill switch on")
         if m.onboarded is None or m.onboarded[0] > at or m.onboarded[1] > pos:
             self.bad("offer.not_onboarded", oid, f"offer to {mid} before merchant.onboarded")
+        first = m.first_known(pos)  # tenure can only rest on events the engine had seen, dated no earlier
+        if first is None or at - first < timedelta(days=t.min_tenure_days):
+            self.bad("offer.tenure", oid, f"offer at {at:%Y-%m-%dT%H:%M:%SZ}, {mid}'s first event known then "
+                     f"{f'{first:%Y-%m-%dT%H:%M:%SZ}' if first else 'none'}: under {t.min_tenure_days} days of tenure")
         status = _status_at(m, at, pos)
         if status != "active":
             self.bad("offer.merchant_not_active", oid, f"offer to a {status} merchant")
@@ -432,7 +486,15 @@ class _Checker:
         if len(set(order_ids)) != len(order_ids):
             self.bad("offer.order_ids", oid, "an order named twice")
         oldest = at - timedelta(days=t.receivable_max_age_days)
+        named = sum(m.orders[o].amount for o in set(order_ids) if isinstance(o, str) and o in m.orders)
+        if amount > named:
+            self.bad("offer.amount_above_orders", oid, f"amount {amount} > {named}, what the financed orders sold for")
+        financed = {o: ln.loan_id for ln in self.by_merchant[mid] if not (ln.repaid or ln.charged_off)
+                    for o in ln.order_ids}
         for order_id in order_ids:
+            if order_id in financed:
+                self.bad("offer.order_financed", oid, f"order {order_id} already financed by open loan "
+                         f"{financed[order_id]}")
             o = m.orders.get(order_id) if isinstance(order_id, str) else None
             if o is None or (o.placed or o.paid) is None:
                 self.bad("offer.order_unknown", oid, f"order {order_id!r} was never placed or paid with {mid}")
@@ -478,6 +540,9 @@ class _Checker:
             self.bad("accept.expired_offer", oid, f"accepted at {at:%Y-%m-%dT%H:%M:%SZ}, expired {expires:%H:%M:%SZ}")
         if self.t.kill_switch:
             self.bad("accept.kill_switch", oid, "accepted with the kill switch on")
+        status = _status_at(m, at, known - 1)
+        if status != "active":
+            self.bad("accept.merchant_not_active", oid, f"accepted at {at:%Y-%m-%dT%H:%M:%SZ} from a {status} merchant")
 
     def _disbursed(self, eid: str, mid: str, data: Mapping[str, Any], at: datetime,
                    offers: Mapping[str, tuple[str, Mapping[str, Any], datetime]], accepted: Mapping[str, str],
@@ -499,7 +564,10 @@ class _Checker:
         due = _ts(data.get("due_at"))
         if due != _ts(offer[1].get("due_at")):
             self.bad("loan.due_at", lid, f"due {data.get('due_at')}, offer said {offer[1].get('due_at')}")
-        loans[lid] = _Loan(lid, mid, oid, principal, fee, due, at, principal + fee)
+        named = offer[1].get("order_ids")
+        loans[lid] = _Loan(lid, mid, oid, principal, fee, due, at, principal + fee,
+                           order_ids=frozenset(o for o in named if isinstance(o, str)) if isinstance(named, list)
+                           else frozenset())
         self.by_merchant[mid].append(loans[lid])
 
     def _repayment(self, eid: str, mid: str, data: Mapping[str, Any], loans: Mapping[str, _Loan]) -> None:
@@ -508,7 +576,13 @@ class _Checker:
             self.bad("loan.unknown", eid, f"repayment of {data.get('loan_id')!r}, not a loan of {mid}")
             return
         amount, remaining = _amount(data, "amount"), _amount(data, "remaining")
-        if str(data.get("settlement_id")) not in self.merchants[mid].settlements:
+        sid = str(data.get("settlement_id"))
+        self.repaid_from[(mid, sid)] += amount
+        gross = self.merchants[mid].settlements.get(sid)
+        if gross is not None and self.repaid_from[(mid, sid)] > gross:
+            self.bad("repayment.above_payout", loan.loan_id, f"repayments from {sid} reach "
+                     f"{self.repaid_from[(mid, sid)]}, more than the {gross} it paid out")
+        if sid not in self.merchants[mid].settlements:
             self.bad("repayment.settlement", loan.loan_id, f"repaid from {data.get('settlement_id')!r}, no payout "
                      f"of {mid}")
         if loan.repaid:

@@ -2,7 +2,10 @@
 
 `merchant_stream(rng, ...)` writes one merchant's history (onboarding, orders from few or many buyers, payments,
 shipping, delivery, partial refunds, cancellations, chargebacks, weekly settlements naming the orders they pay out,
-status changes, silent gaps) as canonical CloudEvents; `marketplace_stream` merges several merchants and then
+status changes, silent gaps; with `messy_rate`, the feed's messier habits: orders paid or delivered with no
+placement or shipping, partial chargebacks, refunds re-sent with another amount, payouts of an order in parts or twice
+or of orders nobody sent, category changes, re-onboarding, events at midnight and on the 60/90-day marks; with
+`burst`, orders at one timestamp) as canonical CloudEvents; `marketplace_stream` merges several merchants and then
 disturbs the arrival order the way real feeds do (out-of-order neighbours, late events, exact duplicates).
 Everything follows from the random generator handed in, so a seed gives the same stream.
 """
@@ -39,6 +42,15 @@ class MerchantShape:
     silent_days: int = 0  # ... for this many days (0: for good)
     odd_rate: float = 0.0  # share of orders with something odd: amended, over-refunded, no placement, paid another
     #                        amount, refunded twice, settled before shipping, huge
+    messy_rate: float = 0.0  # share of orders with a messier feed behaviour (MESSY); above 0 the merchant is also
+    #                          re-categorised, re-onboarded and sends events at midnight and the 60/90-day marks
+    burst: int = 0  # orders placed at one and the same timestamp once a week (0: none)
+
+
+# What a messy order does: paid/shipped with no placement, delivered with no shipping, a partial chargeback, a refund
+# re-sent under the same refund id with another amount, paid out in two parts, paid out twice, placed exactly at
+# midnight UTC.
+MESSY = ("unplaced", "noship", "partial_cb", "refund_resent", "split_payout", "double_payout", "midnight")
 
 
 def _ev(etype: str, mid: str, when: datetime, data: dict[str, Any], eid: str) -> dict[str, Any]:
@@ -63,8 +75,12 @@ def merchant_stream(rng: random.Random, mid: str, shape: MerchantShape, start: d
     end = start + timedelta(days=shape.days)
     settleable: list[tuple[datetime, str, int]] = []  # (delivered at, order id, amount still owed to the merchant)
     closed: set[str] = set()
+    split: dict[str, int] = {}  # order id -> the part paid out in a second settlement
+    twice: set[str] = set()  # orders paid out in two settlements, in full each time
+    burst_at = start.replace(hour=14, minute=0, second=0, microsecond=0) if shape.burst else None
     n = 0
     for d in range(shape.days):
+        bursted = 0
         for _ in range(_poisson(rng, shape.orders_per_day)):
             n += 1
             placed = start + timedelta(days=d, hours=rng.randint(1, 22), minutes=rng.randint(0, 59))
@@ -77,6 +93,13 @@ def merchant_stream(rng: random.Random, mid: str, shape: MerchantShape, start: d
                 if rng.random() < shape.odd_rate else ""
             if odd == "huge":
                 amount *= 40
+            messy = rng.choice(MESSY) if shape.messy_rate and rng.random() < shape.messy_rate else ""
+            if messy == "midnight":
+                placed = placed.replace(hour=0, minute=0)
+            elif burst_at is not None and d % 7 == 3 and bursted < shape.burst:
+                placed, bursted = burst_at + timedelta(days=d), bursted + 1
+            if messy == "unplaced":
+                odd = "noplace"
             if odd != "noplace":
                 out.append(_ev("order.placed", mid, placed, {"order_id": oid, "buyer_id": buyer,
                                                               "amount": money(amount)}, f"{oid}-pl"))
@@ -99,35 +122,57 @@ def merchant_stream(rng: random.Random, mid: str, shape: MerchantShape, start: d
             if rng.random() < 0.5:
                 ship["expected_delivery_at"] = (shipped + timedelta(days=rng.randint(2, 6))).strftime(
                     "%Y-%m-%dT%H:%M:%SZ")
-            out.append(_ev("order.shipped", mid, shipped, ship, f"{oid}-sh"))
+            if messy != "noship":
+                out.append(_ev("order.shipped", mid, shipped, ship, f"{oid}-sh"))
             if rng.random() < shape.undelivered_rate:
                 continue
             delivered = shipped + timedelta(days=rng.randint(1, 7), hours=rng.randint(0, 23))
             if delivered < end and not silent(delivered):
                 out.append(_ev("order.delivered", mid, delivered, {"order_id": oid}, f"{oid}-dv"))
             owed = amount
-            if rng.random() < shape.refund_rate or odd in ("overrefund", "tworefunds"):
+            if rng.random() < shape.refund_rate or odd in ("overrefund", "tworefunds") or messy == "refund_resent":
                 part = amount if rng.random() < 0.4 else max(1, amount * rng.randint(10, 70) // 100)
                 part = amount * 2 if odd == "overrefund" else part
                 out.append(_ev("order.refunded", mid, delivered + timedelta(hours=rng.randint(1, 96)),
                                {"order_id": oid, "refund_id": f"{oid}-rf", "amount": money(part)}, f"{oid}-rf"))
+                if messy == "refund_resent":  # the same refund id re-sent with another amount (a correction)
+                    part2 = max(1, min(amount, part + rng.randint(-part // 2, part)))
+                    out.append(_ev("order.refunded", mid, delivered + timedelta(hours=rng.randint(97, 200)),
+                                   {"order_id": oid, "refund_id": f"{oid}-rf", "amount": money(part2)},
+                                   f"{oid}-rf-resent"))
+                    part = max(part, part2)
                 if odd == "tworefunds":
                     out.append(_ev("order.refunded", mid, delivered + timedelta(hours=rng.randint(97, 200)),
                                    {"order_id": oid, "refund_id": f"{oid}-rf2", "amount": money(part)}, f"{oid}-rf2"))
                     part *= 2
                 owed -= part
-            if rng.random() < shape.chargeback_rate:
+            if messy == "partial_cb":
+                out.append(_ev("order.chargeback", mid, delivered + timedelta(days=rng.randint(1, 20)), {
+                    "order_id": oid, "chargeback_id": f"{oid}-cbp", "amount": money(max(1, amount // 3))},
+                    f"{oid}-cbp"))
+                closed.add(oid)
+            elif rng.random() < shape.chargeback_rate:
                 out.append(_ev("order.chargeback", mid, delivered + timedelta(days=rng.randint(1, 20)),
                                {"order_id": oid, "chargeback_id": f"{oid}-cb", "amount": money(amount)}, f"{oid}-cb"))
                 closed.add(oid)
             if owed > 0:
+                if messy == "split_payout" and owed > 1:
+                    split[oid] = owed // 2
+                    owed -= split[oid]
+                elif messy == "double_payout":
+                    twice.add(oid)
                 settleable.append((delivered, oid, owed))
     pay = start + timedelta(days=shape.payout_every_days, hours=12)
     payout_end = end + timedelta(days=rng.choice([0, 14]))
+    again: list[tuple[str, int]] = []  # parts and repeats due in the next settlement
     while pay < payout_end:
         batch = [(oid, amt) for dv, oid, amt in settleable if dv + timedelta(days=3) <= pay and oid not in closed]
         if batch and not silent(pay):
             closed.update(o for o, _ in batch)
+            batch, again = batch + again, [(o, split.get(o, a)) for o, a in batch
+                                           if o in split or o in twice]
+            if shape.messy_rate and rng.random() < shape.messy_rate:  # a payout naming an order nobody sent
+                batch.append((f"{mid}-ghost-{pay:%Y%m%d}", ticket))
             withheld = 0
             gross = sum(a for _, a in batch)
             fees = gross * rng.choice([500, 1000, 1500]) // 10_000
@@ -145,7 +190,31 @@ def merchant_stream(rng: random.Random, mid: str, shape: MerchantShape, start: d
         if shape.status_change == "suspended_then_active":
             out.append(_ev("merchant.updated", mid, at + timedelta(days=rng.randint(1, 10)), {"status": "active"},
                            f"{mid}-st2"))
+    if shape.messy_rate:
+        out += _merchant_churn(rng, mid, shape, start, money)
     out.sort(key=lambda e: (e["time"], e["id"]))
+    return out
+
+
+def _merchant_churn(rng: random.Random, mid: str, shape: MerchantShape, start: datetime,
+                    money: Any) -> list[dict[str, Any]]:
+    """Merchant-level mess: a category change, a second merchant.onboarded (re-onboarding, maybe another category),
+    and events at midnight UTC exactly 60 and 90 days after onboarding (the receivable and feature windows)."""
+    cur = shape.currency
+    country, ticket = CURRENCIES[cur]
+    out = [_ev("merchant.updated", mid, start + timedelta(days=rng.randint(1, max(1, shape.days - 1))),
+               {"category": rng.choice(["electronics", "fashion", "home", "toys"])}, f"{mid}-cat"),
+           _ev("merchant.onboarded", mid, start + timedelta(days=rng.randint(1, max(1, shape.days - 1)), hours=3), {
+               "category": rng.choice(["electronics", "fashion", "home"]), "country": country, "currency": cur},
+               f"{mid}-onb2")]
+    midnight = start.replace(hour=0, minute=0, second=0, microsecond=0)
+    for mark in (60, 90):
+        for at in (start + timedelta(days=mark), midnight + timedelta(days=mark)):
+            oid = f"{mid}-d{mark}-{at:%H%M}"
+            out += [_ev("order.placed", mid, at, {"order_id": oid, "buyer_id": f"b-{mid}-edge",
+                                                  "amount": money(ticket)}, f"{oid}-pl"),
+                    _ev("order.paid", mid, at, {"order_id": oid, "amount": money(ticket)}, f"{oid}-pd"),
+                    _ev("order.shipped", mid, at, {"order_id": oid}, f"{oid}-sh")]
     return out
 
 

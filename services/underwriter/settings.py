@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from schemas import topics
 from schemas.contract_check import MAX_FUTURE_SKEW_SECONDS
@@ -73,9 +74,9 @@ class UnderwriterSettings:
             raise ValueError("fetch_max_bytes and producer_batch_bytes must be >= 1024, producer_linger_seconds >= 0")
 
 
-def load(**overrides: object) -> UnderwriterSettings:
+def load(**overrides: Any) -> UnderwriterSettings:
     return common.load(UnderwriterSettings, PREFIX, **overrides)
 
 
-def load_policy(**overrides: object) -> PolicySettings:
+def load_policy(**overrides: Any) -> PolicySettings:
     return common.load(PolicySettings, PREFIX, **overrides)

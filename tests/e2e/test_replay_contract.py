@@ -1,6 +1,6 @@
 """`floatbridge replay` as a user runs it (its own process, a gzipped file of generated merchants with disorder,
-duplicates, a backfill and two bad lines): the refused lines are named by number, the ledger balances, and what it
-emitted keeps the contract."""
+duplicates, a backfill, messy orders and payouts, a burst and two bad lines): the refused lines are named by number,
+the ledger balances, and what it emitted keeps the contract."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ pytestmark = pytest.mark.e2e
 def test_floatbridge_replay_of_a_disordered_gzipped_stream_keeps_the_contract(tmp_path: Path) -> None:
     rng = random.Random(2026)
     events = marketplace_stream(rng, [
-        MerchantShape(days=60, orders_per_day=4, silent_from_day=45, odd_rate=0.05),
+        MerchantShape(days=60, orders_per_day=4, silent_from_day=45, odd_rate=0.05, messy_rate=0.2),
         MerchantShape(currency="JPY", days=60, orders_per_day=3, buyers=15, refund_rate=0.1, status_change="suspended"),
-        MerchantShape(currency="KWD", days=60, orders_per_day=5, withhold_own=0.3, chargeback_rate=0.02),
+        MerchantShape(currency="KWD", days=60, orders_per_day=5, withhold_own=0.3, chargeback_rate=0.02, burst=5),
     ], tail_days=90, swaps=30, late=5, duplicates=20, backfill=25)
     lines: list[str] = [json.dumps(e) for e in events]
     lines.insert(100, "{not json")

@@ -98,7 +98,46 @@ def _limit_raised_while_delinquent(em: list[dict[str, Any]]) -> None:
     em.insert(i + 1, limit)
 
 
+def _offer_on_a_financed_order(em: list[dict[str, Any]]) -> None:
+    """A second offer, right after the first loan is disbursed, naming one of that loan's orders."""
+    i = _first(em, "loan.disbursed")
+    offer = next(e for e in em if e["type"] == "loan_offer.created" and e["data"]["offer_id"] == em[i]["data"]["offer_id"])
+    again = copy.deepcopy(offer)
+    again["id"], again["data"]["offer_id"] = "forged-again", "forged-again-offer"
+    em.insert(i + 1, again)
+
+
+def _withdrawal_without_reason(em: list[dict[str, Any]]) -> None:
+    i = _first(em, "loan_offer.created")
+    em.insert(i + 1, {**copy.deepcopy(em[i]), "id": "forged-withdrawal", "type": "loan_offer.withdrawn",
+                      "topic": "loan.offers.v1", "data": {**copy.deepcopy(em[i]["data"]), "reasons": []}})
+
+
+def _decision_dated_before_the_merchant(em: list[dict[str, Any]]) -> None:
+    em[_first(em, "credit_limit.updated")]["time"] = "2020-01-01T00:00:00Z"
+
+
+def _offer_in_the_first_days(em: list[dict[str, Any]]) -> None:
+    """The first offer moved to two days after the merchant's first event (all its dates with it)."""
+    i = _first(em, "loan_offer.created")
+    offer = em[i]
+    at = datetime.fromisoformat(offer["time"].replace("Z", "+00:00"))
+    shift = at - (END - timedelta(days=48))
+    for key in ("expires_at", "due_at"):
+        offer["data"][key] = (datetime.fromisoformat(offer["data"][key].replace("Z", "+00:00")) - shift).strftime(
+            "%Y-%m-%dT%H:%M:%SZ")
+    offer["time"] = (at - shift).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 TAMPERINGS: dict[str, Callable[[list[dict[str, Any]]], None]] = {
+    "offer.order_financed": _offer_on_a_financed_order,
+    "offer.closed_without_reason": _withdrawal_without_reason,
+    "decision.before_first_event": _decision_dated_before_the_merchant,
+    "offer.tenure": _offer_in_the_first_days,
+    "emitted.topic": lambda em: em[_first(em, "loan.repaid")].update(topic="collections.v1"),
+    "emitted.fields": lambda em: em[_first(em, "loan_offer.accepted")]["data"].pop("accepted_at"),
+    "offer.amount_above_orders": _set("order_ids", lambda ids: ids[:1], "loan_offer.created"),
+    "repayment.above_payout": _set("amount.amount", lambda x: 10**9, "loan.repayment_applied"),
     "offer.amount_above_available": _offer_above_available,
     "offer.fee": _set("fee.amount", lambda x: x + 1, "loan_offer.created"),
     "offer.expires_at": _set("expires_at", "2030-01-01T00:00:00Z", "loan_offer.created"),
@@ -194,3 +233,78 @@ def test_an_offer_on_an_order_delivered_without_a_shipping_event_keeps_the_contr
     unshipped = [e for e in events
                  if not (e["type"] in ("order.shipped", "order.delivered") and e["data"].get("order_id") == order)]
     assert "offer.order_not_paid_shipped" in _rules(unshipped, emitted)
+
+
+def test_a_refund_re_sent_under_its_id_with_another_amount_corrects_it_and_does_not_add_up_to_a_full_refund(
+        run: Run) -> None:
+    # Found by generated streams: a refund of 47% re-sent as 61% (same refund_id) was summed to 108% and the
+    # checker called the financed order fully refunded; the underwriter (rightly) counts the largest of the two.
+    events, emitted = run
+    offer = emitted[_first(emitted, "loan_offer.created")]
+    mid, order = offer["subject"], offer["data"]["order_ids"][0]
+    amount = next(e["data"]["amount"]["amount"] for e in events
+                  if e["type"] == "order.paid" and e["data"]["order_id"] == order)
+    at = datetime.fromisoformat(offer["time"].replace("Z", "+00:00")) - timedelta(minutes=5)
+    trigger = next(i for i, e in enumerate(events) if e["id"] == offer["data"]["trigger_event_id"])
+
+    def refund(eid: str, refund_id: str, part: int) -> dict[str, Any]:
+        return _ev("order.refunded", mid, at, {"order_id": order, "refund_id": refund_id, "amount": {
+            "amount": part, "currency": "BRL"}}, eid)
+
+    part = amount * 6 // 10
+    resent = [refund("r1", "rf-1", part), refund("r1-again", "rf-1", part + 1)]
+    two = [refund("r1", "rf-1", part), refund("r2", "rf-2", part)]
+    assert "offer.order_closed" not in _rules([*events[:trigger], *resent, *events[trigger:]], emitted)
+    assert "offer.order_closed" in _rules([*events[:trigger], *two, *events[trigger:]], emitted)
+
+
+def test_an_acceptance_from_a_merchant_suspended_after_the_offer_breaks_the_contract(run: Run) -> None:
+    events, emitted = run
+    accepted = emitted[_first(emitted, "loan_offer.accepted")]
+    offer = next(e for e in emitted if e["type"] == "loan_offer.created"
+                 and e["data"]["offer_id"] == accepted["data"]["offer_id"])
+    at = datetime.fromisoformat(offer["time"].replace("Z", "+00:00"))
+    trigger = next(i for i, e in enumerate(events) if e["id"] == offer["data"]["trigger_event_id"])
+    suspended = _ev("merchant.updated", offer["subject"], at + timedelta(seconds=1), {"status": "suspended"}, "susp")
+    found = {(v.rule, v.subject) for v in contract.check([*events[:trigger + 1], suspended, *events[trigger + 1:]],
+                                                         emitted)}
+    oid = offer["data"]["offer_id"]
+    assert ("accept.merchant_not_active", oid) in found and ("offer.merchant_not_active", oid) not in found
+    # Arriving only at the end of the file, after the acceptance: the engine could not have known.
+    assert "accept.merchant_not_active" not in _rules([*events, suspended], emitted)
+
+
+def test_an_offer_made_on_a_repayment_is_judged_on_what_had_arrived_by_then_not_on_the_whole_file(run: Run) -> None:
+    # Found by generated streams: a merchant's "closed" arrived late (after later-dated events); an offer made when
+    # a repayment (a loans.v1 trigger) lifted the limit was taken to have known every input, even ones still to come.
+    events, emitted = run
+    inputs = {e["id"] for e in events}
+    offer = next(e for e in emitted if e["type"] == "loan_offer.created" and e["data"]["trigger_event_id"] not in inputs)
+    at = datetime.fromisoformat(offer["time"].replace("Z", "+00:00"))
+    closed = _ev("merchant.updated", offer["subject"], at - timedelta(minutes=1), {"status": "closed"}, "closed")
+    oid = offer["data"]["offer_id"]
+    arrived = next(i for i, e in enumerate(events) if e["time"] >= offer["time"])
+    assert ("offer.merchant_not_active", oid) in {
+        (v.rule, v.subject) for v in contract.check([*events[:arrived], closed, *events[arrived:]], emitted)}
+    assert ("offer.merchant_not_active", oid) not in {(v.rule, v.subject) for v in contract.check([*events, closed],
+                                                                                                   emitted)}
+
+
+def test_an_offer_is_judged_on_its_whole_batch_which_may_hold_events_after_its_trigger_within_the_hour(
+        run: Run) -> None:
+    # Found by generated streams: a reactivation (dated 14:00) arrived right after a chargeback dated 14:20; the
+    # underwriter scored the merchant once for the batch holding both and named the latest event (14:20) as trigger.
+    events, emitted = run
+    inputs = {e["id"] for e in events}
+    offer = next(e for e in emitted if e["type"] == "loan_offer.created" and e["data"]["trigger_event_id"] in inputs)
+    oid, at = offer["data"]["offer_id"], datetime.fromisoformat(offer["time"].replace("Z", "+00:00"))
+    trigger = next(i for i, e in enumerate(events) if e["id"] == offer["data"]["trigger_event_id"])
+    suspended = _ev("merchant.updated", offer["subject"], at - timedelta(days=2), {"status": "suspended"}, "s1")
+    active = _ev("merchant.updated", offer["subject"], at - timedelta(seconds=1), {"status": "active"}, "s2")
+    same_batch = [*events[:trigger], suspended, events[trigger], active, *events[trigger + 1:]]
+    found = {(v.rule, v.subject) for v in contract.check(same_batch, emitted)}
+    assert ("offer.merchant_not_active", oid) not in found
+    # The reactivation arriving an hour of event time later could not have been in the batch: a violation.
+    later = next(i for i, e in enumerate(events) if e["time"] > (at + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    after_tick = [*events[:trigger], suspended, *events[trigger:later], active, *events[later:]]
+    assert ("offer.merchant_not_active", oid) in {(v.rule, v.subject) for v in contract.check(after_tick, emitted)}
