@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,3 +45,12 @@ def settlement(eid: str = "set-1", currency: str = "BRL", **amounts: Any) -> dic
         "data": {"settlement_id": "s-" + eid, **money,
                  "orders": [{"order_id": "o-1", "amount": {"amount": 10000, "currency": currency}}]},
     }
+
+
+def send(client: Any, *events: Any) -> list[dict[str, Any]]:
+    """POST the events as one JSON batch with the test key; the batch itself must be taken (200): the per-event
+    results."""
+    r = client.post("/v1/events", content=json.dumps(list(events)),
+                    headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    assert r.status_code == 200, r.text[:300]
+    return list(r.json()["results"])

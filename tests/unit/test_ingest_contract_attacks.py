@@ -20,6 +20,7 @@ from services.ingest.adapters.jsoncodec import parse_records
 from services.ingest.adapters.memory import InMemoryDedupeStore, InMemorySink
 from services.ingest.bootstrap import IngestRuntime, bootstrap
 from tests.unit.ingest_helpers import KEY, NOW, placed, runtime, settings, settlement
+from tests.unit.ingest_helpers import send as _send
 
 pytestmark = pytest.mark.unit
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -38,12 +39,6 @@ def rt() -> IngestRuntime:
 def client(rt: IngestRuntime) -> Iterator[TestClient]:
     with TestClient(create_app(rt), raise_server_exceptions=False) as c:
         yield c
-
-
-def _send(client: TestClient, *events: Any) -> list[dict[str, Any]]:
-    r = client.post("/v1/events", content=json.dumps(list(events)), headers=JSON)
-    assert r.status_code == 200, r.text[:300]
-    return list(r.json()["results"])
 
 
 def _event(etype: str, data: dict[str, Any], eid: str = "e-1", **envelope: Any) -> dict[str, Any]:

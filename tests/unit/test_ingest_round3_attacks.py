@@ -19,6 +19,7 @@ from services.ingest.adapters.http import create_app
 from services.ingest.adapters.sql_dedupe import pg_text_array
 from services.ingest.bootstrap import IngestRuntime, codec_validator
 from tests.unit.ingest_helpers import KEY, NOW, placed, runtime
+from tests.unit.ingest_helpers import send as _send
 
 pytestmark = pytest.mark.unit
 
@@ -36,12 +37,6 @@ def rt() -> IngestRuntime:
 def client(rt: IngestRuntime) -> Iterator[TestClient]:
     with TestClient(create_app(rt), raise_server_exceptions=False) as c:
         yield c
-
-
-def _send(client: TestClient, *events: Any) -> list[dict[str, Any]]:
-    r = client.post("/v1/events", content=json.dumps(list(events)), headers=JSON)
-    assert r.status_code == 200, r.text[:300]
-    return list(r.json()["results"])
 
 
 def _produced(rt: IngestRuntime) -> list[dict[str, Any]]:
