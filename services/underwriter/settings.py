@@ -35,15 +35,11 @@ class UnderwriterSettings:
     flush_interval_seconds: float = field(default=1.0, metadata={"doc": "worker timer that scores debounced merchants"})
     batch_max: int = field(default=1000, metadata={"doc": "worker: records taken per batch (each merchant of a batch is saved and scored once)"})
     batch_within_seconds: float = field(default=0.02, metadata={"doc": "worker: records not yet in a full batch are processed at least this often while the worker keeps up with its input (bounds the added delay)"})
-    batch_on_drain: bool = field(default=True, metadata={"doc": "worker: start a batch as soon as the fetched records are all taken and no more are waiting on the broker (false: only batch_max and the batch timer start batches)"})
-    batch_spacing_seconds: float = field(default=0.0, metadata={"doc": "worker: batches started on drain start at most this often (0: as soon as the previous one is done)"})
     batch_max_wait_seconds: float = field(default=0.25, metadata={"doc": "worker: behind a backlog (records produced longer ago than this) a batch keeps taking records up to batch_max or this long"})
     event_loop: str = field(default="auto", metadata={"doc": "worker event loop: uvloop, asyncio, or auto (uvloop when installed)"})
     fetch_max_bytes: int = field(default=1024**2, metadata={"doc": "worker: bytes fetched per input partition per request (Faust consumer_max_fetch_size)"})
-    fetch_max_wait_ms: int = field(default=20, metadata={"doc": "worker: longest the broker holds a fetch request without new records, once the tables are recovered (Faust's own 1,500 ms during a recovery: aiokafka sends one fetch at a time, so a wait on quiet partitions delayed the busy ones by as much)"})
     producer_linger_seconds: float = field(default=0.005, metadata={"doc": "worker: producer waits this long to fill a request (changelog writes, decisions)"})
     producer_batch_bytes: int = field(default=256 * 1024, metadata={"doc": "worker: producer batch size per partition, bytes"})
-    trace_path: str = field(default="", metadata={"doc": "worker: append one line per batch (records, fetch delay, time per stage) and every event-loop stall >= 20 ms to this file (empty: off; for profiling)"})
     metrics_port: int = field(default=9102, metadata={"doc": "port of the /metrics endpoint (0: none)"})
     web_port: int = field(default=6066, metadata={"doc": "Faust web port"})
     psi_window: int = field(default=5000, metadata={"doc": "recent scored PDs the score PSI gauge compares with the training reference"})
@@ -62,14 +58,10 @@ class UnderwriterSettings:
             raise ValueError("partitions must be >= 1")
         if self.batch_max < 1 or self.batch_within_seconds <= 0:
             raise ValueError("batch_max must be >= 1 and batch_within_seconds > 0")
-        if self.batch_spacing_seconds < 0:
-            raise ValueError("batch_spacing_seconds must be >= 0")
         if self.batch_max_wait_seconds < self.batch_within_seconds:
             raise ValueError("batch_max_wait_seconds must be >= batch_within_seconds")
         if self.event_loop not in ("auto", "uvloop", "asyncio"):
             raise ValueError(f"event_loop must be auto, uvloop or asyncio, got {self.event_loop!r}")
-        if not 1 <= self.fetch_max_wait_ms <= 60_000:
-            raise ValueError("fetch_max_wait_ms must be between 1 and 60000")
         if self.fetch_max_bytes < 1024 or self.producer_batch_bytes < 1024 or self.producer_linger_seconds < 0:
             raise ValueError("fetch_max_bytes and producer_batch_bytes must be >= 1024, producer_linger_seconds >= 0")
 

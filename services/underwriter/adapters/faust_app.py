@@ -48,7 +48,6 @@ class TableStore(MutableMapping[str, bytes]):
         self.partition_of: dict[str, int] = {}
         self._event_of_partition: dict[int, Any] = {}  # any one consumed record of each input partition
         self._last: dict[str, tuple[Any, bytes]] = {}  # keeps decoded identity stable for the core's cache
-        self.writes = 0  # table writes so far (the trace reports them per batch)
 
     def remember(self, key: str, event: Any) -> None:
         partition = event.message.partition
@@ -102,7 +101,6 @@ class TableStore(MutableMapping[str, bytes]):
         finally:
             _current_event.reset(token)
         self._last[key] = (value, raw)
-        self.writes += 1
 
     def __delitem__(self, key: str) -> None:
         del self.table[key]
@@ -168,16 +166,6 @@ class _WorkerApp(faust.App):
     """The worker's app: its consumer hands input records straight to the batch (see faust_intake)."""
 
     intake: tuple[Collection[str], Any] | None = None
-    outbox: list[Any] | None = None
-
-    def _new_producer(self) -> Any:
-        producer = super()._new_producer()
-        if self.outbox is not None:
-            # Table writes queue their changelog record with send_soon (Table.__setitem__ is synchronous); they
-            # go to the worker's outbox, which emit() sends in order right after the batch that wrote them,
-            # instead of Faust's producer buffer, whose task sends one record per turn of the event loop.
-            producer.send_soon = self.outbox.append
-        return producer
 
     def _new_consumer(self) -> Any:
         consumer = super()._new_consumer()
@@ -227,18 +215,7 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
     rejected_topic = app.topic(settings.rejected_topic, **raw)
     route = {"credit_limit.updated": limits_topic, dead_letter.REJECTED_TYPE: rejected_topic}
 
-    outbox: list[Any] = []  # changelog records of table writes (FutureMessage), in write order
-    app.outbox = outbox
-
     async def emit(events: list[dict[str, Any]]) -> None:
-        # First the state (changelog records of the table writes), then the decisions, all in order. Sending
-        # hands a record to the Kafka client's batch (no round trip per record); this is what Faust's producer
-        # buffer does for each record (ProducerBuffer._send_pending), without a turn of the event loop each.
-        while outbox:
-            sending = outbox[:]
-            outbox.clear()
-            for fut in sending:
-                await fut.message.channel.publish_message(fut, wait=False)
         # Topic.send only appends to the producer's buffer (no round trip per decision).
         for ev in events:
             topic = route.get(ev["type"], offers_topic)
@@ -269,21 +246,6 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
     lock = asyncio.Lock()
     arrivals = {"first": 0.0, "count": 0, "seen": 0, "committed": 0}  # time of pending's first record; records appended
 
-    trace = _Trace(settings.trace_path) if settings.trace_path else None
-
-    async def ebb() -> None:
-        """Wait until Faust's producer buffer is empty before the batch's records are acked.
-
-        The table writes of the worker bypass that buffer (the outbox, see _WorkerApp._new_producer): its task
-        sends one record per turn of the event loop, and with batches keeping the loop busy it fell behind by
-        thousands of records, until the next commit (which flushes it) stalled the worker for seconds. Faust's
-        own streams wait for it before each message (`wait_until_ebb`); our intake does not pass there, so this
-        keeps the same guarantee should anything else queue records in it. Normally it is empty: no cost."""
-        buffer = app.producer.buffer
-        while buffer.size and not app.should_stop:
-            if not await buffer.flush_atmost(buffer.size):
-                await asyncio.sleep(0)  # flush_atmost gave up after 0.1 s without a send (a stop, a slow broker)
-
     async def run_batch(commit: bool) -> None:
         async with lock:
             if not pending:
@@ -291,24 +253,8 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
             batch = pending[:]
             pending.clear()
             uw.metrics.batch(len(batch))
-            if trace is None:
-                await emit(process_batch(uw, store, batch, clock))
-                await ebb()
-                faust_intake.ack(app.consumer, app.sensors, batch)  # no I/O: marks the offsets as processed
-            else:
-                t0, writes, stages = time.perf_counter(), store.writes, {}
-                out = process_batch(uw, store, batch, clock, stages)
-                t1 = time.perf_counter()
-                await emit(out)
-                stages["ebb"], left = time.perf_counter(), app.producer.buffer.size
-                await ebb()
-                stages["ebb"] = time.perf_counter() - stages["ebb"]
-                stages["left"] = left
-                t2 = time.perf_counter()
-                faust_intake.ack(app.consumer, app.sensors, batch)
-                t3 = time.perf_counter()
-                trace.batch(batch, time.monotonic() - arrivals["first"], stages, t1 - t0, t2 - t1, t3 - t2,
-                            store.writes - writes, len(out), app.producer.buffer.size)
+            await emit(process_batch(uw, store, batch, clock))
+            faust_intake.ack(app.consumer, app.sensors, batch)  # no I/O: marks the offsets as processed
             if commit:
                 await app.consumer.commit()
 
@@ -316,10 +262,7 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
 
     async def _commit() -> None:
         try:
-            started = time.perf_counter()
             await app.consumer.commit()
-            if trace is not None:
-                trace.line("commit", f"{(time.perf_counter() - started) * 1000:.1f}ms")
         except Exception as exc:  # the next commit (ours or Faust's commit timer) takes these offsets
             log.warning("commit failed: %s", exc)
 
@@ -345,60 +288,14 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
         stamp = record.message.timestamp or 0.0
         if stamp > newest["ts"] or len(pending) == 1:
             newest["ts"] = stamp
-        last_taken[record.message.tp] = record.message.offset
         if len(pending) >= settings.batch_max:
             # Shielded: this runs in Faust's fetch task, which a shutdown cancels; a batch cut off between its
             # state writes and its decisions and acks would leave decisions unsent for records whose state
             # already holds them. The batch finishes (and acks) in its own task; the fetch loop still stops.
             await asyncio.shield(run_batch(commit=False))
 
-    # Batches on drain: when the records of a fetch are all taken and the worker has caught up with its input
-    # (no partition of the records taken has more records on the broker than those fetched: the high-water
-    # marks of the fetch responses), the batch starts at once in a task of its own rather than on the timer's
-    # next tick (up to batch_within_seconds later). While it runs, the records fetched meanwhile collect in
-    # `pending`, and the task takes them as the next batch: batches are as big as the worker is busy, not as
-    # big as a fixed window. Behind a backlog the batch keeps growing up to batch_max (or batch_max_wait_seconds).
-    last_taken: dict[Any, int] = {}  # input partition -> offset of the last record taken
-    batching: list[asyncio.Future[Any] | None] = [None]
-
-    def backlog() -> int:
-        """Records already on the broker behind those taken (high-water marks of the latest fetch responses)."""
-        lag = 0
-        highwater = app.consumer.highwater  # not before: the consumer is made (and fitted) when first used
-        for tp, offset in last_taken.items():
-            try:
-                mark = highwater(tp)
-            except Exception:  # no fetch response for it yet, or the partition was revoked meanwhile
-                mark = None
-            if mark is not None and mark > offset + 1:
-                lag += mark - offset - 1
-        return lag
-
-    started = [0.0]  # when the latest batch on drain started (monotonic)
-
-    async def batch_now() -> None:
-        while pending:
-            # Batches start at most every batch_spacing_seconds: each batch scores each of its merchants once, so
-            # many tiny batches cost more CPU per record than the latency they save.
-            wait = started[0] + settings.batch_spacing_seconds - time.monotonic()
-            if wait > 0 and len(pending) < settings.batch_max:
-                await asyncio.sleep(wait)
-                continue
-            if len(pending) < settings.batch_max and backlog() and \
-                    time.monotonic() - arrivals["first"] < settings.batch_max_wait_seconds:
-                return  # more records are on their way: the next drain (or the timer) takes this batch
-            started[0] = time.monotonic()
-            # Shielded for the same reason as in take(): a cancelled task must not cut a batch in half.
-            await asyncio.shield(run_batch(commit=False))
-
-    def drained() -> None:
-        if pending and (batching[0] is None or batching[0].done()):
-            batching[0] = asyncio.ensure_future(batch_now())
-
     source_topics = {settings.marketplace_topic, settings.loans_topic}
-    app.intake = (source_topics, take, drained) if settings.batch_on_drain else (source_topics, take)
-    if trace is not None:
-        trace.watch(app)
+    app.intake = (source_topics, take)
 
     @app.agent(source)
     async def underwrite(stream: Any) -> None:
@@ -441,10 +338,6 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
         # stopped or crashed with merchants pending would leave them undecided until their next event. Only
         # merchants of changelog partitions this worker actively owns are taken (not standby replicas: deciding
         # writes the changelog); the flush timer then decides them within the debounce as usual.
-        # Recovery done: input records flow again, fetched with the worker's short fetch wait (see faust_intake).
-        shortened = faust_intake.set_fetch_max_wait(app.consumer, settings.fetch_max_wait_ms)
-        if trace is not None:
-            trace.line("fetch", f"fetch_max_wait_ms={settings.fetch_max_wait_ms if shortened else 'unset'}")
         changelog = table.changelog_topic.get_topic_name()
         actives = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == changelog}
         if not actives:
@@ -463,7 +356,6 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
             for start in range(0, len(keys), 2000):
                 restored += uw.restore_pending(keys[start:start + 2000], accept=accept)
                 await asyncio.sleep(0)
-            await emit([])  # any table write of the restore goes out now, not with the next batch
             if restored:
                 latest = max(int(s.pending[1]) for s in restored)
                 if latest > clock["event"]:  # the flush timer's event-time "now" starts from what was restored
@@ -484,10 +376,7 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
         # (only if the wait above was cut short) are processed, acked and committed first for the same reason.
         # The group protocol is eager: every partition of this worker is revoked, also those it gets back;
         # deciding a few merchants earlier than the debounce would is harmless, a stale write is not.
-        faust_intake.set_fetch_max_wait(app.consumer, faust_intake.FAUST_FETCH_MAX_WAIT_MS)  # until recovered
         parts = {tp.partition for tp in revoked if tp.topic in source_topics}
-        for tp in revoked:
-            last_taken.pop(tp, None)
         if not parts:
             return
         await run_batch(commit=True)
@@ -512,7 +401,7 @@ def process(uw: Any, event: Any, clock: dict[str, float], store: TableStore | No
 
 
 def process_batch(uw: Any, store: TableStore | None, batch: list[Any],
-                  clock: dict[str, float], stages: dict[str, float] | None = None) -> list[dict[str, Any]]:
+                  clock: dict[str, float]) -> list[dict[str, Any]]:
     """Decode and handle a batch of records; returns the events to emit.
 
     A record that cannot be applied (not JSON, not a JSON object, a type that does not belong on its topic, a
@@ -531,7 +420,6 @@ def process_batch(uw: Any, store: TableStore | None, batch: list[Any],
     skew = getattr(uw.settings, "max_future_skew_seconds", -1)
     horizon = time.time() + skew if skew >= 0 else float("inf")
     market = getattr(uw.settings, "marketplace_topic", topics.MARKETPLACE_EVENTS)
-    started = time.perf_counter()
     for event in batch:
         msg = event.message
         try:
@@ -572,11 +460,7 @@ def process_batch(uw: Any, store: TableStore | None, batch: list[Any],
         kept.append(event)
         positions.append((f"{msg.topic}:{msg.partition}", msg.offset))
     out: list[dict[str, Any]]
-    checked = time.perf_counter()
     out, errors = uw.handle_batch(evs, positions)
-    if stages is not None:
-        stages["handle"] = time.perf_counter() - checked
-        stages["check"] = checked - started
     for index, error in errors:
         dead.append(_dead_letter(uw, kept[index], "apply", str(error), evs[index]))
     latest = None
@@ -608,53 +492,6 @@ def _dead_letter(uw: Any, record: Any, stage: str, error: str, event: dict[str, 
         received_at=datetime.now(UTC), subject=ev.get("subject"), event_id=ev.get("id"), event_type=ev.get("type"),
         errors=[(p.pointer, p.message) for p in problems] if problems else None,
         reason=contract_check.reason(problems) if problems else "unprocessable")
-
-
-class _Trace:
-    """Profiling aid (settings.trace_path): one line per batch and per event-loop stall, appended to a file.
-
-    batch: records, oldest/newest record's age when the batch started (Kafka timestamp to now: broker + fetch +
-    waiting in the batch), the wait of the batch's first record in the worker, time per stage in ms (decode and
-    contract check, core handle_batch with its table writes, emit to the producer, ack), table writes, events
-    emitted, producer buffer size (changelog writes not yet handed to the Kafka client). stall: the loop ran a
-    5 ms sleep that late (something held it), with the GC pauses seen since the previous line."""
-
-    def __init__(self, path: str) -> None:
-        self._file = open(path, "a", buffering=1)  # noqa: SIM115 - lives as long as the worker
-        self._gc = 0.0
-        self._gc_started = 0.0
-        gc.callbacks.append(self._on_gc)
-
-    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            self._gc_started = time.perf_counter()
-        else:
-            self._gc += time.perf_counter() - self._gc_started
-
-    def line(self, kind: str, text: str) -> None:
-        self._file.write(f"{time.time():.3f} {kind} {text}\n")
-
-    def batch(self, batch: list[Any], waited: float, stages: dict[str, float], process: float, emit: float,
-              ack: float, writes: int, out: int, buffered: int) -> None:
-        now = time.time()
-        stamps = [r.message.timestamp or now for r in batch]
-        self.line("batch", f"n={len(batch)} age_old={(now - min(stamps)) * 1000:.1f} "
-                  f"age_new={(now - max(stamps)) * 1000:.1f} wait={waited * 1000:.1f} "
-                  f"check={stages.get('check', 0) * 1000:.1f} handle={stages.get('handle', 0) * 1000:.1f} "
-                  f"all={process * 1000:.1f} emit={emit * 1000:.1f} ebb={stages.get('ebb', 0) * 1000:.1f} "
-                  f"ebbed={stages.get('left', 0):.0f} ack={ack * 1000:.1f} writes={writes} "
-                  f"out={out} buf={buffered}")
-
-    def watch(self, app: Any) -> None:
-        @app.task
-        async def loop_stalls() -> None:
-            while True:
-                started = time.perf_counter()
-                await asyncio.sleep(0.005)
-                late = time.perf_counter() - started - 0.005
-                if late >= 0.02:
-                    self.line("stall", f"{late * 1000:.1f}ms gc={self._gc * 1000:.1f}ms")
-                    self._gc = 0.0
 
 
 class _LabelCache:

@@ -7,8 +7,7 @@ Faust's own `Consumer._drain_messages` (faust-streaming 0.15) with one change: a
 topics is tracked and counted exactly as the conductor does (`track_message`, one reference, the sensors' message
 in/out), then appended to the batch by `take`; records of any other topic (table changelogs, Faust's own topics)
 still go through the conductor. Everything else is Faust's: getmany (flow control, rebalance generation checks,
-paused partitions), the read offsets and gaps Faust commits from, commit_every (its commit runs in a task
-of its own instead of holding up the fetch loop), acks (`ack` below, called once a
+paused partitions), the read offsets and gaps Faust commits from, commit_every, acks (`ack` below, called once a
 record's state and decisions are written), wait_empty before a rebalance. The agent stays subscribed to the input
 topics (that is what subscribes the consumer) and simply receives nothing.
 """
@@ -35,42 +34,14 @@ class Record:
         self.value = message.value
 
 
-def install(consumer: Any, topics: Collection[str], take: Callable[[Record], Awaitable[None]],
-            drained: Callable[[], None] | None = None) -> None:
-    """Make `consumer` hand records of `topics` to `take` (an instance attribute shadows the class's method);
-    `drained()` is called each time the records of one fetch were all handed over (nothing more is buffered
-    for the moment), so the worker can start a batch at once instead of on its next timer tick."""
+def install(consumer: Any, topics: Collection[str], take: Callable[[Record], Awaitable[None]]) -> None:
+    """Make `consumer` hand records of `topics` to `take` (an instance attribute shadows the class's method)."""
     ours = frozenset(topics)
 
     async def drain(fetcher: Any) -> None:
-        await _drain(consumer, fetcher, ours, take, drained)
+        await _drain(consumer, fetcher, ours, take)
 
     consumer._drain_messages = drain
-
-
-FAUST_FETCH_MAX_WAIT_MS = 1500  # what Faust 0.15 builds its Kafka client with
-
-
-def set_fetch_max_wait(consumer: Any, milliseconds: int) -> bool:
-    """Make the running Kafka client's next fetch requests use `milliseconds` as fetch_max_wait_ms (Faust 0.15
-    hard-codes 1,500 ms); False if the client has no fetcher yet.
-
-    aiokafka keeps at most one fetch request in flight per broker, and a partition whose records are still
-    buffered (not yet taken by getmany) is left out of the next request. When the worker is busy for a moment,
-    that next request can hold only partitions without new data (loans.v1, a quiet input partition), and the
-    broker answers it after fetch_max_wait_ms; until then no record of the busy partitions is fetched again.
-    With 1,500 ms that is a window of up to 1.5 s in which the worker receives nothing, then a burst.
-
-    The worker shortens it only while it processes its input: during a table recovery (changelog partitions
-    read to their end) a short wait left a recovery without events for minutes in the two-worker takeover test,
-    so a rebalance puts Faust's value back until the recovery completed. The fetcher reads the value each time
-    it builds a request (from its own thread; an int assignment is atomic)."""
-    client = getattr(consumer._thread, "_consumer", None)
-    fetcher = getattr(client, "_fetcher", None)
-    if fetcher is None:
-        return False
-    fetcher._fetch_max_wait_ms = milliseconds
-    return True
 
 
 def ack(consumer: Any, sensors: Any, records: list[Record]) -> None:
@@ -81,8 +52,7 @@ def ack(consumer: Any, sensors: Any, records: list[Record]) -> None:
             sensors.on_message_out(message.tp, message.offset, message)
 
 
-async def _drain(consumer: Any, fetcher: Any, ours: frozenset[str], take: Callable[[Record], Awaitable[None]],
-                 drained: Callable[[], None] | None = None) -> None:
+async def _drain(consumer: Any, fetcher: Any, ours: frozenset[str], take: Callable[[Record], Awaitable[None]]) -> None:
     callback = consumer.callback
     getmany = consumer.getmany
     consumer_should_stop = consumer._stopped.is_set
@@ -94,20 +64,12 @@ async def _drain(consumer: Any, fetcher: Any, ours: frozenset[str], take: Callab
     track = consumer.track_message
     sleep = asyncio.sleep
     since_yield = 0
-    commits: set[asyncio.Future[Any]] = set()
-
-    def _settled(commit: asyncio.Future[Any]) -> None:
-        commits.discard(commit)
-        if not commit.cancelled() and commit.exception() is not None:  # the next commit takes these offsets
-            consumer.log.warning("commit failed: %r", commit.exception())
-
     try:
         while not (consumer_should_stop() or fetcher_should_stop()):
             set_flag(CONSUMER_FETCHING)
             ait = getmany(timeout=1.0)
             await consumer.sleep(0)  # getmany can run in a loop without releasing the event loop
             if not consumer.should_stop:
-                took = False
                 async for tp, message in ait:
                     since_yield += 1
                     if since_yield > 100:
@@ -120,22 +82,15 @@ async def _drain(consumer: Any, fetcher: Any, ours: frozenset[str], take: Callab
                     if offset - (r_offset or 0) > 1 and r_offset and acks_enabled_for(message.topic):
                         await consumer._add_gap(tp, r_offset + 1, offset)
                     if commit_every is not None and consumer._n_acked >= commit_every:
-                        # In a task of its own (Faust awaits it here): a commit flushes the producer and waits for
-                        # the broker, tens of ms in which no record would be taken. Commits are serialised by
-                        # the consumer (a second one waits for the first), and only acked offsets are committed.
                         consumer._n_acked = 0
-                        commits.add(commit := asyncio.ensure_future(consumer.commit()))
-                        commit.add_done_callback(_settled)
+                        await consumer.commit()
                     if message.topic in ours:
                         track(message)  # pending ack (wait_empty, commits) + sensors' message in
                         message.incref()
                         await take(Record(message))
-                        took = True
                     else:
                         await consumer.wait_first(callback(message), consumer.suspend_flow.wait())
                     read_offset[tp] = offset
-                if took and drained is not None:
-                    drained()
                 unset_flag(CONSUMER_FETCHING)
     except consumer.consumer_stopped_errors:
         if consumer.transport.app.should_stop:
