@@ -51,6 +51,16 @@ def _first(emitted: list[dict[str, Any]], etype: str, nth: int = 0) -> int:
     return [i for i, e in enumerate(emitted) if e["type"] == etype][nth]
 
 
+def _accepted_offer(events: list[dict[str, Any]], emitted: list[dict[str, Any]]) -> tuple[dict[str, Any], datetime, int]:
+    """The first accepted offer, its time, and the input position of the event that triggered it."""
+    accepted = emitted[_first(emitted, "loan_offer.accepted")]
+    offer = next(e for e in emitted if e["type"] == "loan_offer.created"
+                 and e["data"]["offer_id"] == accepted["data"]["offer_id"])
+    at = datetime.fromisoformat(offer["time"].replace("Z", "+00:00"))
+    trigger = next(i for i, e in enumerate(events) if e["id"] == offer["data"]["trigger_event_id"])
+    return offer, at, trigger
+
+
 def _rules(events: list[dict[str, Any]], emitted: list[dict[str, Any]], **terms: Any) -> set[str]:
     return {v.rule for v in contract.check(events, emitted, contract.Terms(**terms) if terms else None)}
 
@@ -206,11 +216,7 @@ def test_a_loan_left_unpaid_long_past_due_without_a_charge_off_breaks_the_contra
 
 def test_an_acceptance_after_a_financed_order_was_paid_out_breaks_the_contract(run: Run) -> None:
     events, emitted = run
-    accepted = emitted[_first(emitted, "loan_offer.accepted")]
-    offer = next(e for e in emitted if e["type"] == "loan_offer.created"
-                 and e["data"]["offer_id"] == accepted["data"]["offer_id"])
-    at = datetime.fromisoformat(offer["time"].replace("Z", "+00:00"))
-    trigger = next(i for i, e in enumerate(events) if e["id"] == offer["data"]["trigger_event_id"])
+    offer, at, trigger = _accepted_offer(events, emitted)
     paid_out = settlement(offer["subject"], at + timedelta(seconds=1), [(offer["data"]["order_ids"][0], 1)], "po")
     rules = _rules([*events[:trigger + 1], paid_out, *events[trigger + 1:]], emitted)
     assert "accept.order_closed" in rules and "offer.order_closed" not in rules
@@ -260,11 +266,7 @@ def test_a_refund_re_sent_under_its_id_with_another_amount_corrects_it_and_does_
 
 def test_an_acceptance_from_a_merchant_suspended_after_the_offer_breaks_the_contract(run: Run) -> None:
     events, emitted = run
-    accepted = emitted[_first(emitted, "loan_offer.accepted")]
-    offer = next(e for e in emitted if e["type"] == "loan_offer.created"
-                 and e["data"]["offer_id"] == accepted["data"]["offer_id"])
-    at = datetime.fromisoformat(offer["time"].replace("Z", "+00:00"))
-    trigger = next(i for i, e in enumerate(events) if e["id"] == offer["data"]["trigger_event_id"])
+    offer, at, trigger = _accepted_offer(events, emitted)
     suspended = _ev("merchant.updated", offer["subject"], at + timedelta(seconds=1), {"status": "suspended"}, "susp")
     found = {(v.rule, v.subject) for v in contract.check([*events[:trigger + 1], suspended, *events[trigger + 1:]],
                                                          emitted)}
