@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from services.underwriter.adapters.contrib_cache import ContribCache
 from services.underwriter.adapters.registry import ModelEntry, RegistryError, load_champion, load_version
 from services.underwriter.domain.features import FEATURE_NAMES
 from services.underwriter.domain.reasons import feature_reason
@@ -109,9 +110,16 @@ class LightGBMScorer:
         n = len(FEATURE_NAMES)
         self._predict: _SingleRowPredictor | None = None
         self._contrib: _SingleRowPredictor | None = None
+        self._cache: ContribCache | None = None
         if self.booster.num_model_per_iteration() == 1:  # binary model: one output (n + 1 contributions)
             self._predict = _SingleRowPredictor(self.booster, n, C_API_PREDICT_NORMAL, 1)
             self._contrib = _SingleRowPredictor(self.booster, n, C_API_PREDICT_CONTRIB, n + 1)
+            used = self.booster.best_iteration
+            trees = self.booster.num_trees() if used <= 0 else used * self.booster.num_model_per_iteration()
+            self._cache = ContribCache(str(entry.model_file), n, trees)
+            contrib = self._contrib
+            if not self._cache.verify(lambda row: list(contrib(row))):
+                self._cache = None
 
     @classmethod
     def champion(cls, root: str | Path) -> LightGBMScorer:
@@ -136,7 +144,11 @@ class LightGBMScorer:
     def score(self, features: list[float]) -> Score:
         if len(features) != len(FEATURE_NAMES):
             raise ValueError(f"expected {len(FEATURE_NAMES)} features, got {len(features)}")
-        if self._contrib is not None:
+        cached = self._cache.contributions(features) if self._cache is not None else None
+        if cached is not None:
+            contrib = cached.tolist()
+            total = float(cached.sum())
+        elif self._contrib is not None:
             out = self._contrib(features)
             contrib = list(out)
             # numpy's sum of the same float64 values as np.sum(contrib), read in place (no list -> array copy).
