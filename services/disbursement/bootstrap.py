@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
 from services.common.timeutil import utc_now
 from services.disbursement.adapters.metrics import DisbursementMetrics
-from services.disbursement.domain.webhook_targets import TargetRefused, address_problem, parse_ip, url_problem
 from services.disbursement.ports import Clock, PayoutRail, Publisher, WebhookTransport
 from services.disbursement.service import DisbursementService
 from services.disbursement.settings import DisbursementSettings, load_settings
@@ -52,40 +48,14 @@ def make_engine(db_url: str, schema: str | None = None, pool_size: int = 10, scr
 
 def http_transport(timeout: float, allow_private: bool = False) -> WebhookTransport:
     """POST a signed delivery. Redirects are not followed (a 3xx is a failed attempt), the answer's body is
-    never read (a huge or endless one costs nothing), and the URL is checked again when called: a name
-    that resolves to a loopback, private, link-local or metadata address is refused (the attempt fails)."""
-    import httpx
+    never read (a huge or endless one costs nothing), and the URL is checked again when called: its host is
+    resolved once, every address must be one Floatbridge may call (never loopback, private, link-local or
+    metadata ones unless allowed), and the connection goes to one of exactly those addresses (the merchant's
+    host kept in Host and TLS SNI), so a name rebinding between the check and the connection reaches nothing
+    else (adapters/webhook_http.py)."""
+    from services.disbursement.adapters.webhook_http import pinned_transport
 
-    client = httpx.Client(timeout=timeout, follow_redirects=False)
-
-    def send(url: str, headers: Mapping[str, str], body: bytes) -> int:
-        problem = url_problem(url, allow_private) or resolved_problem(url, allow_private)
-        if problem is not None:
-            raise TargetRefused(f"webhook URL refused: {problem}")
-        with client.stream("POST", url, content=body, headers=dict(headers)) as resp:
-            return resp.status_code
-
-    return send
-
-
-def resolved_problem(url: str, allow_private: bool) -> str | None:
-    """Why the addresses a webhook URL's host resolves to must not be called, or None (also when it does not
-    resolve: the request then fails on its own)."""
-    parts = urlsplit(url)
-    host = parts.hostname
-    if not host or parse_ip(host) is not None:
-        return None  # a literal address was checked by url_problem
-    try:
-        infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80),
-                                   proto=socket.IPPROTO_TCP)
-    except (OSError, UnicodeError):
-        return None
-    for info in infos:
-        ip = parse_ip(str(info[4][0]))
-        problem = None if ip is None else address_problem(ip, allow_private)
-        if problem is not None:
-            return f"{host} resolves to {problem}"
-    return None
+    return pinned_transport(timeout, allow_private)
 
 
 def bootstrap(

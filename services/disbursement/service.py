@@ -181,6 +181,12 @@ _SET_FINANCED = sa.update(financed_orders).where(
     financed_orders.c.order_id == sa.bindparam("p_order"), financed_orders.c.loan_id == sa.bindparam("p_loan")).values(
     expected=sa.bindparam("p_expected", type_=financed_orders.c.expected.type),
     state=sa.bindparam("p_state", type_=financed_orders.c.state.type))
+# The amount counted for a refund or chargeback reference marker (see `_reference_increase`; migration 0012).
+_REFERENCE_AMOUNT = sa.select(processed_events.c.amount).where(processed_events.c.event_id == sa.bindparam("p_key"))
+_RAISE_REFERENCE_AMOUNT = sa.update(processed_events).where(
+    processed_events.c.event_id == sa.bindparam("p_key"),
+    processed_events.c.amount == sa.bindparam("p_old", type_=processed_events.c.amount.type)).values(
+    amount=sa.bindparam("p_new", type_=processed_events.c.amount.type))
 _INSTRUCTION_STATE = sa.select(merchants.c.currency, merchants.c.last_instruction).where(
     merchants.c.merchant_id == sa.bindparam("p_merchant"))
 _SET_INSTRUCTION = sa.update(merchants).where(merchants.c.merchant_id == sa.bindparam("p_merchant")).values(
@@ -1135,6 +1141,27 @@ class DisbursementService:
         log.warning("%s %s of merchant %s was already applied under another event id; ignored", kind, ref, mid)
         return False
 
+    def _reference_increase(self, conn: sa.Connection, kind: str, mid: str, ref: str, amount: int) -> int | None:
+        """What a refund or chargeback reference (`ref`: "<order_id>:<refund_id>") adds to what was counted for it:
+        all of `amount` the first time, then only what a re-send with a larger amount adds (the marker keeps the
+        largest amount counted, processed_events.amount); None when it adds nothing (the same or a smaller amount,
+        or a marker written before amounts were kept: its amount is unknown, so a re-send is ignored as before)."""
+        key = f"#{kind}:{deterministic_id(kind, mid, ref)}"
+        if repo.insert_ignore(conn, processed_events, {"event_id": key, "event_type": kind,
+                                                       "processed_at": self.clock(), "amount": amount}):
+            return amount
+        for _ in range(8):  # a concurrent writer raised it between the read and the update: read it again
+            counted = repo.run(conn, _REFERENCE_AMOUNT, {"p_key": key}).scalar()
+            if counted is None or amount <= counted:
+                log.warning("%s %s of merchant %s was already applied under another event id (amount %s, now %s); "
+                            "ignored", kind, ref, mid, counted, amount)
+                return None
+            if repo.run(conn, _RAISE_REFERENCE_AMOUNT, {"p_key": key, "p_old": counted, "p_new": amount}).rowcount:
+                log.warning("%s %s of merchant %s re-sent with a larger amount (%s, counted %s): the difference "
+                            "counts", kind, ref, mid, amount, counted)
+                return amount - int(counted)
+        raise RuntimeError(f"{kind} {ref} of merchant {mid}: its counted amount keeps changing")
+
     def _on_settlement(self, conn: sa.Connection, event: dict[str, Any], mid: str, at: datetime) -> None:
         data = event["data"]
         settlement_id = _text(data["settlement_id"], "settlement.paid settlement_id")
@@ -1259,8 +1286,13 @@ class DisbursementService:
                 raise EventRejected(f"{etype} {event['id']}: amount in {amount.currency}, the financed order's "
                                     f"loan is in {currency}")
         ref = data.get(_SHORTFALL_REFS.get(etype, ""))
-        if ref is not None and not self._first_time(conn, etype, mid, f"{data['order_id']}:{ref}"):
-            return  # the same refund or chargeback resent under another event id
+        if ref is not None and amount is not None:
+            # Once per refund_id / chargeback_id, at the largest amount reported under it (as the underwriter
+            # counts it): one re-sent under another event id moves only what it adds to the amount counted.
+            increase = self._reference_increase(conn, etype, mid, f"{data['order_id']}:{ref}", amount.amount)
+            if increase is None:
+                return  # the same refund or chargeback resent under another event id, no larger than counted
+            amount = Money(increase, amount.currency)
         for row in rows:
             left = 0 if amount is None else max(0, row.expected - amount.amount)
             repo.run(conn, _SET_FINANCED, {

@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from schemas.codec import deterministic_id, new_event
-from services.underwriter.domain.decisions import Action, Portfolio, decide_actions
+from services.underwriter.domain.decisions import Action, Portfolio, decide_actions, kill_switch_withdrawal
 from services.underwriter.domain.features import compute_features
 from services.underwriter.domain.policy import PolicySettings, base_rate_bps, decide_limit, merge_reasons
 from services.underwriter.domain.scoring import Score, Scorer
@@ -295,6 +295,34 @@ class Underwriter:
             self.pending[merchant_id] = list(state.pending)
             restored.append(state)
         return restored
+
+    def withdraw_open_offers(
+        self, merchant_ids: Iterable[str] | None = None, accept: Callable[[MerchantState], bool] | None = None,
+    ) -> list[dict[str, Any]]:
+        """With the kill switch on, withdraw every open offer now (by default of every merchant in the store;
+        `accept` as in `restore_pending`: the worker takes only merchants of partitions it actively owns), not at
+        each merchant's next decision: a merchant that sends nothing would keep an offer it can accept until it
+        expires. Each is a loan_offer.withdrawn naming KILL_SWITCH at the merchant's latest event time, its id
+        following from the offer, and frees what the offer held in the portfolio; a second sweep finds nothing
+        (the state no longer holds the offer). Returns the CloudEvents to emit; none when the switch is off."""
+        if not self.policy.kill_switch:
+            return []
+        out: list[dict[str, Any]] = []
+        for merchant_id in list(self.store if merchant_ids is None else merchant_ids):
+            raw = self.store.get(merchant_id)
+            if raw is None or (isinstance(raw, bytes) and not MerchantState.may_hold_offer(raw)):
+                continue
+            state = self._load(merchant_id)
+            if not state.offer or (accept is not None and not accept(state)):
+                continue
+            when = datetime.fromtimestamp(state.latest, UTC)
+            for a in kill_switch_withdrawal(state, state.latest, self.policy, self.portfolio):
+                data = {"offer_id": a.data["offer_id"], "reasons": [r.to_json() for r in a.data["reasons"]]}
+                self.metrics.decision(a.kind)
+                out.append(new_event(a.kind, state.merchant_id, data, when, self.settings.source,
+                                     id=deterministic_id(str(a.data["offer_id"]), a.kind, "kill_switch")))
+            self._save(state)
+        return out
 
     # ----- internals ------------------------------------------------------------------------------------
 

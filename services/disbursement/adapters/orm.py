@@ -64,6 +64,8 @@ processed_events = sa.Table(
     sa.Column("event_id", sa.String(128), primary_key=True),
     sa.Column("event_type", sa.String(64), nullable=False),
     _ts("processed_at"),
+    # The amount counted for a refund or chargeback reference marker (migration 0012); NULL on every other row.
+    sa.Column("amount", sa.BigInteger, nullable=True),
 )
 
 credit_limits = sa.Table(

@@ -178,6 +178,27 @@ def decide_actions(
     return actions
 
 
+KILL_SWITCH_REASON = Reason("KILL_SWITCH", "new advances are paused for all merchants")
+
+
+def kill_switch_withdrawal(state: MerchantState, as_of: int, p: PolicySettings, portfolio: Portfolio) -> list[Action]:
+    """With the kill switch on, withdraw the merchant's open offer now, without waiting for its next decision
+    (a merchant that sends no event would otherwise keep an offer it can accept until it expires). Needs no score:
+    the withdrawal names only the offer and KILL_SWITCH. An offer expired by `as_of` is dropped as
+    `decide_actions` drops it (the disbursement service announces the expiry). Frees what the offer held in the
+    portfolio; [] when the switch is off or no offer is open. The state changes as `decide_actions` would change it
+    (a later decision withdraws nothing twice)."""
+    offer = state.offer
+    if not p.kill_switch or not offer:
+        return []
+    _free(state, offer, portfolio)
+    state.offer = []
+    _set_last(state, None, [])
+    if int(offer[3]) <= as_of:
+        return []
+    return [Action("loan_offer.withdrawn", {"offer_id": offer[0], "reasons": [KILL_SWITCH_REASON]})]
+
+
 def _free(state: MerchantState, offer: list[Any], portfolio: Portfolio) -> None:
     """An offer ended without being accepted (expired, withdrawn or replaced): it frees the category exposure it
     held and its amount in the origination budget of the day it was made, since nothing was originated."""
@@ -223,7 +244,7 @@ def _guard_codes(offer: list[Any]) -> set[str]:
 def _withdraw_reason(state: MerchantState, d: LimitDecision, p: PolicySettings, spendable: int) -> Reason | None:
     amount = int(state.offer[1])
     if p.kill_switch:
-        return Reason("KILL_SWITCH", "new advances are paused for all merchants")
+        return KILL_SWITCH_REASON
     if d.frozen:
         return Reason("DELINQUENT", "an advance is past due")
     if d.blocked:

@@ -17,7 +17,8 @@ What a stream from outside can do to it (each rule has a scenario test in test_u
   it counted (32 days for refunds, 90 for settlements and chargebacks: see `counted` for the bound);
 - events older than the 90-day window (late) add no bucket, events of an order older than 60 days no
   receivable; orders known only from later events (a refund of an order settled and forgotten long ago) are
-  dropped after two days and go first when the receivable table is full;
+  dropped after two days and go first when the receivable table is full; the orders a loan financed go last
+  while any loan is open (`_eviction_order`);
 - loans.v1 is idempotent per loan: a repeated or early loan.repaid / loan.charged_off counts once, a
   loan.disbursed seen after its loan closed revives nothing, and one re-sent (a fresh event id) while its loan is
   open changes nothing (its repayments and days past due stand: the limit stays frozen while it is delinquent);
@@ -312,6 +313,11 @@ class MerchantState:
         a True may be a false positive, so decode and check `pending`)."""
         return b'"n":[' in zlib.decompress(raw)
 
+    @staticmethod
+    def may_hold_offer(raw: bytes) -> bool:
+        """A cheap test on saved bytes: False when the state surely holds no open offer (no JSON decode)."""
+        return b'"o":[]' not in zlib.decompress(raw)
+
     # ----- dedupe ----------------------------------------------------------------------------------------
 
     def already_applied(self, source: str, position: int) -> bool:
@@ -460,9 +466,14 @@ class MerchantState:
     def _eviction_order(self, order_id: str) -> tuple[int, int]:
         """When the table is full: closed receivables go first, then orders never placed here (known only from
         later events, or paid and shipped without their order.placed: no receivable the policy lends against),
-        then the oldest open ones."""
+        then the oldest open ones, and the open ones a loan financed last while any loan is open. Those are the
+        oldest (an offer finances the receivables that settle soonest), so a merchant with many orders would
+        otherwise lose them first: the limit counts them (limit - outstanding would then count the open loan
+        twice and withdraw offers for nothing), and their mark is what keeps them from backing a second loan."""
         rec = self.receivables[order_id]
-        return (0 if rec[R_CLOSED] else 1 if not rec[R_FLAGS] & F_PLACED else 2), rec[R_PLACED]
+        flags = rec[R_FLAGS]
+        rank = 0 if rec[R_CLOSED] else 1 if not flags & F_PLACED else 3 if flags & F_FINANCED and self.loans else 2
+        return rank, rec[R_PLACED]
 
     @staticmethod
     def _counted_hash(kind: str, value: Any) -> str | None:

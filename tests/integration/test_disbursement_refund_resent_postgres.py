@@ -1,0 +1,51 @@
+"""A refund of a financed order re-sent under its refund_id with a larger amount, on real PostgreSQL: the larger
+amount counts and only the difference moves onto the withhold (the SQLite twin is in
+tests/unit/test_disbursement_refund_resent.py); and migration 0012 goes down and up again."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from services.disbursement.bootstrap import make_engine
+from services.disbursement.migrations import current, upgrade
+from tests.unit.disbursement_helpers import service_env
+from tests.unit.test_disbursement_refund_resent import run_resent_refund_scenario
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture()
+def env(pg_schema_url: str) -> Any:
+    eng = make_engine(pg_schema_url)
+    upgrade(eng)
+    yield service_env(engine=eng)
+    eng.dispose()
+
+
+def test_on_postgres_a_refund_resent_with_a_larger_amount_moves_only_the_difference_onto_the_withhold(
+        env: dict[str, Any]) -> None:
+    run_resent_refund_scenario(env)
+
+
+def test_on_postgres_migration_0012_downgrades_to_0011_and_upgrades_again(pg_schema_url: str) -> None:
+    from alembic import command
+
+    from services.disbursement.migrations import alembic_config
+
+    eng = make_engine(pg_schema_url)
+    try:
+        upgrade(eng)
+        assert current(eng) == "0012"
+        with eng.begin() as conn:
+            command.downgrade(alembic_config(connection=conn), "0011")
+        with eng.connect() as conn:
+            assert "amount" not in {c["name"] for c in sa.inspect(conn).get_columns("processed_events")}
+        upgrade(eng)
+        assert current(eng) == "0012"
+        with eng.connect() as conn:
+            assert "amount" in {c["name"] for c in sa.inspect(conn).get_columns("processed_events")}
+    finally:
+        eng.dispose()
