@@ -24,6 +24,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from services.underwriter.domain.policy import DEFAULT_CURRENCY_LIMITS, currency_rows
+
 DAY = 86_400
 DECISIONS = frozenset({"credit_limit.updated", "loan_offer.created", "loan_offer.withdrawn", "loan_offer.expired"})
 APR = re.compile(r"^\d+\.\d{4}$")
@@ -72,6 +74,18 @@ class Terms:
     merchant_cap_minor: int = 5_000_000
     min_offer_minor: int = 10_000
     min_tenure_days: int = 14
+    limits_currency: str = "BRL"  # the currency of merchant_cap_minor and min_offer_minor ...
+    currency_limits: str = DEFAULT_CURRENCY_LIMITS  # ... unless listed here (the underwriter's setting)
+
+    def caps(self, currency: str) -> tuple[int, int]:
+        """(per-merchant cap, smallest offer) in `currency`: a currency with no limits configured gets no limit
+        (cap 0, and no offer is small enough); a merchant whose currency is unknown is held to the flat numbers."""
+        row = currency_rows(self.currency_limits).get(currency)
+        if row is not None:
+            return row[0], row[1]
+        if not currency or currency == self.limits_currency:
+            return self.merchant_cap_minor, self.min_offer_minor
+        return 0, 1 << 62
 
     @classmethod
     def from_settings(cls) -> Terms:
@@ -81,7 +95,7 @@ class Terms:
         p, d = load_policy(), disbursement_settings()
         return cls(p.offer_ttl_hours, p.max_term_days, p.grace_days, p.fee_min_ppm_per_day, p.fee_max_ppm_per_day,
                    p.fee_pd_ceiling, p.receivable_max_age_days, p.kill_switch, d.charge_off_dpd, p.merchant_cap_minor,
-                   p.min_offer_minor, p.min_tenure_days)
+                   p.min_offer_minor, p.min_tenure_days, p.limits_currency, p.currency_limits)
 
 
 def _ts(value: Any) -> datetime | None:
@@ -215,8 +229,12 @@ def _expected_fee(amount: int, pd: float, days: int, t: Terms) -> tuple[int, str
     share = min(1.0, max(0.0, pd / t.fee_pd_ceiling))
     ppm = round(t.fee_min_ppm_per_day + share * (t.fee_max_ppm_per_day - t.fee_min_ppm_per_day))
     fee = -(-amount * ppm * days // 1_000_000)
-    apr = (Decimal(fee) / Decimal(amount) * Decimal(365) / Decimal(days)).quantize(Decimal("0.0001"), ROUND_HALF_UP)
-    return fee, str(apr)
+    return fee, _apr(fee, amount, days)
+
+
+def _apr(fee: int, amount: int, days: int) -> str:
+    """The APR disclosed for a flat `fee` on `amount` over `days`, as the underwriter writes it."""
+    return str((Decimal(fee) / Decimal(amount) * Decimal(365) / Decimal(days)).quantize(Decimal("0.0001"), ROUND_HALF_UP))
 
 
 @dataclass
@@ -414,8 +432,10 @@ class _Checker:
         limit, available, outstanding = _amount(data, "limit"), _amount(data, "available"), _amount(data, "outstanding")
         if available > max(0, limit - outstanding):
             self.bad("limit.available", eid, f"available {available} > limit {limit} - outstanding {outstanding}")
-        if limit > self.t.merchant_cap_minor:
-            self.bad("limit.merchant_cap", eid, f"limit {limit} above the per-merchant cap {self.t.merchant_cap_minor}")
+        currency = self.merchants[mid].currency
+        cap = self.t.caps(currency)[0]
+        if limit > cap:
+            self.bad("limit.merchant_cap", eid, f"limit {limit} above the per-merchant cap {cap} {currency}")
         delinquent = [ln.loan_id for ln in self.by_merchant[mid] if ln.delinquent and not (ln.repaid or ln.charged_off)]
         if delinquent and previous is not None and limit > _amount(previous, "limit"):
             self.bad("limit.raised_while_delinquent", eid,
@@ -438,8 +458,10 @@ class _Checker:
         status = _status_at(m, at, pos)
         if status != "active":
             self.bad("offer.merchant_not_active", oid, f"offer to a {status} merchant")
-        if amount <= 0 or amount < t.min_offer_minor:
-            self.bad("offer.amount", oid, f"amount {amount} is below the smallest offer {t.min_offer_minor}")
+        least = t.caps(m.currency)[1]
+        if amount <= 0 or amount < least:
+            self.bad("offer.amount", oid, f"amount {amount} is below the smallest offer {least} {m.currency}"
+                     if least < 1 << 62 else f"no advance limits are configured for {m.currency}")
         if limit is None:
             self.bad("offer.no_limit", oid, "no credit_limit.updated of the merchant before the offer")
         else:
@@ -466,19 +488,29 @@ class _Checker:
         apr, pd = data.get("apr"), data.get("pd")
         if not isinstance(apr, str) or not APR.match(apr):
             self.bad("offer.apr", oid, f"apr {apr!r} is not a decimal string")
-        if due is not None and amount > 0 and isinstance(pd, (int, float)):
+        if due is not None and amount > 0:
+            # The fee is priced on the days until the financed receivables are expected to settle (due - grace), and
+            # never on more days than the loan runs: an offer whose due date was capped at the longest term was
+            # priced on between (term - grace) and term days. Every offer, capped or not, keeps its fee within the
+            # daily band over those days, and discloses the APR of that fee over those same days.
+            term = max(1, -(-int((due - at).total_seconds()) // DAY))
             capped = due >= at + timedelta(days=t.max_term_days)
             settle = due - timedelta(days=t.grace_days)
-            days = max(1, -(-int((settle - at).total_seconds()) // DAY))
-            want, want_apr = _expected_fee(amount, float(pd), days, t)
-            if (fee != want or apr != want_apr) if not capped else fee < want:
-                self.bad("offer.fee", oid, f"fee {fee} (apr {apr}) for {amount} over {days} days at pd {pd}; the "
-                         f"settings price it {'at least ' if capped else ''}{want} (apr {want_apr})")
+            fewest = max(1, -(-int((settle - at).total_seconds()) // DAY))
+            days_run = range(min(fewest, term), term + 1) if capped else range(fewest, fewest + 1)
+            if isinstance(pd, (int, float)) and not any(
+                    _expected_fee(amount, float(pd), d, t) == (fee, apr) for d in days_run):
+                want, want_apr = _expected_fee(amount, float(pd), days_run[0], t)
+                self.bad("offer.fee", oid, f"fee {fee} (apr {apr}) for {amount} due in {term} days at pd {pd}; the "
+                         f"settings price it {want} (apr {want_apr}) over {days_run[0]}"
+                         f"{f'-{days_run[-1]}' if capped else ''} days")
             lo, hi = t.fee_min_ppm_per_day, t.fee_max_ppm_per_day
-            term = max(1, -(-int((due - at).total_seconds()) // DAY))
-            if not capped and not (amount * lo * days <= fee * 1_000_000
-                                   and (fee - 1) * 1_000_000 < amount * hi * term):
-                self.bad("offer.fee_band", oid, f"fee {fee} outside {lo}-{hi} ppm a day of {amount}")
+            if not (amount * lo * days_run[0] <= fee * 1_000_000 and (fee - 1) * 1_000_000 < amount * hi * term):
+                self.bad("offer.fee_band", oid, f"fee {fee} of {amount} is outside {lo}-{hi} ppm a day over the "
+                         f"{term}-day term")
+            if isinstance(apr, str) and APR.match(apr) and not any(_apr(fee, amount, d) == apr for d in days_run):
+                self.bad("offer.apr_term", oid, f"apr {apr} is not that of fee {fee} on {amount} over the "
+                         f"{days_run[0]}{f'-{days_run[-1]}' if capped else ''} days the loan runs")
         order_ids = data.get("order_ids")
         if not isinstance(order_ids, list) or not order_ids:
             self.bad("offer.order_ids", oid, "no financed orders named")

@@ -80,7 +80,9 @@ def plan_offer(
         if covered >= amount:
             break
     settle = max(r.expected_settlement for r in chosen)
-    days = max(1, -(-(settle - as_of) // DAY))
+    # Priced on the days the loan runs until its receivables settle, never past the longest term (the due date is
+    # capped there; eligible receivables all settle by then, but the price must not depend on that).
+    days = min(max(1, -(-(settle - as_of) // DAY)), p.max_term_days)
     due = min(settle + p.grace_days * DAY, as_of + p.max_term_days * DAY)
     fee, apr = price(amount, pd, days, p)
     return Offer(offer_id, amount, fee, apr, due, as_of + p.offer_ttl_hours * 3600, tuple(r.order_id for r in chosen))
@@ -140,6 +142,7 @@ def decide_actions(
     rests on is emitted just before it, so the latest credit_limit.updated always covers the offer.
     """
     actions: list[Action] = []
+    p = p.for_currency(state.currency) or p  # the smallest offer and the portfolio caps of the merchant's currency
     offer = state.offer
     if offer and int(offer[3]) <= as_of:  # expired on its own: the disbursement service announces it
         _free(state, offer, portfolio)

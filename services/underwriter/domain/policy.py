@@ -6,9 +6,10 @@ Every number is a field of the frozen `PolicySettings`, loaded from FLOATBRIDGE_
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
 
-from services.common.money import MAX_AMOUNT
+from services.common.money import CURRENCY_EXPONENTS, MAX_AMOUNT
 from services.underwriter.domain.features import INDEX, cancel_money_rates, money_rates
 from services.underwriter.domain.reasons import Reason
 from services.underwriter.domain.state import (
@@ -32,6 +33,42 @@ from services.underwriter.domain.state import (
     short_hash,
 )
 
+# Per-currency limits, "CUR:merchant_cap:min_offer:daily_budget:category_cap" in minor units of CUR, comma-separated.
+# The default rows are rough equivalents of the BRL defaults (R$50,000 cap, R$100 smallest offer, R$10M daily
+# budget, R$50M per category) at 2025 rates, rounded: USD/EUR 10,000 / 20, GBP 8,000 / 15, MXN 170,000 / 350,
+# CLP 8.5M / 17,000, COP 36M / 72,000, IDR 145M / 290,000, VND 230M / 460,000, KRW 12.5M / 25,000, JPY 1.35M / 2,700,
+# INR 750,000 / 1,500, KWD 2,750 / 5, BHD 3,400 / 7 (cap / smallest offer, major units). Operators set their own.
+DEFAULT_CURRENCY_LIMITS = (
+    "USD:1000000:2000:200000000:1000000000,EUR:1000000:2000:200000000:1000000000,"
+    "GBP:800000:1500:150000000:800000000,MXN:17000000:35000:3500000000:17000000000,"
+    "CLP:8500000:17000:1700000000:8500000000,COP:3600000000:7200000:720000000000:3600000000000,"
+    "IDR:14500000000:29000000:2900000000000:14500000000000,VND:230000000:460000:46000000000:230000000000,"
+    "KRW:12500000:25000:2500000000:12500000000,JPY:1350000:2700:270000000:1350000000,"
+    "INR:75000000:150000:15000000000:75000000000,KWD:2750000:5000:550000000:2750000000,"
+    "BHD:3400000:7000:680000000:3400000000"
+)
+
+
+@lru_cache(maxsize=16)
+def currency_rows(table: str) -> dict[str, tuple[int, int, int, int]]:
+    """The rows of a `currency_limits` table by currency; ValueError for a malformed one."""
+    rows: dict[str, tuple[int, int, int, int]] = {}
+    for entry in filter(None, (e.strip() for e in table.split(","))):
+        parts = entry.split(":")
+        if len(parts) != 5 or parts[0] not in CURRENCY_EXPONENTS:
+            raise ValueError(f"currency_limits: {entry!r} is not CUR:merchant_cap:min_offer:daily_budget:category_cap "
+                             "with a known currency code")
+        if parts[0] in rows:
+            raise ValueError(f"currency_limits: {parts[0]} listed twice")
+        try:
+            cap, least, budget, category = (int(x) for x in parts[1:])
+        except ValueError:
+            raise ValueError(f"currency_limits: {entry!r} has an amount that is not an integer") from None
+        if not all(0 <= x <= MAX_AMOUNT for x in (cap, least, budget, category)):
+            raise ValueError(f"currency_limits: {entry!r} has an amount outside 0..{MAX_AMOUNT}")
+        rows[parts[0]] = (cap, least, budget, category)
+    return rows
+
 
 @dataclass(frozen=True, slots=True)
 class PolicySettings:
@@ -39,9 +76,11 @@ class PolicySettings:
     advance_rates_bps: tuple[int, ...] = field(default=(8000, 6000, 4000), metadata={"doc": "advance rate per PD tier; PD above the last tier gets 0"})
     receivable_max_age_days: int = field(default=60, metadata={"doc": "receivables older than this are not eligible"})
     settled_sales_multiple_bps: int = field(default=5000, metadata={"doc": "limit <= this x trailing 30-day settled sales"})
-    merchant_cap_minor: int = field(default=5_000_000, metadata={"doc": "per-merchant limit cap, minor units"})
-    daily_budget_minor: int = field(default=1_000_000_000, metadata={"doc": "portfolio origination budget per day and currency"})
-    category_cap_minor: int = field(default=5_000_000_000, metadata={"doc": "portfolio exposure cap per category and currency"})
+    merchant_cap_minor: int = field(default=5_000_000, metadata={"doc": "per-merchant limit cap, minor units of limits_currency"})
+    daily_budget_minor: int = field(default=1_000_000_000, metadata={"doc": "portfolio origination budget per day and currency, minor units of limits_currency"})
+    category_cap_minor: int = field(default=5_000_000_000, metadata={"doc": "portfolio exposure cap per category and currency, minor units of limits_currency"})
+    limits_currency: str = field(default="BRL", metadata={"doc": "the currency merchant_cap_minor, min_offer_minor, daily_budget_minor and category_cap_minor are in (unless currency_limits lists it)"})
+    currency_limits: str = field(default=DEFAULT_CURRENCY_LIMITS, metadata={"doc": "per-currency merchant cap, smallest offer, daily budget and category cap, CUR:cap:min_offer:budget:category_cap in minor units of CUR, comma-separated (default: rough equivalents of the BRL numbers for USD EUR GBP MXN CLP COP IDR VND KRW JPY INR KWD BHD). A merchant whose currency is neither listed nor limits_currency gets no limit (CURRENCY_NOT_SUPPORTED)"})
     min_tenure_days: int = field(default=14, metadata={"doc": "no limit before this tenure"})
     min_settled_orders: int = field(default=5, metadata={"doc": "no limit before this many settled orders (90 days)"})
     spike_ratio: float = field(default=2.0, metadata={"doc": "7-day daily placed sales above this x daily 30-day settled sales (earlier placed sales while too new) is a spike"})
@@ -65,7 +104,7 @@ class PolicySettings:
     large_order_share_bps: int = field(default=2500, metadata={"doc": "... once their amount above that bound is at least this share of the eligible receivables (one big order among many is not a pattern)"})
     large_order_keep_bps: int = field(default=5000, metadata={"doc": "share of the advance rate kept while such orders are open"})
     kill_switch: bool = field(default=False, metadata={"doc": "pause all new offers (open ones are withdrawn)"})
-    min_offer_minor: int = field(default=10_000, metadata={"doc": "smallest offer, minor units"})
+    min_offer_minor: int = field(default=10_000, metadata={"doc": "smallest offer, minor units of limits_currency"})
     fee_min_ppm_per_day: int = field(default=300, metadata={"doc": "daily fee at PD 0, parts per million (0.03%)"})
     fee_max_ppm_per_day: int = field(default=800, metadata={"doc": "daily fee at the PD ceiling, parts per million (0.08%)"})
     fee_pd_ceiling: float = field(default=0.10, metadata={"doc": "PD at which the maximum daily fee applies"})
@@ -73,6 +112,7 @@ class PolicySettings:
     max_term_days: int = field(default=60, metadata={"doc": "no offer is due later than this"})
     offer_ttl_hours: int = field(default=24, metadata={"doc": "offers expire after this"})
     default_delivery_days: int = field(default=5, metadata={"doc": "assumed shipping-to-delivery time"})
+    max_delivery_days: int = field(default=30, metadata={"doc": "a shipped order's promised delivery (expected_delivery_at) counts up to this many days after shipping, for every use: when it is expected to settle, and when a parcel never delivered stops counting (receivable_overdue_days after it); a pre-order or a placeholder date years ahead is due no later"})
     payout_delay_days: int = field(default=2, metadata={"doc": "assumed delivery-to-settlement time (before the merchant's own lag is known)"})
     min_days_to_settle: int = field(default=7, metadata={"doc": "no receivable is expected to settle sooner than this (one payout cycle)"})
     settlement_slack_days: int = field(default=4, metadata={"doc": "added to the merchant's observed order-to-settlement lag: payouts come in batches, the lag is an average"})
@@ -101,6 +141,8 @@ class PolicySettings:
             raise ValueError("advance_rates_bps must be within 0..10000")
         if not 0 < self.max_term_days <= 60:
             raise ValueError("max_term_days must be within 1..60")
+        if self.max_delivery_days < 1 or self.default_delivery_days < 0:
+            raise ValueError("max_delivery_days must be >= 1 and default_delivery_days >= 0")
         if self.fee_min_ppm_per_day > self.fee_max_ppm_per_day:
             raise ValueError("fee_min_ppm_per_day must not exceed fee_max_ppm_per_day")
         if not 0 < self.offer_refresh_hours < self.offer_ttl_hours:
@@ -123,6 +165,25 @@ class PolicySettings:
             raise ValueError("on_time_bonus_bps and on_time_bonus_max_bps must be >= 0")
         if self.settled_conversion_ratio != 0 and self.settled_conversion_ratio < 1:
             raise ValueError("settled_conversion_ratio must be 0 (off) or >= 1")
+        if self.limits_currency not in CURRENCY_EXPONENTS:
+            raise ValueError(f"limits_currency {self.limits_currency!r} is not a currency code")
+        currency_rows(self.currency_limits)
+
+    def for_currency(self, currency: str) -> PolicySettings | None:
+        """These settings with the merchant cap, smallest offer, daily budget and category cap of `currency`: its
+        `currency_limits` row, else these ones when it is `limits_currency`; None for any other currency (the
+        policy lends nothing in a currency it has no numbers for: CURRENCY_NOT_SUPPORTED)."""
+        row = currency_rows(self.currency_limits).get(currency)
+        if row is None:
+            return self if currency == self.limits_currency else None
+        return _with_row(self, row)
+
+
+@lru_cache(maxsize=64)
+def _with_row(p: PolicySettings, row: tuple[int, int, int, int]) -> PolicySettings:
+    cap, least, budget, category = row
+    return replace(p, merchant_cap_minor=cap, min_offer_minor=least, daily_budget_minor=budget,
+                   category_cap_minor=category)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,10 +223,18 @@ def eligible_receivables(state: MerchantState, as_of: int, p: PolicySettings,
     A receivable is expected to settle
     at the later of its delivery plus the payout delay and its placement plus the merchant's observed
     order-to-settlement lag (`lag_days`, 0 when unknown) plus slack, so due dates follow how this
-    marketplace really pays out (weekly batches, buyer confirmation), not an optimistic constant."""
+    marketplace really pays out (weekly batches, buyer confirmation), not an optimistic constant.
+
+    A parcel not yet delivered is due at its promised delivery, but never later than `max_delivery_days` after
+    it shipped: a promise years ahead (a pre-order, a placeholder date) must not keep a parcel that never
+    arrives looking on its way, nor push its settlement (and the fee) past any term. A receivable expected to
+    settle after `max_term_days` from `as_of` cannot repay an advance within its term: it is not eligible at all,
+    so it backs neither an offer nor the limit (which is advance rate x eligible receivables)."""
     lag = int(lag_days * DAY) + p.settlement_slack_days * DAY if lag_days > 0 else 0
     oldest = as_of - p.receivable_max_age_days * DAY
     overdue = p.receivable_overdue_days * DAY
+    last_settlement = as_of + p.max_term_days * DAY
+    max_delivery = p.max_delivery_days * DAY
     out = []
     for oid, rec in state.receivables.items():
         flags = rec[R_FLAGS]
@@ -177,10 +246,14 @@ def eligible_receivables(state: MerchantState, as_of: int, p: PolicySettings,
         if amount <= 0:
             continue
         delivery = rec[R_DELIVERY] or rec[R_SHIPPED] + p.default_delivery_days * DAY
-        # Shipped long ago and never delivered: a parcel that does not exist is the classic fake order.
-        if not flags & F_DELIVERED and as_of > delivery + overdue:
-            continue
+        if not flags & F_DELIVERED:
+            delivery = min(delivery, rec[R_SHIPPED] + max_delivery)
+            # Shipped long ago and never delivered: a parcel that does not exist is the classic fake order.
+            if as_of > delivery + overdue:
+                continue
         expected = max(delivery + p.payout_delay_days * DAY, rec[R_PLACED] + lag, as_of + p.min_days_to_settle * DAY)
+        if expected > last_settlement:
+            continue
         out.append(Receivable(oid, amount, expected, bool(flags & F_FINANCED)))
     out.sort(key=lambda r: (r.expected_settlement, r.order_id))
     return out
@@ -451,8 +524,9 @@ def decide_limit(
     if limit > sales_cap:
         limit = sales_cap
         reasons.append(Reason("SETTLED_SALES_CAP", f"limit capped at {multiple / 100:.0f}% of 30-day settled sales"))
-    if limit > p.merchant_cap_minor:
-        limit = p.merchant_cap_minor
+    cap = (p.for_currency(state.currency) or p).merchant_cap_minor
+    if limit > cap:
+        limit = cap
         reasons.append(Reason("MERCHANT_CAP", "limit capped at the per-merchant maximum"))
     if p.kill_switch:
         reasons.insert(0, Reason("KILL_SWITCH", "new advances are paused for all merchants"))
@@ -469,13 +543,16 @@ def decide_limit(
 
 
 def _blocked(state: MerchantState, f: list[float], p: PolicySettings) -> Reason | None:
-    if not state.status or not state.category:
-        # No onboarding yet: a merchant.updated {"status": "active"} seen before it does not make one (no category
-        # to hold the exposure in against its cap).
+    if not state.onboarded:
+        # No merchant.onboarded yet: a merchant.updated setting status and category does not make one (no country,
+        # no onboarded currency; the marketplace never said it sells here).
         return Reason("MERCHANT_NOT_ONBOARDED", "the marketplace has not onboarded this merchant (no merchant.onboarded: "
                       "category and country unknown)")
     if state.status != "active":
         return Reason("MERCHANT_" + state.status.upper(), f"merchant account is {state.status}")
+    if p.for_currency(state.currency) is None:
+        return Reason("CURRENCY_NOT_SUPPORTED", f"no advance limits are configured for {state.currency or 'no currency'} "
+                      "(currency_limits)")
     if state.charged_off():
         return Reason("CHARGED_OFF", "an earlier advance was charged off")
     tenure, settled = f[INDEX["tenure_days"]], f[INDEX["settled_orders_90d"]]

@@ -12,8 +12,8 @@ What a stream from outside can do to it (each rule has a scenario test in test_u
 - an order placed again (a fresh event id) counts once; its receivable is the smallest amount placed or paid;
   a settlement re-sent or listing an order twice counts the order's money once; a zero-amount order counts
   nothing; a chargeback or refund seen before its order keeps the order out of the receivables;
-- a refund, chargeback or settlement re-sent under a fresh event id counts once per refund_id / chargeback_id /
-  settlement_id (as disbursement counts them), at its old time or a new one, for as long as the limit reads what
+- a refund, chargeback or settlement re-sent under a fresh event id counts once per (order_id, refund_id) /
+  (order_id, chargeback_id) / settlement_id (as disbursement counts them: ids numbered per order), at its old time or a new one, for as long as the limit reads what
   it counted (32 days for refunds, 90 for settlements and chargebacks: see `counted` for the bound);
 - events older than the 90-day window (late) add no bucket, events of an order older than 60 days no
   receivable; orders known only from later events (a refund of an order settled and forgotten long ago) are
@@ -23,8 +23,8 @@ What a stream from outside can do to it (each rule has a scenario test in test_u
   loan.disbursed seen after its loan closed revives nothing, and one re-sent (a fresh event id) while its loan is
   open changes nothing (its repayments and days past due stand: the limit stays frozen while it is delinquent);
   a loan.repayment_applied re-sent (same loan_id and settlement_id) reduces nothing and releases nothing again;
-- status is "" until merchant.onboarded (or a status update): the policy lends nothing to such a merchant, nor
-  to one whose status update came before its onboarding (no category yet); status and category each follow the
+- status is "" until merchant.onboarded (or a status update): the policy lends nothing to a merchant before its
+  merchant.onboarded (`onboarded`), whatever status and category merchant.updated events set; status and category each follow the
   update with the latest event time (`profile_ts`): a stale "active" re-sent after a suspension lifts nothing;
 - tenure (`since`) rests on activity seen, not on the time an event claims (`_tenure`): an event more than
   WINDOW_DAYS older than the latest one seen (a backfill bug, a record produced straight to the topic) moves it
@@ -261,6 +261,11 @@ class MerchantState:
     # or an onboarding sets one): an update older than the one in force is stale and changes nothing, so a late or
     # re-sent "active" cannot lift a later suspension, nor an old onboarding undo a later category change.
     profile_ts: list[int] = field(default_factory=list)
+    # Whether a merchant.onboarded was applied: only the onboarding (country, currency) makes a merchant one the
+    # policy lends to; a merchant.updated setting status and category does not. Saved only where it tells something
+    # status and category do not ("g": 0 for a merchant with both but never onboarded): a state saved before this
+    # existed loads as onboarded when it has both, as the policy judged it then.
+    onboarded: bool = False
 
     # ----- serialisation ---------------------------------------------------------------------------------
 
@@ -275,7 +280,8 @@ class MerchantState:
             "o": self.offer, "d": self.last, "q": self.last_scored, "e": self.seen,
         } | ({"p": self.positions} if self.positions else {}) | ({"n": self.pending} if self.pending else {}) \
             | ({"i": self.counted} if self.counted else {}) \
-            | ({"a": self.accepted} if self.accepted else {}) | ({"v": self.profile_ts} if self.profile_ts else {})
+            | ({"a": self.accepted} if self.accepted else {}) | ({"v": self.profile_ts} if self.profile_ts else {}) \
+            | ({"g": 0} if self.status and self.category and not self.onboarded else {})
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> MerchantState:
@@ -291,6 +297,7 @@ class MerchantState:
                 positions=dict(obj.get("p") or {}), pending=list(obj.get("n") or ()),
                 counted=dict(obj.get("i") or {}), accepted=list(obj.get("a") or ()),
                 profile_ts=list(obj.get("v") or ()),
+                onboarded=bool(obj["g"]) if "g" in obj else bool(obj["s"] and obj["k"]),
             )
         except (KeyError, IndexError, TypeError) as exc:
             raise StateError(f"malformed merchant state: {exc!r}") from None
@@ -476,12 +483,18 @@ class MerchantState:
         return rank, rec[R_PLACED]
 
     @staticmethod
-    def _counted_hash(kind: str, value: Any) -> str | None:
+    def _counted_hash(kind: str, value: Any, order_id: str | None = None) -> str | None:
         """The hash a refund ("r"), chargeback ("c") or settlement ("s") id is remembered under; None for an event
-        without one (not the schema's shape, but such hand-built events still count, by their orders alone)."""
+        without one (not the schema's shape, but such hand-built events still count, by their orders alone).
+        Refund and chargeback ids are scoped by their order (`order_id`): marketplaces number them per order ("1"
+        for each order's first chargeback), as disbursement keys them ("<order_id>:<ref>"). States saved before
+        hold merchant-wide hashes (no order) under the same keys: those match no per-order id and age out with
+        their week, so a refund or chargeback counted before the change and re-sent under a fresh event id after
+        it counts once more (the rates read high for at most their window, never low)."""
         if value is None:
             return None
-        return hashlib.blake2b(f"{kind}:{_id(value)}".encode(), digest_size=HASH_HEX // 2).hexdigest()
+        scoped = _id(value) if order_id is None else f"{order_id}\n{_id(value)}"
+        return hashlib.blake2b(f"{kind}:{scoped}".encode(), digest_size=HASH_HEX // 2).hexdigest()
 
     def _was_counted(self, kind: str, h: str | None) -> bool:
         if h is None:
@@ -539,6 +552,7 @@ class MerchantState:
             self.category = category
         if not self.status:
             self.status = "active"  # a status update seen before the (late) onboarding stays in force
+        self.onboarded = True
 
     def _updated(self, data: dict[str, Any], ts: int) -> None:
         """Each of status and category follows the update with the latest event time (see `profile_ts`)."""
@@ -681,7 +695,7 @@ class MerchantState:
 
     def _refunded(self, data: dict[str, Any], ts: int) -> None:
         order_id, amount = _id(data["order_id"]), self._money(data["amount"])
-        h = self._counted_hash("r", data.get("refund_id"))
+        h = self._counted_hash("r", data.get("refund_id"), order_id)
         if self._was_counted("r", h):
             # The same refund re-sent under a new event id: the rates count it once. It may carry another amount
             # (the marketplace amended it): the order has been refunded at least that much, so its receivable
@@ -704,7 +718,7 @@ class MerchantState:
 
     def _chargeback(self, data: dict[str, Any], ts: int) -> None:
         order_id, amount = _id(data["order_id"]), self._money(data["amount"])
-        h = self._counted_hash("c", data.get("chargeback_id"))
+        h = self._counted_hash("c", data.get("chargeback_id"), order_id)
         if self._was_counted("c", h):
             return  # the same chargeback re-sent under a new event id
         self._count("c", h, ts)
