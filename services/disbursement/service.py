@@ -41,6 +41,7 @@ from services.disbursement.adapters.orm import (
     merchant_refunds,
     merchants,
     offers,
+    order_amounts,
     payouts,
     processed_events,
 )
@@ -106,6 +107,13 @@ _FINANCED_OPEN = (sa.select(financed_orders.c.order_id).where(
 _CLOSED_AMONG = sa.select(closed_orders.c.order_id, closed_orders.c.change, closed_orders.c.closed_at).where(
     closed_orders.c.merchant_id == sa.bindparam("p_merchant"),
     closed_orders.c.order_id.in_(sa.bindparam("p_orders", expanding=True)))
+_ORDER_AMOUNTS_OF = sa.select(order_amounts.c.order_id, order_amounts.c.amount).where(
+    order_amounts.c.merchant_id == sa.bindparam("p_merchant"), order_amounts.c.currency == sa.bindparam("p_currency"),
+    order_amounts.c.order_id.in_(sa.bindparam("p_orders", expanding=True)))
+_PRUNE_ORDER_AMOUNTS = sa.delete(order_amounts).where(
+    order_amounts.c.paid_at < sa.bindparam("p_before", type_=order_amounts.c.paid_at.type))
+# An offer names receivables younger than 60 days (DESIGN: eligible receivables); amounts are kept longer than that.
+_ORDER_AMOUNTS_RETENTION = timedelta(days=90)
 _PRUNE_CLOSED = sa.delete(closed_orders).where(
     closed_orders.c.closed_at < sa.bindparam("p_before", type_=closed_orders.c.closed_at.type))
 _FINANCED_ANY = sa.select(financed_orders.c.loan_id, financed_orders.c.order_id, financed_orders.c.expected,
@@ -189,6 +197,8 @@ _RAISE_REFERENCE_AMOUNT = sa.update(processed_events).where(
     amount=sa.bindparam("p_new", type_=processed_events.c.amount.type))
 _INSTRUCTION_STATE = sa.select(merchants.c.currency, merchants.c.last_instruction).where(
     merchants.c.merchant_id == sa.bindparam("p_merchant"))
+# merchants.last_instruction keeps the published data plus its time under this key (never a data field).
+_INSTRUCTION_TIME = "_time"
 _SET_INSTRUCTION = sa.update(merchants).where(merchants.c.merchant_id == sa.bindparam("p_merchant")).values(
     last_instruction=sa.bindparam("p_instruction"))
 
@@ -223,15 +233,18 @@ _SET_DELINQUENT = sa.update(loans).where(loans.c.loan_id == sa.bindparam("p_loan
 # Per charged-off loan of a merchant: the loss still on the books (written off minus recovered), oldest first.
 _LOSS = sa.case((journal_lines.c.side == "D", journal_lines.c.amount), else_=-journal_lines.c.amount)
 _UNRECOVERED = (
-    sa.select(loans.c.loan_id, sa.func.sum(_LOSS).label("loss"))
+    sa.select(loans.c.loan_id, loans.c.disbursed_at, loans.c.closed_at, sa.func.sum(_LOSS).label("loss"))
     .select_from(loans.join(journal_entries, journal_entries.c.loan_id == loans.c.loan_id)
                  .join(journal_lines, journal_lines.c.entry_id == journal_entries.c.entry_id))
     .where(loans.c.merchant_id == sa.bindparam("p_merchant"), loans.c.state == LoanState.CHARGED_OFF.value,
            journal_lines.c.account == ledger.Account.CHARGE_OFF_LOSS.value,
            journal_lines.c.currency == sa.bindparam("p_currency"))
-    .group_by(loans.c.loan_id, loans.c.disbursed_at)
+    .group_by(loans.c.loan_id, loans.c.disbursed_at, loans.c.closed_at)
     .having(sa.func.sum(_LOSS) > 0)
     .order_by(loans.c.disbursed_at, loans.c.loan_id))
+# The latest journal entry of a loan: a loan is repaid no earlier than its last booking (payout, earlier repayments).
+_LOAN_LAST_ENTRY = sa.select(sa.func.max(journal_entries.c.created_at)).where(
+    journal_entries.c.loan_id == sa.bindparam("p_loan"))
 _PROCESSED_IN = sa.select(processed_events.c.event_id).where(
     processed_events.c.event_id.in_(sa.bindparam("p_ids", expanding=True)))
 # Connection.info key: in a SQLite batch, the event ids already processed (read once, then kept up to date).
@@ -589,6 +602,7 @@ class DisbursementService:
             "merchant.onboarded": self._on_merchant,
             "merchant.updated": self._on_merchant,
             "settlement.paid": self._on_settlement,
+            "order.paid": self._on_order_paid,
             "order.refunded": self._on_order_shortfall,
             "order.cancelled": self._on_order_shortfall,
             "order.chargeback": self._on_order_shortfall,
@@ -854,14 +868,21 @@ class DisbursementService:
         return SimpleNamespace(**row, payout_id=None)
 
     def _finance_orders(self, conn: sa.Connection, loan_id: str, offer: Any, owed: Money) -> None:
-        """Record what each financed order is expected to bring back (given amounts, else an equal share)."""
-        given = {o["order_id"]: int(o["amount"]["amount"]) for o in offer.data.get("orders", []) if "order_id" in o}
+        """Record what each financed order is expected to bring back: its own amount's share of what is owed
+        (coll.financed_shares), on the amounts the offer names, else on those the orders were paid (order.paid),
+        else an equal share."""
         order_ids = list(offer.order_ids)
         if not order_ids:
             return
-        share, rest = divmod(owed.amount, len(order_ids))
+        amounts: dict[str, int] = {o["order_id"]: int(o["amount"]["amount"])
+                                   for o in offer.data.get("orders", []) if "order_id" in o}
+        missing = [oid for oid in order_ids if oid not in amounts]
+        for i in range(0, len(missing), 500):
+            amounts.update((str(r.order_id), int(r.amount)) for r in repo.run(conn, _ORDER_AMOUNTS_OF, {
+                "p_merchant": offer.merchant_id, "p_currency": owed.currency, "p_orders": missing[i:i + 500]}))
+        shares = coll.financed_shares(owed.amount, order_ids, amounts)
         rows = [{"order_id": oid, "loan_id": loan_id, "merchant_id": offer.merchant_id, "state": "open",
-                 "expected": given.get(oid, share + (rest if i == 0 else 0))} for i, oid in enumerate(order_ids)]
+                 "expected": shares[oid]} for oid in order_ids]
         repo.run(conn, _INSERT_FINANCED, rows)
 
     # ----------------------------------------------------------------- payout
@@ -1188,7 +1209,9 @@ class DisbursementService:
                 earmarks[r.loan_id] = earmarks[r.loan_id] + mark if r.loan_id in earmarks else mark
             if any(r.state == "open" for r in rows):
                 repo.run(conn, _SETTLE_FINANCED, params)
-        open_ = repo.open_loans(conn, mid, lock=True)
+        # Only the loans disbursed by the settlement's time: it answered the instruction in force then
+        # (coll.repayable_by); a younger loan is not repaid "before it existed".
+        open_ = coll.repayable_by(repo.open_loans(conn, mid, lock=True), at)
         order = AllocationOrder(self.settings.allocation_order)
         alloc = coll.allocate(withheld, [ln for ln in open_ if ln.remaining.currency == withheld.currency],
                               earmarks, order)
@@ -1208,20 +1231,25 @@ class DisbursementService:
     def _recover_charged_off(self, conn: sa.Connection, mid: str, settlement_id: str, money: Money,
                              at: datetime) -> Money:
         """Money beyond the open loans first recovers what was written off for this merchant (oldest loan
-        first, never more than its loss), booked as a recovery; returns what is left for the merchant."""
+        first, never more than its loss), booked as a recovery; returns what is left for the merchant.
+        Only loans disbursed by the settlement's time (as for open loans: coll.repayable_by); a recovery of
+        money withheld before the charge-off is booked at the charge-off, never before the loss it reduces."""
         rows = repo.run(conn, _UNRECOVERED, {"p_merchant": mid, "p_currency": money.currency}).all()
         for row in rows:
             if money.is_zero():
                 break
+            if row.disbursed_at is None or row.disbursed_at > at:
+                continue
             part = money.min(Money(int(row.loss), money.currency))
             if part.amount <= 0:
                 continue
+            booked = at if row.closed_at is None else max(at, row.closed_at)
             repo.post_entry(conn, ledger.recovery(_fit(f"recovery:{row.loan_id}:{settlement_id}"), row.loan_id, part),
-                            mid, at)
+                            mid, booked)
             money = money - part
             self._outbox().new(conn, topic=topics.LOANS, etype="loan.repayment_applied", merchant_id=mid, data={
                 "loan_id": row.loan_id, "settlement_id": settlement_id, "amount": part.to_json(),
-                "remaining": repo.money(int(row.loss) - part.amount, money.currency)}, time=at,
+                "remaining": repo.money(int(row.loss) - part.amount, money.currency)}, time=booked,
                 event_id=deterministic_id("loan.repayment_applied", row.loan_id, settlement_id))
         return money
 
@@ -1233,9 +1261,17 @@ class DisbursementService:
         target = LoanState.REPAID if p_due == 0 and f_due == 0 else (
             LoanState.DELINQUENT if loan.state == LoanState.DELINQUENT.value else LoanState.REPAYING)
         transition(LoanState(loan.state), target)
+        repaid_at = at
+        if target is LoanState.REPAID:
+            # Repaid once every part of the money was withheld: not before the latest booking of the loan (a
+            # settlement dated later that arrived earlier; the payout). repayable_by already keeps `at` at or
+            # after the disbursement; this keeps loans.closed_at and loan.repaid in order whatever arrives when.
+            last = repo.run(conn, _LOAN_LAST_ENTRY, {"p_loan": loan_id}).scalar()
+            if last is not None and last > repaid_at:
+                repaid_at = last
         repo.run(conn, _LOAN_REPAID_PART, {"p_loan": loan_id, "p_principal_due": p_due, "p_fee_due": f_due,
                                          "p_state": target.value,
-                                         "p_closed_at": at if target is LoanState.REPAID else None})
+                                         "p_closed_at": repaid_at if target is LoanState.REPAID else None})
         ob = self._outbox()
         ob.new(conn, topic=topics.LOANS, etype="loan.repayment_applied", merchant_id=mid, data={
             "loan_id": loan_id, "settlement_id": settlement_id, "amount": (fee + principal).to_json(),
@@ -1243,7 +1279,7 @@ class DisbursementService:
             event_id=deterministic_id("loan.repayment_applied", loan_id, settlement_id))
         if target is LoanState.REPAID:
             ob.new(conn, topic=topics.LOANS, etype="loan.repaid", merchant_id=mid,
-                   data={"loan_id": loan_id, "repaid_at": format_rfc3339(at)}, time=at,
+                   data={"loan_id": loan_id, "repaid_at": format_rfc3339(repaid_at)}, time=repaid_at,
                    event_id=deterministic_id("loan.repaid", loan_id))
 
     def _note_offered_orders(self, conn: sa.Connection, mid: str, order_ids: Iterable[str], change: str,
@@ -1266,6 +1302,18 @@ class DisbursementService:
             changed.update({oid: changed.get(oid, change) for oid in sorted(hit)})
             data["changed_orders"] = changed
             repo.run(conn, _SET_OFFER_DATA, {"p_offer": row.offer_id, "p_data": data})
+
+    def _on_order_paid(self, conn: sa.Connection, event: dict[str, Any], mid: str, at: datetime) -> None:
+        """Remember what the order was paid (the first amount): a loan advanced on it expects its own share."""
+        data = event["data"]
+        order_id = _text(data["order_id"], "order.paid order_id")
+        amount = Money.from_json(data["amount"])
+        if amount.amount < 0:
+            raise EventRejected(f"order.paid {event['id']}: amount {amount.amount} is negative")
+        if len(order_id) <= _MAX_ID and _storable(order_id) and len(mid) <= _MAX_ID:
+            repo.insert_ignore_later(conn, order_amounts, {"merchant_id": mid, "order_id": order_id,
+                                                           "amount": amount.amount, "currency": amount.currency,
+                                                           "paid_at": at})
 
     def _on_order_shortfall(self, conn: sa.Connection, event: dict[str, Any], mid: str, at: datetime) -> None:
         """A refunded or cancelled financed order will not repay its loan: the withhold must cover it."""
@@ -1323,9 +1371,18 @@ class DisbursementService:
             financed = repo.run(conn, _FINANCED_OPEN, {"p_merchant": mid, "p_loans": list(ins.loan_ids)}
                                     ).scalars().all()
             data["financed_order_ids"] = list(financed)
-        if merchant.last_instruction == data or (merchant.last_instruction is None and ins.owed.is_zero()):
+        last = dict(merchant.last_instruction or {})
+        last_time = last.pop(_INSTRUCTION_TIME, None)
+        if (merchant.last_instruction is not None and last == data) or (
+                merchant.last_instruction is None and ins.owed.is_zero()):
             return
-        repo.run(conn, _SET_INSTRUCTION, {"p_merchant": mid, "p_instruction": data})
+        # Never dated before the merchant's previous instruction: an event dated earlier that arrives later (a late
+        # refund, a back-dated settlement) changes what is asked from now on, and a consumer that keeps the latest
+        # instruction by time must not take the older one for current.
+        if isinstance(last_time, str) and (previous := parse_rfc3339(last_time)) > at:
+            at = previous
+        repo.run(conn, _SET_INSTRUCTION, {"p_merchant": mid,
+                                          "p_instruction": {**data, _INSTRUCTION_TIME: format_rfc3339(at)}})
         self._outbox().new(conn, topic=topics.COLLECTIONS, etype="collection.instruction", merchant_id=mid,
                            data=data, time=at, event_id=deterministic_id("collection.instruction", mid, cause))
 
@@ -1345,6 +1402,7 @@ class DisbursementService:
                 self._refresh_instruction(conn, mid, now, f"aging:{format_rfc3339(now)}")
             if self._pruned_at is None or now - self._pruned_at >= timedelta(hours=1) or now < self._pruned_at:
                 repo.run(conn, _PRUNE_CLOSED, {"p_before": now - timedelta(days=self.settings.closed_orders_retention_days)})
+                repo.run(conn, _PRUNE_ORDER_AMOUNTS, {"p_before": now - _ORDER_AMOUNTS_RETENTION})
                 pruned = now
             else:
                 pruned = self._pruned_at

@@ -38,13 +38,13 @@ def test_on_postgres_migration_0012_downgrades_to_0011_and_upgrades_again(pg_sch
     eng = make_engine(pg_schema_url)
     try:
         upgrade(eng)
-        assert current(eng) == "0012"
+        assert current(eng) == "0013"
         with eng.begin() as conn:
             command.downgrade(alembic_config(connection=conn), "0011")
         with eng.connect() as conn:
             assert "amount" not in {c["name"] for c in sa.inspect(conn).get_columns("processed_events")}
         upgrade(eng)
-        assert current(eng) == "0012"
+        assert current(eng) == "0013"
         with eng.connect() as conn:
             assert "amount" in {c["name"] for c in sa.inspect(conn).get_columns("processed_events")}
     finally:

@@ -134,14 +134,14 @@ def test_on_postgres_migrations_0009_to_0011_downgrade_to_0008_and_upgrade_again
     eng = make_engine(pg_schema_url)
     try:
         upgrade(eng)
-        assert current(eng) == "0012"
+        assert current(eng) == "0013"
         with eng.begin() as conn:
             command.downgrade(alembic_config(connection=conn), "0008")
         with eng.connect() as conn:
             assert "closed_orders" not in sa.inspect(conn).get_table_names()
             assert "payout_attempts" not in {c["name"] for c in sa.inspect(conn).get_columns("loans")}
         upgrade(eng)
-        assert current(eng) == "0012"
+        assert current(eng) == "0013"
     finally:
         eng.dispose()
 

@@ -88,7 +88,7 @@ def test_health_ready_and_metrics(env: dict[str, Any]) -> None:
     _setup_offer(svc)
     client.post("/v1/offers/of1/accept", headers={"Authorization": f"Bearer {KEY1}", "Idempotency-Key": "a"})
     assert client.get("/healthz").status_code == 200
-    assert client.get("/readyz").json()["schema_revision"] == "0012"
+    assert client.get("/readyz").json()["schema_revision"] == "0013"
     text = client.get("/metrics").text
     assert 'floatbridge_disbursement_disbursed_minor_total{currency="BRL"} 20000.0' in text
     assert 'floatbridge_disbursement_outstanding_principal_minor{currency="BRL"} 20000.0' in text

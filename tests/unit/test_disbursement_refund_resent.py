@@ -126,11 +126,11 @@ def test_on_sqlite_migration_0012_downgrades_to_0011_and_upgrades_again(tmp_path
 
     eng = sa.create_engine(f"sqlite:///{tmp_path}/m.db")
     upgrade(eng)
-    assert current(eng) == "0012"
+    assert current(eng) == "0013"
     with eng.begin() as conn:
         command.downgrade(alembic_config(connection=conn), "0011")
     with eng.connect() as conn:
         assert "amount" not in {c["name"] for c in sa.inspect(conn).get_columns("processed_events")}
     upgrade(eng)
-    assert current(eng) == "0012"
+    assert current(eng) == "0013"
     eng.dispose()

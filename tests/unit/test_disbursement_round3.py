@@ -241,14 +241,14 @@ def test_on_sqlite_migrations_0009_to_0011_downgrade_to_0008_and_upgrade_again(t
 
     eng = sa.create_engine(f"sqlite:///{tmp_path}/m.db")
     upgrade(eng)
-    assert current(eng) == "0012"
+    assert current(eng) == "0013"
     with eng.begin() as conn:
         command.downgrade(alembic_config(connection=conn), "0008")
     with eng.connect() as conn:
         assert not {"journal_open_balances", "closed_orders"} & set(sa.inspect(conn).get_table_names())
         assert "payout_parked_at" not in {c["name"] for c in sa.inspect(conn).get_columns("loans")}
     upgrade(eng)
-    assert current(eng) == "0012"
+    assert current(eng) == "0013"
     eng.dispose()
 
 

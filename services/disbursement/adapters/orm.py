@@ -148,6 +148,19 @@ closed_orders = sa.Table(
     sa.Index("ix_closed_orders_closed_at", "closed_at"),
 )
 
+# What each order was paid, per merchant (order.paid; first kept; migration 0013): a loan's financed orders are
+# each expected to bring back their own amount's share of it. Rows older than the receivables an offer may
+# name are pruned by the aging pass.
+order_amounts = sa.Table(
+    "order_amounts", metadata,
+    sa.Column("merchant_id", sa.String(128), primary_key=True),
+    sa.Column("order_id", sa.String(128), primary_key=True),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    _ts("paid_at"),
+    sa.Index("ix_order_amounts_paid_at", "paid_at"),
+)
+
 journal_entries = sa.Table(
     "journal_entries", metadata,
     sa.Column("entry_id", sa.String(128), primary_key=True),

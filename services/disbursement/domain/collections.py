@@ -54,6 +54,23 @@ def instruction(loans: Sequence[OpenLoan], currency: str, base_bps: int, shortfa
     return Instruction(owed, rate, ids + tuple(loan_id for loan_id, _ in lost if loan_id not in ids))
 
 
+def repayable_by(loans: Sequence[OpenLoan], settled_at: datetime) -> list[OpenLoan]:
+    """The loans a settlement's withheld money may repay: those disbursed at or before the settlement's time.
+
+    The marketplace withholds because collections.v1 asks it to, and a settlement answers the instruction in force
+    at its own time. An instruction naming a loan is published when the loan is disbursed, so a settlement dated
+    before a loan's disbursement (arriving late, or back-dated) was withheld for the loans of its time only, never
+    for that loan: applying it there would repay the loan "before it existed" (a repayment, a `loan.repaid` and a
+    journal entry dated before the payout), and would shrink what the marketplace is asked for behind its back.
+    What no loan of its time takes is the merchant's, like any withholding with no loan to repay (recovery of a
+    write-off of its time first, else merchant payable and an overpayment refund); the younger loan stays owed
+    and is collected under its own instruction. A marketplace that dates settlements earlier than it computes
+    them (e.g. by business day) loses nothing by this: the money goes back to the merchant and the loan keeps
+    being collected. (Stamping the repayment at max(settlement time, disbursed_at) instead would spend money
+    withheld under an instruction that did not name the loan, and make the answer depend on arrival order.)"""
+    return [ln for ln in loans if ln.opened_at is not None and ln.opened_at <= settled_at]
+
+
 @dataclass(frozen=True, slots=True)
 class Allocation:
     per_loan: tuple[tuple[str, Split], ...]
@@ -93,3 +110,29 @@ def allocate(withheld: Money, loans: Sequence[OpenLoan], earmarks: Mapping[str, 
             break
         pay(loan.loan_id, left)
     return Allocation(tuple(paid.items()), left)
+
+
+def financed_shares(owed: int, order_ids: Sequence[str], amounts: Mapping[str, int]) -> dict[str, int]:
+    """What each financed order of a loan is expected to bring back towards it (financed_orders.expected).
+
+    With every order's own amount known: what is owed split in proportion to those amounts (largest remainder,
+    ties to the earlier order), so no order is expected to bring more than itself. A refund then takes its amount
+    off its own order's share, and a refund of the whole order (at once or in parts) always closes it, like a
+    cancellation. When the orders are worth less than what is owed, each is expected to bring its whole amount
+    and the rest is uncovered from the start (collected at the shortfall rate). With any amount unknown: an equal
+    split, the first order taking the remainder (a full refund of a small order may then leave part of its share
+    open)."""
+    if not order_ids:
+        return {}
+    if any(amounts.get(oid) is None for oid in order_ids):
+        share, rest = divmod(owed, len(order_ids))
+        return {oid: share + (rest if i == 0 else 0) for i, oid in enumerate(order_ids)}
+    total = sum(amounts[oid] for oid in order_ids)
+    if total <= owed:
+        return {oid: amounts[oid] for oid in order_ids}
+    out = {oid: owed * amounts[oid] // total for oid in order_ids}
+    left = owed - sum(out.values())
+    ranked = sorted(range(len(order_ids)), key=lambda i: (-(owed * amounts[order_ids[i]] % total), i))
+    for i in ranked[:left]:
+        out[order_ids[i]] += 1
+    return out
