@@ -38,6 +38,7 @@ class UnderwriterSettings:
     batch_max_wait_seconds: float = field(default=0.25, metadata={"doc": "worker: behind a backlog (records produced longer ago than this) a batch keeps taking records up to batch_max or this long"})
     event_loop: str = field(default="auto", metadata={"doc": "worker event loop: uvloop, asyncio, or auto (uvloop when installed)"})
     fetch_max_bytes: int = field(default=1024**2, metadata={"doc": "worker: bytes fetched per input partition per request (Faust consumer_max_fetch_size)"})
+    fetch_max_wait_ms: int = field(default=20, metadata={"doc": "worker: longest the broker holds a fetch request without new records, between rebalances (0: Faust's 1,500 ms throughout; rebalances and table recoveries always use Faust's 1,500 ms). aiokafka sends one fetch at a time, so a long wait on quiet partitions delays the busy ones by as much"})
     producer_linger_seconds: float = field(default=0.005, metadata={"doc": "worker: producer waits this long to fill a request (changelog writes, decisions)"})
     producer_batch_bytes: int = field(default=256 * 1024, metadata={"doc": "worker: producer batch size per partition, bytes"})
     metrics_port: int = field(default=9102, metadata={"doc": "port of the /metrics endpoint (0: none)"})
@@ -62,6 +63,8 @@ class UnderwriterSettings:
             raise ValueError("batch_max_wait_seconds must be >= batch_within_seconds")
         if self.event_loop not in ("auto", "uvloop", "asyncio"):
             raise ValueError(f"event_loop must be auto, uvloop or asyncio, got {self.event_loop!r}")
+        if not 0 <= self.fetch_max_wait_ms <= 60_000:
+            raise ValueError("fetch_max_wait_ms must be between 0 and 60000")
         if self.fetch_max_bytes < 1024 or self.producer_batch_bytes < 1024 or self.producer_linger_seconds < 0:
             raise ValueError("fetch_max_bytes and producer_batch_bytes must be >= 1024, producer_linger_seconds >= 0")
 

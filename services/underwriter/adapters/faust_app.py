@@ -338,6 +338,10 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
         # stopped or crashed with merchants pending would leave them undecided until their next event. Only
         # merchants of changelog partitions this worker actively owns are taken (not standby replicas: deciding
         # writes the changelog); the flush timer then decides them within the debounce as usual.
+        if settings.fetch_max_wait_ms:
+            # From the first recovery on (the Kafka client exists by then), for good: the short fetch wait applies
+            # whenever no rebalance is under way, asked for each fetch request (see faust_intake.gate_fetch_wait).
+            faust_intake.gate_fetch_wait(app.consumer, settings.fetch_max_wait_ms, lambda: not app.rebalancing)
         changelog = table.changelog_topic.get_topic_name()
         actives = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == changelog}
         if not actives:
