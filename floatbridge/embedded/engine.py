@@ -40,9 +40,9 @@ from services.common.timeutil import parse_rfc3339
 EMITTED_TOPICS = (topics.CREDIT_LIMITS, topics.LOAN_OFFERS, topics.LOANS, topics.COLLECTIONS)
 Handler = Callable[[dict[str, Any]], None]
 DISBURSEMENT_MARKETPLACE_TYPES = frozenset({
-    "merchant.onboarded", "merchant.updated", "settlement.paid", "order.refunded", "order.cancelled",
+    "merchant.onboarded", "merchant.updated", "order.paid", "settlement.paid", "order.refunded", "order.cancelled",
     "order.chargeback",
-})
+})  # order.paid: what each order was paid, the share of a loan it is expected to repay once financed
 # Of those, the ones that only matter to a merchant who has borrowed: with no loan ever taken there are no
 # financed orders, nothing owed and no instruction to refresh, so disbursement would only mark them processed.
 # One exception: one naming an order of the merchant's open offer, which acceptance must then refuse.
@@ -335,7 +335,7 @@ class EmbeddedEngine:
         # merchant -> (owed, withhold bps, financed order ids) from the latest collection.instruction
         self.owed: dict[str, tuple[int, int, frozenset[str]]] = {}
         # settlement event id -> what the marketplace withheld from it (filled once, per event id)
-        self._withheld_by_id: dict[str, int] = {}
+        self._withheld_by_id: dict[tuple[str, str], int] = {}
         self.line_errors: list[tuple[int, str, list[dict[str, str]]]] = []
         # event id -> line of the events being submitted: a service that cannot apply one names its line
         self._lines: dict[str, int] = {}
@@ -516,13 +516,16 @@ class EmbeddedEngine:
             already = int(data["withheld"]["amount"])
             orders = [o for o in data.get("orders", []) if isinstance(o, dict)]
             eid = event.get("id")
-            take = self._withheld_by_id.get(eid) if isinstance(eid, str) else None
+            # Keyed by id and content: the same payout re-sent (same id, same bytes) must reach ingest as the same
+            # event, an exact duplicate, not with what a later instruction would withhold (a conflicting event);
+            # one re-sent under its id with other content must reach ingest as the conflict it is.
+            key = (eid, json.dumps(event, sort_keys=True, separators=(",", ":"), default=str)) \
+                if isinstance(eid, str) else None
+            take = self._withheld_by_id.get(key) if key is not None else None
             if take is None:
                 take = 0 if already else self.withhold(str(event.get("subject")), gross, fees, orders)
-                if isinstance(eid, str):
-                    # The same payout re-sent (same id, same bytes) must reach ingest as the same event, an exact
-                    # duplicate, not with what a later instruction would withhold (a conflicting event).
-                    self._withheld_by_id[eid] = take
+                if key is not None:
+                    self._withheld_by_id[key] = take
         except (KeyError, TypeError, ValueError):
             return event  # malformed: ingest rejects it with the precise pointer
         if take <= 0:
@@ -596,6 +599,9 @@ class EmbeddedEngine:
                 self.tally.snapshot(self._day)
             self._day = day
             self.disbursement.age(self.now)
+            # As the service's background loop does: pay the overpayment refunds owed to merchants (and re-drive
+            # payouts left after an acceptance), so money withheld beyond what was owed goes back the same day.
+            self.disbursement.recover(self.now)
             self._outbox_dirty = True
         for out in self.underwriter.flush(self.now):
             self.bus.publish(_topic_of(out["type"]), out["subject"], out)

@@ -356,3 +356,32 @@ def test_poison_records_on_the_input_topic_are_dead_lettered_and_the_worker_keep
     offsets = sorted(ev["data"]["offset"] for ev in dead)
     assert offsets == list(range(offsets[0], offsets[0] + 3))  # the three consecutive poison records
     assert {ev["data"].get("event_id") for ev in dead} == {None, "ev-float"}
+
+
+def test_a_worker_restarted_with_the_kill_switch_withdraws_every_open_offer_without_waiting_for_events(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    env = Env(kafka_bootstrap, unique_name, tmp_path)
+    env.produce(history("m-ks", START, 45, Profile(orders_per_day=3)))
+    proc = env.start(1)
+    try:
+        env.wait_for(lambda s: any(e["type"] == "loan_offer.created" for e in s), proc, 1)
+        time.sleep(6)  # let the worker commit offsets and changelog
+    finally:
+        stop(proc)
+    created = {e["data"]["offer_id"] for e in env.seen if e["type"] == "loan_offer.created"}
+    withdrawn_before = {e["data"]["offer_id"] for e in env.seen if e["type"] == "loan_offer.withdrawn"}
+    open_offers = created - withdrawn_before
+    assert open_offers, "the merchant holds an open offer before the switch"
+    before = len(env.seen)
+    # No new event at all: only the restart with the switch on.
+    proc = env.start(2, {"FLOATBRIDGE_UNDERWRITER_KILL_SWITCH": "true"})
+    try:
+        env.wait_for(lambda s: {e["data"]["offer_id"] for e in s[before:] if e["type"] == "loan_offer.withdrawn"}
+                     >= open_offers, proc, 2)
+    finally:
+        stop(proc)
+    swept = [e for e in env.seen[before:] if e["type"] == "loan_offer.withdrawn"]
+    assert all(e["data"]["reasons"][0]["code"] == "KILL_SWITCH" for e in swept)
+    assert all(codec.validate(e) == [] for e in swept)
+    assert not any(e["type"] == "loan_offer.created" for e in env.seen[before:]), "no new offer under the switch"

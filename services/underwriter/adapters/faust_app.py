@@ -364,6 +364,18 @@ def create_app(settings: UnderwriterSettings, **bootstrap_kwargs: Any) -> tuple[
                 latest = max(int(s.pending[1]) for s in restored)
                 if latest > clock["event"]:  # the flush timer's event-time "now" starts from what was restored
                     clock["event"], clock["wall"] = float(latest), time.time()
+            swept: list[dict[str, Any]] = []
+            if uw.policy.kill_switch:
+                # Turning the kill switch on is a restart with it set: every open offer of the partitions this
+                # worker owns is withdrawn now, not at its merchant's next event (a quiet merchant could accept
+                # it until it expires).
+                for start in range(0, len(keys), 2000):
+                    swept += uw.withdraw_open_offers(keys[start:start + 2000], accept=accept)
+                    await asyncio.sleep(0)
+                await emit(swept)
+        if swept:
+            await app.producer.flush()
+            log.warning("kill switch on: %d open offers withdrawn", len(swept))
         log.info("table recovered (active partitions %s): %d debounced merchants pending again", sorted(actives),
                  len(restored))
 
