@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from services.disbursement.bootstrap import make_engine
-from services.disbursement.migrations import current, upgrade
+from services.disbursement.migrations import upgrade
+from tests.migration_roundtrip import columns, down_and_up_again
 from tests.unit.disbursement_helpers import service_env
 from tests.unit.test_disbursement_refund_resent import run_resent_refund_scenario
 
@@ -31,21 +31,8 @@ def test_on_postgres_a_refund_resent_with_a_larger_amount_moves_only_the_differe
 
 
 def test_on_postgres_migration_0012_downgrades_to_0011_and_upgrades_again(pg_schema_url: str) -> None:
-    from alembic import command
-
-    from services.disbursement.migrations import alembic_config
-
     eng = make_engine(pg_schema_url)
     try:
-        upgrade(eng)
-        assert current(eng) == "0013"
-        with eng.begin() as conn:
-            command.downgrade(alembic_config(connection=conn), "0011")
-        with eng.connect() as conn:
-            assert "amount" not in {c["name"] for c in sa.inspect(conn).get_columns("processed_events")}
-        upgrade(eng)
-        assert current(eng) == "0013"
-        with eng.connect() as conn:
-            assert "amount" in {c["name"] for c in sa.inspect(conn).get_columns("processed_events")}
+        down_and_up_again(eng, "0011", lambda conn: ["amount" in columns(conn, "processed_events")])
     finally:
         eng.dispose()

@@ -15,10 +15,11 @@ from prometheus_client import CollectorRegistry
 
 from services.disbursement.adapters.orm import loans, payouts
 from services.disbursement.bootstrap import bootstrap, make_engine
-from services.disbursement.migrations import current, upgrade
+from services.disbursement.migrations import upgrade
 from services.disbursement.ports import PayoutFailed, PayoutRequest
 from services.disbursement.service import AcceptOffer, loan_id_for
 from services.disbursement.settings import DisbursementSettings
+from tests.migration_roundtrip import columns, down_and_up_again, tables
 from tests.unit.disbursement_helpers import T0, Bus, Clock, Transport, limit, offer, service_env, settlement
 
 pytestmark = pytest.mark.integration
@@ -127,21 +128,10 @@ def test_on_postgres_two_replicas_accepting_one_offer_under_different_keys_make_
 
 
 def test_on_postgres_migrations_0009_to_0011_downgrade_to_0008_and_upgrade_again(pg_schema_url: str) -> None:
-    from alembic import command
-
-    from services.disbursement.migrations import alembic_config
-
     eng = make_engine(pg_schema_url)
     try:
-        upgrade(eng)
-        assert current(eng) == "0013"
-        with eng.begin() as conn:
-            command.downgrade(alembic_config(connection=conn), "0008")
-        with eng.connect() as conn:
-            assert "closed_orders" not in sa.inspect(conn).get_table_names()
-            assert "payout_attempts" not in {c["name"] for c in sa.inspect(conn).get_columns("loans")}
-        upgrade(eng)
-        assert current(eng) == "0013"
+        down_and_up_again(eng, "0008", lambda conn: ["closed_orders" in tables(conn),
+                                                     "payout_attempts" in columns(conn, "loans")])
     finally:
         eng.dispose()
 

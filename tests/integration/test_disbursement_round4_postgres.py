@@ -9,10 +9,10 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from services.disbursement.bootstrap import make_engine
-from services.disbursement.migrations import current, upgrade
+from services.disbursement.migrations import upgrade
+from tests.migration_roundtrip import down_and_up_again, tables
 from tests.unit.disbursement_helpers import service_env
 from tests.unit.test_disbursement_attacks_round4 import (
     run_full_refund_closes_like_a_cancellation_scenario,
@@ -65,21 +65,8 @@ def test_on_postgres_a_financed_order_refunded_in_full_is_closed_like_a_cancelle
 
 
 def test_on_postgres_migration_0013_downgrades_to_0012_and_upgrades_again(pg_schema_url: str) -> None:
-    from alembic import command
-
-    from services.disbursement.migrations import alembic_config
-
     eng = make_engine(pg_schema_url)
     try:
-        upgrade(eng)
-        assert current(eng) == "0013"
-        with eng.begin() as conn:
-            command.downgrade(alembic_config(connection=conn), "0012")
-        with eng.connect() as conn:
-            assert "order_amounts" not in sa.inspect(conn).get_table_names()
-        upgrade(eng)
-        assert current(eng) == "0013"
-        with eng.connect() as conn:
-            assert "order_amounts" in sa.inspect(conn).get_table_names()
+        down_and_up_again(eng, "0012", lambda conn: ["order_amounts" in tables(conn)])
     finally:
         eng.dispose()

@@ -20,6 +20,7 @@ from services.common.timeutil import parse_rfc3339
 from services.disbursement.adapters.orm import financed_orders, journal_entries, loans, merchant_refunds
 from services.disbursement.domain import ledger
 from services.disbursement.service import loan_id_for
+from tests.migration_roundtrip import down_and_up_again, tables
 from tests.unit.disbursement_helpers import T0, disburse, ev, m, service_env, settlement
 
 pytestmark = pytest.mark.unit
@@ -280,21 +281,8 @@ def test_order_amounts_older_than_any_receivable_an_offer_may_name_are_pruned_by
 
 
 def test_on_sqlite_migration_0013_downgrades_to_0012_and_upgrades_again(tmp_path: Any) -> None:
-    from alembic import command
-
-    from services.disbursement.migrations import alembic_config, current, upgrade
-
     eng = sa.create_engine(f"sqlite:///{tmp_path}/m.db")
-    upgrade(eng)
-    assert current(eng) == "0013"
-    with eng.begin() as conn:
-        command.downgrade(alembic_config(connection=conn), "0012")
-    with eng.connect() as conn:
-        assert "order_amounts" not in sa.inspect(conn).get_table_names()
-    upgrade(eng)
-    assert current(eng) == "0013"
-    with eng.connect() as conn:
-        assert "order_amounts" in sa.inspect(conn).get_table_names()
+    down_and_up_again(eng, "0012", lambda conn: ["order_amounts" in tables(conn)])
     eng.dispose()
 
 

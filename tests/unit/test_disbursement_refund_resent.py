@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from services.disbursement.adapters.orm import financed_orders
+from tests.migration_roundtrip import columns, down_and_up_again
 from tests.unit.disbursement_helpers import T0, disburse, ev, m, service_env
 
 pytestmark = pytest.mark.unit
@@ -120,17 +121,6 @@ def test_a_refund_counted_before_amounts_were_kept_is_still_counted_once(env: di
 
 
 def test_on_sqlite_migration_0012_downgrades_to_0011_and_upgrades_again(tmp_path: Any) -> None:
-    from alembic import command
-
-    from services.disbursement.migrations import alembic_config, current, upgrade
-
     eng = sa.create_engine(f"sqlite:///{tmp_path}/m.db")
-    upgrade(eng)
-    assert current(eng) == "0013"
-    with eng.begin() as conn:
-        command.downgrade(alembic_config(connection=conn), "0011")
-    with eng.connect() as conn:
-        assert "amount" not in {c["name"] for c in sa.inspect(conn).get_columns("processed_events")}
-    upgrade(eng)
-    assert current(eng) == "0013"
+    down_and_up_again(eng, "0011", lambda conn: ["amount" in columns(conn, "processed_events")])
     eng.dispose()

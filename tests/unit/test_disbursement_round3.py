@@ -15,6 +15,7 @@ from services.disbursement.adapters.orm import loans
 from services.disbursement.ports import PayoutFailed, PayoutRequest
 from services.disbursement.service import AcceptOffer, loan_id_for
 from services.disbursement.settings import DisbursementSettings
+from tests.migration_roundtrip import columns, down_and_up_again, tables
 from tests.unit.disbursement_helpers import (
     T0,
     DownThenUpRail,
@@ -235,20 +236,10 @@ def test_payout_failed_is_what_an_unusable_payout_id_raises() -> None:
 
 
 def test_on_sqlite_migrations_0009_to_0011_downgrade_to_0008_and_upgrade_again(tmp_path: Any) -> None:
-    from alembic import command
-
-    from services.disbursement.migrations import alembic_config, current, upgrade
-
     eng = sa.create_engine(f"sqlite:///{tmp_path}/m.db")
-    upgrade(eng)
-    assert current(eng) == "0013"
-    with eng.begin() as conn:
-        command.downgrade(alembic_config(connection=conn), "0008")
-    with eng.connect() as conn:
-        assert not {"journal_open_balances", "closed_orders"} & set(sa.inspect(conn).get_table_names())
-        assert "payout_parked_at" not in {c["name"] for c in sa.inspect(conn).get_columns("loans")}
-    upgrade(eng)
-    assert current(eng) == "0013"
+    down_and_up_again(eng, "0008", lambda conn: ["journal_open_balances" in tables(conn),
+                                                 "closed_orders" in tables(conn),
+                                                 "payout_parked_at" in columns(conn, "loans")])
     eng.dispose()
 
 
