@@ -9,9 +9,8 @@ from typing import Any
 import pytest
 
 from services.disbursement.bootstrap import make_engine
-from services.disbursement.migrations import upgrade
 from tests.migration_roundtrip import columns, down_and_up_again
-from tests.unit.disbursement_helpers import service_env
+from tests.unit.disbursement_helpers import pg_service_env
 from tests.unit.test_disbursement_refund_resent import run_resent_refund_scenario
 
 pytestmark = pytest.mark.integration
@@ -19,10 +18,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture()
 def env(pg_schema_url: str) -> Any:
-    eng = make_engine(pg_schema_url)
-    upgrade(eng)
-    yield service_env(engine=eng)
-    eng.dispose()
+    with pg_service_env(pg_schema_url) as e:
+        yield e
 
 
 def test_on_postgres_a_refund_resent_with_a_larger_amount_moves_only_the_difference_onto_the_withhold(

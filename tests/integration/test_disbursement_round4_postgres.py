@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 
 from services.disbursement.bootstrap import make_engine
-from services.disbursement.migrations import upgrade
 from tests.migration_roundtrip import down_and_up_again, tables
-from tests.unit.disbursement_helpers import service_env
+from tests.unit.disbursement_helpers import pg_service_env
 from tests.unit.test_disbursement_attacks_round4 import (
     run_full_refund_closes_like_a_cancellation_scenario,
     run_late_refund_instruction_not_backwards_scenario,
@@ -28,10 +27,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture()
 def env(pg_schema_url: str) -> Any:
-    eng = make_engine(pg_schema_url)
-    upgrade(eng)
-    yield service_env(engine=eng)
-    eng.dispose()
+    with pg_service_env(pg_schema_url) as e:
+        yield e
 
 
 @pytest.mark.parametrize("back", [timedelta(minutes=30), timedelta(days=100)], ids=["30min", "100days"])

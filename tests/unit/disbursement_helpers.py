@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -145,3 +146,17 @@ class DownThenUpRail:
             raise PayoutFailed("rail answered 503")
         assert self.inner is not None, "attach() the rail to the service's engine first"
         return str(self.inner.pay(request))
+
+
+@contextmanager
+def pg_service_env(url: str, **engine_kwargs: Any) -> Iterator[dict[str, Any]]:
+    """service_env over a fresh, migrated PostgreSQL schema (integration tests)."""
+    from services.disbursement.bootstrap import make_engine
+    from services.disbursement.migrations import upgrade
+
+    eng = make_engine(url, **engine_kwargs)
+    try:
+        upgrade(eng)
+        yield service_env(engine=eng)
+    finally:
+        eng.dispose()

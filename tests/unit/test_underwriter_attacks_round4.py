@@ -23,22 +23,25 @@ from services.underwriter.domain.policy import (
 )
 from services.underwriter.domain.state import CHARGEBACK_N, DAY, REFUND_N, MerchantState
 from services.underwriter.synthetic import Profile, history
-from tests.unit.underwriter_helpers import END, START, brl, engine, ev, feed, limits, order, steady
+from tests.unit.underwriter_helpers import (
+    END,
+    START,
+    applied,
+    brl,
+    engine,
+    ev,
+    feed,
+    limits,
+    order,
+    rfc,
+    steady,
+)
 
 pytestmark = pytest.mark.unit
 
 P = PolicySettings()
 
 
-def rfc(when: datetime) -> str:
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def applied(events: list[dict[str, Any]]) -> MerchantState:
-    s = MerchantState("m1")
-    for e in events:
-        s.apply(e)
-    return s
 
 
 def decided(s: MerchantState, as_of: int | None = None) -> LimitDecision:

@@ -16,7 +16,20 @@ from services.underwriter.domain.features import INDEX, compute_features
 from services.underwriter.domain.policy import PolicySettings, decide_limit
 from services.underwriter.domain.state import SETTLED_GMV, SETTLED_N, MerchantState
 from services.underwriter.synthetic import Profile, history
-from tests.unit.underwriter_helpers import END, START, brl, engine, ev, feed, limits, order, steady, t_of
+from tests.unit.underwriter_helpers import (
+    END,
+    START,
+    applied,
+    brl,
+    engine,
+    ev,
+    feed,
+    limits,
+    order,
+    rfc,
+    steady,
+    t_of,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -31,17 +44,6 @@ def codes(d: dict[str, Any]) -> set[str]:
 
 
 
-def rfc(when: datetime) -> str:
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-
-
-def applied(events: list[dict[str, Any]]) -> MerchantState:
-    s = MerchantState("m1")
-    for e in events:
-        s.apply(e)
-    return s
 
 
 def tenure(s: MerchantState) -> float:

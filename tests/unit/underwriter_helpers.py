@@ -9,6 +9,7 @@ from schemas import codec
 from services.underwriter.bootstrap import bootstrap
 from services.underwriter.domain.policy import PolicySettings
 from services.underwriter.domain.scoring import FixedScorer
+from services.underwriter.domain.state import MerchantState
 from services.underwriter.settings import load
 from services.underwriter.synthetic import Profile, history
 
@@ -60,3 +61,15 @@ def order(oid: str, amount: int, when: datetime, buyer: str = "", currency: str 
            f"{oid}-paid"),
         ev("order.shipped", {"order_id": oid}, when + timedelta(hours=1), f"{oid}-shipped"),
     ]
+
+
+def rfc(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def applied(events: list[dict[str, Any]], merchant_id: str = "m1") -> MerchantState:
+    """A merchant's state after `events`, straight through MerchantState.apply (no decisions)."""
+    s = MerchantState(merchant_id)
+    for e in events:
+        s.apply(e)
+    return s
