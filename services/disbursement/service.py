@@ -1186,9 +1186,7 @@ class DisbursementService:
     def _on_settlement(self, conn: sa.Connection, event: dict[str, Any], mid: str, at: datetime) -> None:
         data = event["data"]
         settlement_id = _text(data["settlement_id"], "settlement.paid settlement_id")
-        withheld = Money.from_json(data["withheld"])
-        if withheld.amount < 0:
-            raise EventRejected(f"settlement.paid {event['id']}: withheld {withheld.amount} is negative")
+        withheld = _non_negative(event, "withheld")
         if not self._first_time(conn, "settlement.paid", mid, str(settlement_id)):
             return
         # A merchant this service never saw onboarded still gets back whatever was withheld from it.
@@ -1307,9 +1305,7 @@ class DisbursementService:
         """Remember what the order was paid (the first amount): a loan advanced on it expects its own share."""
         data = event["data"]
         order_id = _text(data["order_id"], "order.paid order_id")
-        amount = Money.from_json(data["amount"])
-        if amount.amount < 0:
-            raise EventRejected(f"order.paid {event['id']}: amount {amount.amount} is negative")
+        amount = _non_negative(event, "amount")
         if len(order_id) <= _MAX_ID and _storable(order_id) and len(mid) <= _MAX_ID:
             repo.insert_ignore_later(conn, order_amounts, {"merchant_id": mid, "order_id": order_id,
                                                            "amount": amount.amount, "currency": amount.currency,
@@ -1319,9 +1315,7 @@ class DisbursementService:
         """A refunded or cancelled financed order will not repay its loan: the withhold must cover it."""
         data, etype = event["data"], event["type"]
         _text(data["order_id"], f"{etype} order_id")
-        amount = None if etype == "order.cancelled" else Money.from_json(data["amount"])
-        if amount is not None and amount.amount < 0:
-            raise EventRejected(f"{etype} {event['id']}: amount {amount.amount} is negative")
+        amount = None if etype == "order.cancelled" else _non_negative(event, "amount")
         self._note_offered_orders(conn, mid, (data["order_id"],), _CLOSED_BY[etype], at)
         rows = repo.run(conn, _FINANCED_ORDER, {"p_merchant": mid, "p_order": data["order_id"]}).all()
         if not rows:
@@ -1584,6 +1578,15 @@ def _check_secret(secret: str) -> None:
     size = len(secret_bytes(secret))
     if not 24 <= size <= 64:
         raise BadSecret(f"a webhook secret must hold 24 to 64 bytes, this one holds {size}")
+
+
+def _non_negative(event: dict[str, Any], field: str) -> Money:
+    """The event's Money `field`; a negative amount is refused (only a record produced straight to the topic
+    can carry one: ingest refuses it)."""
+    money = Money.from_json(event["data"][field])
+    if money.amount < 0:
+        raise EventRejected(f"{event['type']} {event['id']}: {field} {money.amount} is negative")
+    return money
 
 
 def _text(value: Any, what: str) -> str:
