@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from services.underwriter.domain.policy import (
     GUARD_CODES,
+    KILL_SWITCH_REASON,
     LAST_OFFER_AT,
     LimitDecision,
     PolicySettings,
@@ -179,9 +180,6 @@ def decide_actions(
         _set_last(state, None, state.offer[:4])
         actions.append(Action("loan_offer.created", {"offer": new}))
     return actions
-
-
-KILL_SWITCH_REASON = Reason("KILL_SWITCH", "new advances are paused for all merchants")
 
 
 def kill_switch_withdrawal(state: MerchantState, as_of: int, p: PolicySettings, portfolio: Portfolio) -> list[Action]:

@@ -436,6 +436,8 @@ def counted_receivables(
     return counted, reasons
 
 
+KILL_SWITCH_REASON = Reason("KILL_SWITCH", "new advances are paused for all merchants")
+
 GUARD_CODES = frozenset({
     "GMV_SPIKE", "UNSETTLED_SALES", "BUYER_CONCENTRATION", "SELF_DEALING_PATTERN", "REFUND_SURGE", "CANCEL_SURGE",
     "CHARGEBACKS", "LARGE_ORDERS",
@@ -529,7 +531,7 @@ def decide_limit(
         limit = cap
         reasons.append(Reason("MERCHANT_CAP", "limit capped at the per-merchant maximum"))
     if p.kill_switch:
-        reasons.insert(0, Reason("KILL_SWITCH", "new advances are paused for all merchants"))
+        reasons.insert(0, KILL_SWITCH_REASON)
     # An accepted offer whose loan is not booked yet is already spoken for.
     available = max(0, limit - outstanding - accepted_pending(state))
     if len(state.loans) >= MAX_LOANS:
